@@ -1,0 +1,88 @@
+// The fixed pool of physical KV blocks: reference counts, the two free lists and the
+// prefix-cache hash map. It knows nothing of sequences; BlockTables builds on it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "pagedcore/free_block_list.h"
+#include "pagedcore/types.h"
+
+namespace pagedcore {
+
+// The identity under which a full block is cached. A lookup matches a block only if every field
+// is equal, so two blocks whose hashes collide are never confused.
+struct BlockKey {
+  uint64_t hash = 0;             // chained hash (already truncated to the pool's hash_bits)
+  uint64_t parent_cache_id = 0;  // cache_id of the parent block; 0 for a sequence's first block
+  std::vector<int32_t> tokens;   // [block_size] token ids the block holds
+  std::string extra_key;         // e.g. a per-request cache salt
+};
+
+class BlockPool {
+ public:
+  // hash_bits < 64 truncates prefix hashes (tests use it to force collisions).
+  BlockPool(int num_blocks, int block_size, int hash_bits = 64);
+
+  int num_blocks() const { return static_cast<int>(ref_counts_.size()); }
+  int block_size() const { return block_size_; }
+  uint64_t hash_mask() const { return hash_mask_; }
+
+  // Blocks an allocation can take: never-cached free blocks plus evictable cached ones.
+  int num_free_blocks() const { return uncached_free_.size() + cached_free_.size(); }
+  int num_cached_free_blocks() const { return cached_free_.size(); }
+  int num_used_blocks() const { return num_blocks() - num_free_blocks(); }
+  int num_cached_blocks() const { return static_cast<int>(cache_.size()); }  // in use or free
+
+  // Takes a never-cached free block first, else evicts the least recently freed cached block.
+  // The block comes back with ref count 1 and no cache key. nullopt when the pool is exhausted.
+  std::optional<BlockId> allocate();
+
+  // Adds a reference to a block in use (fork).
+  void retain(BlockId id);
+
+  // Drops a reference; at zero the block goes to the back of the cached LRU list if it holds a
+  // cache key, else to the never-cached free list.
+  void release(BlockId id);
+
+  // Finds a cached block equal to `key` (hash, parent, tokens and extra key all compared).
+  std::optional<BlockId> find_cached(const BlockKey& key) const;
+
+  // Takes a reference to a block found by find_cached, reviving it from the LRU list if free.
+  void acquire_cached(BlockId id);
+
+  // Registers a full block in use under `key`; returns the block's new cache_id (never 0).
+  uint64_t cache_block(BlockId id, BlockKey key);
+
+  int ref_count(BlockId id) const { check_id(id); return ref_counts_[id]; }
+  bool is_cached(BlockId id) const { check_id(id); return cache_ids_[id] != 0; }
+  uint64_t cache_id(BlockId id) const { check_id(id); return cache_ids_[id]; }
+
+  // Free lists from next-taken to last-taken; for tests and introspection.
+  std::vector<BlockId> uncached_free_blocks() const { return uncached_free_.to_vector(); }
+  std::vector<BlockId> cached_free_blocks() const { return cached_free_.to_vector(); }
+
+  // Checks the pool's own invariants (list membership, ref counts, hash map); throws
+  // std::logic_error describing the first violation.
+  void check_invariants() const;
+
+ private:
+  void evict(BlockId id);
+  void check_id(BlockId id) const;  // throws std::invalid_argument outside [0, num_blocks)
+
+  int block_size_;
+  uint64_t hash_mask_;
+  std::vector<int32_t> ref_counts_;   // [num_blocks]
+  std::vector<uint64_t> cache_ids_;   // [num_blocks], 0 = not cached
+  std::vector<BlockKey> keys_;        // [num_blocks], meaningful where cache_ids_ != 0
+  FreeBlockList uncached_free_;       // ref 0, no cache key
+  FreeBlockList cached_free_;         // ref 0, cache key kept; LRU order (front = evict next)
+  std::unordered_multimap<uint64_t, BlockId> cache_;  // hash -> cached blocks
+  uint64_t next_cache_id_ = 1;
+};
+
+}  // namespace pagedcore

@@ -1,0 +1,106 @@
+// Per-sequence block tables over a BlockPool: slot reservation as tokens are appended, prefix
+// cache lookup and registration, fork with copy-on-write, and freeing.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "pagedcore/block_pool.h"
+#include "pagedcore/types.h"
+
+namespace pagedcore {
+
+struct PoolStats {
+  int num_blocks = 0;
+  int num_used_blocks = 0;
+  int num_free_blocks = 0;         // allocatable: never-cached free + cached free
+  int num_cached_free_blocks = 0;  // free but still holding reusable prefix KV
+  int num_sequences = 0;
+  int64_t num_prefix_queries = 0;      // match_prefix calls
+  int64_t num_prefix_query_tokens = 0; // prompt tokens looked up
+  int64_t num_prefix_hit_tokens = 0;   // of which found in the cache
+};
+
+class BlockTables {
+ public:
+  // enable_prefix_caching=false never registers or looks up blocks (blocks freed go straight
+  // back to the never-cached list).
+  BlockTables(int num_blocks, int block_size, bool enable_prefix_caching = true, int hash_bits = 64);
+
+  int block_size() const { return pool_.block_size(); }
+  bool prefix_caching_enabled() const { return enable_prefix_caching_; }
+  const BlockPool& pool() const { return pool_; }
+
+  // Starts an empty sequence. extra_key (e.g. a cache salt) is folded into every block hash.
+  void add_sequence(SeqId seq, std::string extra_key = "");
+  bool has_sequence(SeqId seq) const { return seqs_.count(seq) != 0; }
+
+  // Number of leading tokens of `prompt` that match_prefix would take from the cache: whole
+  // cached blocks, capped so that at least the last prompt token is left to compute.
+  // Does not change any state.
+  int cached_prefix_length(std::span<const int32_t> prompt, std::string_view extra_key = "") const;
+
+  // For an empty sequence: shares the longest cached prefix of `prompt` (ref count + 1 each),
+  // reserving those tokens; returns the number of cached tokens. Counts one prefix query.
+  int match_prefix(SeqId seq, std::span<const int32_t> prompt);
+
+  // Blocks that append(seq, n tokens) would need (new blocks plus a copy-on-write copy).
+  int num_blocks_needed(SeqId seq, int num_new_tokens) const;
+  bool can_append(SeqId seq, int num_new_tokens) const {
+    return num_blocks_needed(seq, num_new_tokens) <= pool_.num_free_blocks();
+  }
+
+  // Reserves slots for `tokens` (whose KV is computed this step). Allocates a block when a
+  // boundary is crossed, copies a shared partially filled last block first (appending a
+  // {src, dst} pair to `copies`), and registers newly filled blocks in the prefix cache.
+  // Returns false, with no state changed, when the pool has too few free blocks.
+  bool append(SeqId seq, std::span<const int32_t> tokens, std::vector<BlockCopy>& copies);
+
+  // `child` shares every block of `parent` (ref count + 1 each) and its tokens.
+  void fork(SeqId parent, SeqId child);
+
+  // Releases every block of the sequence, last block first, and forgets the sequence.
+  void free(SeqId seq);
+
+  int num_tokens(SeqId seq) const { return static_cast<int>(get(seq).tokens.size()); }
+  const std::vector<BlockId>& blocks(SeqId seq) const { return get(seq).blocks; }
+  const std::vector<int32_t>& tokens(SeqId seq) const { return get(seq).tokens; }
+  // Physical slot (block * block_size + offset) of the token at `position`.
+  int32_t slot(SeqId seq, int position) const;
+
+  int num_sequences() const { return static_cast<int>(seqs_.size()); }
+  PoolStats stats() const;
+
+  // Pool invariants plus: every ref count equals the number of tables holding the block, every
+  // table holds exactly the blocks its token count needs. Throws std::logic_error.
+  void check_invariants() const;
+
+ private:
+  struct Sequence {
+    std::vector<BlockId> blocks;   // [ceil(tokens / block_size)] logical -> physical
+    std::vector<int32_t> tokens;   // tokens with reserved slots
+    std::string extra_key;
+    int num_hashed_blocks = 0;     // leading full blocks registered in (or taken from) the cache
+    uint64_t last_hash = 0;        // chain state after the hashed blocks
+    uint64_t last_cache_id = 0;
+  };
+
+  const Sequence& get(SeqId seq) const;
+  Sequence& get(SeqId seq);
+  BlockKey key_for(const Sequence& s, int block_index, uint64_t parent_hash, uint64_t parent_cache_id,
+                   std::span<const int32_t> tokens) const;
+  void register_full_blocks(Sequence& s);
+
+  BlockPool pool_;
+  bool enable_prefix_caching_;
+  std::unordered_map<SeqId, Sequence> seqs_;
+  int64_t num_prefix_queries_ = 0;
+  int64_t num_prefix_query_tokens_ = 0;
+  int64_t num_prefix_hit_tokens_ = 0;
+};
+
+}  // namespace pagedcore

@@ -1,0 +1,200 @@
+#include "pagedcore/block_tables.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "pagedcore/prefix_hash.h"
+
+namespace pagedcore {
+
+BlockTables::BlockTables(int num_blocks, int block_size, bool enable_prefix_caching, int hash_bits)
+    : pool_(num_blocks, block_size, hash_bits), enable_prefix_caching_(enable_prefix_caching) {}
+
+const BlockTables::Sequence& BlockTables::get(SeqId seq) const {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) throw std::invalid_argument("unknown sequence " + std::to_string(seq));
+  return it->second;
+}
+
+BlockTables::Sequence& BlockTables::get(SeqId seq) {
+  return const_cast<Sequence&>(static_cast<const BlockTables*>(this)->get(seq));
+}
+
+void BlockTables::add_sequence(SeqId seq, std::string extra_key) {
+  if (seqs_.count(seq)) throw std::invalid_argument("sequence " + std::to_string(seq) + " already exists");
+  Sequence s;
+  s.extra_key = std::move(extra_key);
+  s.last_hash = kRootBlockHash;
+  seqs_.emplace(seq, std::move(s));
+}
+
+BlockKey BlockTables::key_for(const Sequence& s, int block_index, uint64_t parent_hash,
+                              uint64_t parent_cache_id, std::span<const int32_t> tokens) const {
+  const int bs = pool_.block_size();
+  const int32_t* first = tokens.data() + static_cast<size_t>(block_index) * bs;
+  BlockKey key;
+  key.hash = hash_block_tokens(parent_hash, first, bs, s.extra_key) & pool_.hash_mask();
+  key.parent_cache_id = parent_cache_id;
+  key.tokens.assign(first, first + bs);
+  key.extra_key = s.extra_key;
+  return key;
+}
+
+int BlockTables::cached_prefix_length(std::span<const int32_t> prompt, std::string_view extra_key) const {
+  if (!enable_prefix_caching_ || prompt.empty()) return 0;
+  const int bs = pool_.block_size();
+  const int max_blocks = static_cast<int>((prompt.size() - 1) / bs);
+  Sequence probe;
+  probe.extra_key = std::string(extra_key);
+  uint64_t parent_hash = kRootBlockHash, parent_cache_id = 0;
+  int num_hit = 0;
+  for (; num_hit < max_blocks; ++num_hit) {
+    BlockKey key = key_for(probe, num_hit, parent_hash, parent_cache_id, prompt);
+    std::optional<BlockId> hit = pool_.find_cached(key);
+    if (!hit) break;
+    parent_hash = key.hash;
+    parent_cache_id = pool_.cache_id(*hit);
+  }
+  return num_hit * bs;
+}
+
+int BlockTables::match_prefix(SeqId seq, std::span<const int32_t> prompt) {
+  Sequence& s = get(seq);
+  if (!s.tokens.empty()) throw std::invalid_argument("match_prefix needs an empty sequence; sequence " + std::to_string(seq) + " already holds tokens");
+  if (!enable_prefix_caching_ || prompt.empty()) return 0;
+  const int bs = pool_.block_size();
+  const int max_blocks = static_cast<int>((prompt.size() - 1) / bs);
+  for (int i = 0; i < max_blocks; ++i) {
+    BlockKey key = key_for(s, i, s.last_hash, s.last_cache_id, prompt);
+    std::optional<BlockId> hit = pool_.find_cached(key);
+    if (!hit) break;
+    pool_.acquire_cached(*hit);
+    s.blocks.push_back(*hit);
+    s.tokens.insert(s.tokens.end(), key.tokens.begin(), key.tokens.end());
+    s.num_hashed_blocks = i + 1;
+    s.last_hash = key.hash;
+    s.last_cache_id = pool_.cache_id(*hit);
+  }
+  const int num_cached = static_cast<int>(s.tokens.size());
+  ++num_prefix_queries_;
+  num_prefix_query_tokens_ += static_cast<int64_t>(prompt.size());
+  num_prefix_hit_tokens_ += num_cached;
+  return num_cached;
+}
+
+int BlockTables::num_blocks_needed(SeqId seq, int num_new_tokens) const {
+  const Sequence& s = get(seq);
+  if (num_new_tokens <= 0) return 0;
+  const int bs = pool_.block_size();
+  const int64_t total = static_cast<int64_t>(s.tokens.size()) + num_new_tokens;
+  const int64_t blocks_after = (total + bs - 1) / bs;
+  int64_t needed = blocks_after - static_cast<int64_t>(s.blocks.size());
+  // Writing into a partially filled block that another table shares needs a private copy.
+  if (s.tokens.size() % bs != 0 && pool_.ref_count(s.blocks.back()) > 1) ++needed;
+  return static_cast<int>(needed);
+}
+
+bool BlockTables::append(SeqId seq, std::span<const int32_t> tokens, std::vector<BlockCopy>& copies) {
+  Sequence& s = get(seq);
+  if (tokens.empty()) return true;
+  if (num_blocks_needed(seq, static_cast<int>(tokens.size())) > pool_.num_free_blocks()) return false;
+  const int bs = pool_.block_size();
+  if (s.tokens.size() % bs != 0 && pool_.ref_count(s.blocks.back()) > 1) {
+    const BlockId shared = s.blocks.back();
+    const BlockId copy = *pool_.allocate();
+    copies.push_back({shared, copy});
+    pool_.release(shared);
+    s.blocks.back() = copy;
+  }
+  s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+  while (s.blocks.size() * bs < s.tokens.size()) s.blocks.push_back(*pool_.allocate());
+  // Registering now (before this step's KV is written) is safe: every layer writes the batch's
+  // new K/V before any attention of that layer reads the cache.
+  if (enable_prefix_caching_) register_full_blocks(s);
+  return true;
+}
+
+void BlockTables::register_full_blocks(Sequence& s) {
+  const int bs = pool_.block_size();
+  const int num_full = static_cast<int>(s.tokens.size() / bs);
+  for (int i = s.num_hashed_blocks; i < num_full; ++i) {
+    BlockKey key = key_for(s, i, s.last_hash, s.last_cache_id, s.tokens);
+    const BlockId block = s.blocks[i];
+    const uint64_t hash = key.hash;
+    if (pool_.is_cached(block)) {
+      s.last_cache_id = pool_.cache_id(block);
+    } else if (std::optional<BlockId> twin = pool_.find_cached(key)) {
+      // Another sequence already cached identical KV: chain through that block so lookups that
+      // find it also find our children; ours stays uncached and is recycled when freed.
+      s.last_cache_id = pool_.cache_id(*twin);
+    } else {
+      s.last_cache_id = pool_.cache_block(block, std::move(key));
+    }
+    s.last_hash = hash;
+    s.num_hashed_blocks = i + 1;
+  }
+}
+
+void BlockTables::fork(SeqId parent, SeqId child) {
+  if (seqs_.count(child)) throw std::invalid_argument("sequence " + std::to_string(child) + " already exists");
+  Sequence copy = get(parent);
+  for (BlockId b : copy.blocks) pool_.retain(b);
+  seqs_.emplace(child, std::move(copy));
+}
+
+void BlockTables::free(SeqId seq) {
+  Sequence& s = get(seq);
+  // Tail first: the LRU list then evicts a sequence's least shareable blocks first.
+  for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) pool_.release(*it);
+  seqs_.erase(seq);
+}
+
+int32_t BlockTables::slot(SeqId seq, int position) const {
+  const Sequence& s = get(seq);
+  if (position < 0 || position >= static_cast<int>(s.tokens.size())) {
+    throw std::out_of_range("position " + std::to_string(position) + " outside sequence of " +
+                            std::to_string(s.tokens.size()) + " tokens");
+  }
+  const int bs = pool_.block_size();
+  return s.blocks[position / bs] * bs + position % bs;
+}
+
+PoolStats BlockTables::stats() const {
+  PoolStats st;
+  st.num_blocks = pool_.num_blocks();
+  st.num_used_blocks = pool_.num_used_blocks();
+  st.num_free_blocks = pool_.num_free_blocks();
+  st.num_cached_free_blocks = pool_.num_cached_free_blocks();
+  st.num_sequences = num_sequences();
+  st.num_prefix_queries = num_prefix_queries_;
+  st.num_prefix_query_tokens = num_prefix_query_tokens_;
+  st.num_prefix_hit_tokens = num_prefix_hit_tokens_;
+  return st;
+}
+
+void BlockTables::check_invariants() const {
+  pool_.check_invariants();
+  const int bs = pool_.block_size();
+  std::vector<int32_t> holders(pool_.num_blocks(), 0);
+  for (const auto& [id, s] : seqs_) {
+    const size_t want = (s.tokens.size() + bs - 1) / bs;
+    if (s.blocks.size() != want) {
+      throw std::logic_error("block table invariant: sequence " + std::to_string(id) + " holds " +
+                             std::to_string(s.blocks.size()) + " blocks for " +
+                             std::to_string(s.tokens.size()) + " tokens");
+    }
+    if (static_cast<size_t>(s.num_hashed_blocks) * bs > s.tokens.size()) {
+      throw std::logic_error("block table invariant: more hashed blocks than full blocks");
+    }
+    for (BlockId b : s.blocks) ++holders[b];
+  }
+  for (BlockId b = 0; b < pool_.num_blocks(); ++b) {
+    if (holders[b] != pool_.ref_count(b)) {
+      throw std::logic_error("block table invariant: block " + std::to_string(b) + " has ref count " +
+                             std::to_string(pool_.ref_count(b)) + " but " + std::to_string(holders[b]) +
+                             " tables hold it");
+    }
+  }
+}
+
+}  // namespace pagedcore

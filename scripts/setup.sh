@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything pagedcore needs (system packages, Python packages) and builds and installs
+# pagedcore itself into the current Python. Safe to run again: installed parts are skipped and the
+# build is incremental (build/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -f /usr/include/gtest/gtest.h ] && command -v apt-get >/dev/null; then
+  echo "[setup] apt: GoogleTest"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libgtest-dev >/dev/null
+fi
+
+# torch first, pinned to the local CPU build: a bare `torch` requirement would pull a CUDA build.
+if ! $PY -c "import torch" 2>/dev/null; then
+  echo "[setup] pip: torch 2.13.0 (CPU build)"
+  $PY -m pip install -q torch==2.13.0
+fi
+
+echo "[setup] pip: build and test dependencies"
+$PY -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" "ninja>=1.11" \
+  "numpy>=1.24" "pytest>=8" "hypothesis>=6.100"
+
+echo "[setup] building and installing pagedcore (CUDA kernels too when nvcc is found)"
+$PY -m pip install -q --no-build-isolation .
+$PY -c "import pagedcore; print('[setup] pagedcore', pagedcore.__version__, 'cuda' if pagedcore.built_with_cuda() else 'cpu-only')"
