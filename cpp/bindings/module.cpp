@@ -1,5 +1,6 @@
 // pagedcore._core: thin glue over the C++ core. No logic lives here.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "bindings.h"
 #include "pagedcore/supported.h"
