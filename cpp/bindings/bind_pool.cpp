@@ -82,7 +82,7 @@ void bind_pool(py::module_& m) {
            },
            py::arg("prompt"), py::arg("extra_key") = "", release_gil())
       .def("match_prefix",
-           [](BlockTables& t, SeqId seq, const std::vector<int32_t>& prompt) { return t.match_prefix(seq, prompt); },
+           [](BlockTables& t, SeqId seq, const std::vector<int32_t>& prompt) { return t.match_prefix(seq, prompt, true); },
            py::arg("seq_id"), py::arg("prompt"), release_gil())
       .def("num_blocks_needed", &BlockTables::num_blocks_needed, py::arg("seq_id"), py::arg("num_new_tokens"))
       .def("can_append", &BlockTables::can_append, py::arg("seq_id"), py::arg("num_new_tokens"))

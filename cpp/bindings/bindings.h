@@ -6,5 +6,6 @@
 namespace pagedcore::bindings {
 
 void bind_pool(pybind11::module_& m);
+void bind_scheduler(pybind11::module_& m);
 
 }  // namespace pagedcore::bindings

@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
       pagedcore::kSupportedHeadSizes.begin(), pagedcore::kSupportedHeadSizes.end())));
   m.def("built_with_cuda", &pagedcore::built_with_cuda, "True when the CUDA kernels were compiled in.");
   pagedcore::bindings::bind_pool(m);
+  pagedcore::bindings::bind_scheduler(m);
 }

@@ -58,7 +58,13 @@ int BlockTables::cached_prefix_length(std::span<const int32_t> prompt, std::stri
   return num_hit * bs;
 }
 
-int BlockTables::match_prefix(SeqId seq, std::span<const int32_t> prompt) {
+void BlockTables::record_prefix_query(int num_query_tokens, int num_hit_tokens) {
+  ++num_prefix_queries_;
+  num_prefix_query_tokens_ += num_query_tokens;
+  num_prefix_hit_tokens_ += num_hit_tokens;
+}
+
+int BlockTables::match_prefix(SeqId seq, std::span<const int32_t> prompt, bool record_stats) {
   Sequence& s = get(seq);
   if (!s.tokens.empty()) throw std::invalid_argument("match_prefix needs an empty sequence; sequence " + std::to_string(seq) + " already holds tokens");
   if (!enable_prefix_caching_ || prompt.empty()) return 0;
@@ -76,9 +82,7 @@ int BlockTables::match_prefix(SeqId seq, std::span<const int32_t> prompt) {
     s.last_cache_id = pool_.cache_id(*hit);
   }
   const int num_cached = static_cast<int>(s.tokens.size());
-  ++num_prefix_queries_;
-  num_prefix_query_tokens_ += static_cast<int64_t>(prompt.size());
-  num_prefix_hit_tokens_ += num_cached;
+  if (record_stats) record_prefix_query(static_cast<int>(prompt.size()), num_cached);
   return num_cached;
 }
 

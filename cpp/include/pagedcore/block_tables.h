@@ -45,8 +45,10 @@ class BlockTables {
   int cached_prefix_length(std::span<const int32_t> prompt, std::string_view extra_key = "") const;
 
   // For an empty sequence: shares the longest cached prefix of `prompt` (ref count + 1 each),
-  // reserving those tokens; returns the number of cached tokens. Counts one prefix query.
-  int match_prefix(SeqId seq, std::span<const int32_t> prompt);
+  // reserving those tokens; returns the number of cached tokens. Counts one prefix query unless
+  // record_stats is false (a caller that may undo the match records it with record_prefix_query).
+  int match_prefix(SeqId seq, std::span<const int32_t> prompt, bool record_stats = true);
+  void record_prefix_query(int num_query_tokens, int num_hit_tokens);
 
   // Blocks that append(seq, n tokens) would need (new blocks plus a copy-on-write copy).
   int num_blocks_needed(SeqId seq, int num_new_tokens) const;
