@@ -110,5 +110,6 @@ inline std::string fmt(double v, int precision = 1) {
 }
 
 int run_pool_bench(const Flags& flags);
+int run_scheduler_bench(const Flags& flags);
 
 }  // namespace pagedcore::bench

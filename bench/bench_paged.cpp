@@ -1,5 +1,6 @@
 // bench_paged: native benchmarks of pagedcore, linking the static library (no Python).
 //   bench_paged pool [--json] [--block-size 16] [--num-blocks 65536]
+//   bench_paged scheduler [--json] [--block-size 16] [--steps 2000]
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -14,6 +15,7 @@ void usage() {
       "usage: bench_paged MODE [--json] [options]\n"
       "modes:\n"
       "  pool    block pool: allocate/free, append, fork, prefix lookup (ops/s, ns/op)\n"
+      "  scheduler  step() + commit() latency with 64, 256, 1024 decoding sequences\n"
       "options:\n"
       "  --json            print the results as JSON instead of a table\n"
       "  --block-size N    tokens per KV block (pool; default 16)\n"
@@ -31,6 +33,7 @@ int main(int argc, char** argv) {
   try {
     pagedcore::bench::Flags flags(argc, argv, 2);
     if (mode == "pool") return pagedcore::bench::run_pool_bench(flags);
+    if (mode == "scheduler") return pagedcore::bench::run_scheduler_bench(flags);
     std::fprintf(stderr, "bench_paged: unknown mode '%s'\n", mode.c_str());
     usage();
     return 2;
