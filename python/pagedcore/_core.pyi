@@ -1,6 +1,10 @@
 """Type stub of the native module pagedcore._core (pybind11)."""
 
+import enum
 from typing import Optional, Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 __version__: str
 SUPPORTED_BLOCK_SIZES: tuple[int, ...]
@@ -88,3 +92,110 @@ class MemoryPlan:
     def summary(self) -> str: ...
 
 def plan_kv_memory(shape: KVCacheShape, budget_bytes: int) -> MemoryPlan: ...
+
+# ---- scheduler ---------------------------------------------------------------------------------
+
+class PreemptionMode(enum.Enum):
+    RECOMPUTE = ...
+    SWAP = ...
+
+class FinishReason(enum.Enum):
+    NONE = ...
+    STOP = ...
+    LENGTH = ...
+    ABORT = ...
+
+class EventKind(enum.Enum):
+    TOKEN = ...
+    FINISHED = ...
+    PREEMPTED = ...
+    RESUMED = ...
+
+class SchedulerConfig:
+    def __init__(self, *, num_blocks: int, block_size: int = 16, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 8192, max_model_len: int, enable_prefix_caching: bool = True,
+                 preemption_mode: PreemptionMode = ..., num_host_blocks: int = 0, hash_bits: int = 64) -> None: ...
+    num_blocks: int
+    block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_prefix_caching: bool
+    preemption_mode: PreemptionMode
+    num_host_blocks: int
+
+class RequestParams:
+    def __init__(self, *, max_tokens: int = 16, min_tokens: int = 0, eos_token_ids: Sequence[int] = ...,
+                 stop_token_ids: Sequence[int] = ..., ignore_eos: bool = False, n: int = 1, priority: int = 0,
+                 arrival_time: float = 0.0, cache_salt: str = "") -> None: ...
+    max_tokens: int
+    min_tokens: int
+    eos_token_ids: list[int]
+    stop_token_ids: list[int]
+    ignore_eos: bool
+    n: int
+    priority: int
+    arrival_time: float
+    cache_salt: str
+
+class SchedulerEvent:
+    kind: EventKind
+    request_id: int
+    seq_index: int
+    token: int
+    finish_reason: FinishReason
+    num_cached_tokens: int
+    num_preemptions: int
+
+class SchedulerStats:
+    num_running: int
+    num_waiting: int
+    num_swapped: int
+    num_used_blocks: int
+    num_blocks: int
+    kv_usage: float
+    prefix_hit_rate: float
+    num_preemptions: int
+    num_prefix_hit_tokens: int
+    num_prefix_query_tokens: int
+    num_steps: int
+
+class StepPlan:
+    """Read-only int32 numpy views (no copies); valid as long as any view or the plan is alive."""
+    num_seqs: int
+    num_tokens: int
+    num_decode_seqs: int
+    max_blocks_per_seq: int
+    @property
+    def num_samples(self) -> int: ...
+    input_ids: npt.NDArray[np.int32]          # [num_tokens]
+    positions: npt.NDArray[np.int32]          # [num_tokens]
+    slot_mapping: npt.NDArray[np.int32]       # [num_tokens]
+    block_tables: npt.NDArray[np.int32]       # [num_seqs, max_blocks_per_seq]
+    context_lens: npt.NDArray[np.int32]       # [num_seqs]
+    query_start_loc: npt.NDArray[np.int32]    # [num_seqs + 1]
+    logits_indices: npt.NDArray[np.int32]     # [num_samples]
+    sample_request_ids: npt.NDArray[np.int64] # [num_samples]
+    sample_seq_indices: npt.NDArray[np.int32] # [num_samples]
+    sample_output_lens: npt.NDArray[np.int32] # [num_samples]
+    copy_pairs: npt.NDArray[np.int32]         # [num_copies, 2]
+    swap_out_pairs: npt.NDArray[np.int32]     # [n, 2]
+    swap_in_pairs: npt.NDArray[np.int32]      # [n, 2]
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None: ...
+    @property
+    def config(self) -> SchedulerConfig: ...
+    def add_request(self, request_id: int, prompt_token_ids: Sequence[int], params: RequestParams) -> None: ...
+    def step(self) -> StepPlan: ...
+    def commit(self, sampled_token_ids: npt.ArrayLike) -> list[SchedulerEvent]: ...
+    def finish(self, request_id: int, seq_index: int, reason: FinishReason = ...) -> None: ...
+    def abort(self, request_id: int) -> None: ...
+    def has_unfinished(self) -> bool: ...
+    def has_request(self, request_id: int) -> bool: ...
+    def stats(self) -> SchedulerStats: ...
+    @property
+    def block_tables(self) -> BlockTables: ...
+    @property
+    def num_free_host_blocks(self) -> int: ...
+    def check_invariants(self) -> None: ...
