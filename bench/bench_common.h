@@ -111,5 +111,7 @@ inline std::string fmt(double v, int precision = 1) {
 
 int run_pool_bench(const Flags& flags);
 int run_scheduler_bench(const Flags& flags);
+// Defined in bench_attention.cu, compiled only with CUDA.
+int run_attention_bench(const Flags& flags);
 
 }  // namespace pagedcore::bench

@@ -1,6 +1,7 @@
 // bench_paged: native benchmarks of pagedcore, linking the static library (no Python).
 //   bench_paged pool [--json] [--block-size 16] [--num-blocks 65536]
 //   bench_paged scheduler [--json] [--block-size 16] [--steps 2000]
+//   bench_paged attention [--json] [--block-size 16] [--reps 50] [--warmup 5] [--num-splits N] [--contiguous-tables]  (CUDA builds)
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -16,10 +17,15 @@ void usage() {
       "modes:\n"
       "  pool    block pool: allocate/free, append, fork, prefix lookup (ops/s, ns/op)\n"
       "  scheduler  step() + commit() latency with 64, 256, 1024 decoding sequences\n"
+      "  attention  W4 decode paged attention (GB/s, fraction of measured read bandwidth; CUDA)\n"
       "options:\n"
       "  --json            print the results as JSON instead of a table\n"
       "  --block-size N    tokens per KV block (pool; default 16)\n"
-      "  --num-blocks N    blocks in the pool (pool; default 65536)\n");
+      "  --num-blocks N    blocks in the pool (pool; default 65536)\n"
+      "  --reps N          timed sweeps per shape, median reported (attention; default 50)\n"
+      "  --warmup N        untimed sweeps first (attention; default 5)\n"
+      "  --num-splits N    force the split-KV count (attention; default: recommended)\n"
+      "  --contiguous-tables  blocks in order instead of shuffled (attention; a control)\n");
 }
 
 }  // namespace
@@ -34,6 +40,14 @@ int main(int argc, char** argv) {
     pagedcore::bench::Flags flags(argc, argv, 2);
     if (mode == "pool") return pagedcore::bench::run_pool_bench(flags);
     if (mode == "scheduler") return pagedcore::bench::run_scheduler_bench(flags);
+    if (mode == "attention") {
+#ifdef PAGEDCORE_WITH_CUDA
+      return pagedcore::bench::run_attention_bench(flags);
+#else
+      std::fprintf(stderr, "bench_paged: the attention mode needs a CUDA build (pagedcore was built without CUDA)\n");
+      return 2;
+#endif
+    }
     std::fprintf(stderr, "bench_paged: unknown mode '%s'\n", mode.c_str());
     usage();
     return 2;

@@ -5,6 +5,7 @@
 
 namespace pagedcore::bindings {
 
+void bind_kernels(pybind11::module_& m);
 void bind_pool(pybind11::module_& m);
 void bind_scheduler(pybind11::module_& m);
 

@@ -18,4 +18,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("built_with_cuda", &pagedcore::built_with_cuda, "True when the CUDA kernels were compiled in.");
   pagedcore::bindings::bind_pool(m);
   pagedcore::bindings::bind_scheduler(m);
+  pagedcore::bindings::bind_kernels(m);
 }

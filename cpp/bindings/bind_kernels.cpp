@@ -1,0 +1,149 @@
+// Bindings of the kernels: integers in (data pointers, strides, sizes, a CUDA stream handle or
+// None for the CPU path), no torch. python/pagedcore/ops.py checks tensors and calls these.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "bindings.h"
+#include "pagedcore/kernels.h"
+
+namespace py = pybind11;
+
+namespace pagedcore::bindings {
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+cudaStream_t stream_of(int64_t handle) { return reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(handle)); }
+
+}  // namespace
+
+void bind_kernels(py::module_& m) {
+  py::enum_<DType>(m, "DType", "Element types of the kernels")
+      .value("float32", DType::kFloat32)
+      .value("float16", DType::kFloat16)
+      .value("bfloat16", DType::kBFloat16);
+
+  m.attr("MAX_ATTENTION_SPLITS") = kMaxAttentionSplits;
+
+  m.def(
+      "write_kv_cache",
+      [](DType dtype, uintptr_t k, int64_t k_stride_token, int64_t k_stride_head, uintptr_t v, int64_t v_stride_token,
+         int64_t v_stride_head, uintptr_t k_cache, uintptr_t v_cache, uintptr_t slot_mapping, int num_tokens,
+         int num_kv_heads, int head_dim, int block_size, int64_t num_blocks, std::optional<int64_t> stream) {
+        WriteKVCacheArgs a{dtype, num_tokens, num_kv_heads, head_dim, block_size, num_blocks,
+                           ptr<const void>(k), k_stride_token, k_stride_head,
+                           ptr<const void>(v), v_stride_token, v_stride_head,
+                           ptr<void>(k_cache), ptr<void>(v_cache), ptr<const int32_t>(slot_mapping)};
+        py::gil_scoped_release release;
+        if (stream) write_kv_cache_cuda(a, stream_of(*stream));
+        else write_kv_cache_cpu(a);
+      },
+      py::arg("dtype"), py::arg("k"), py::arg("k_stride_token"), py::arg("k_stride_head"), py::arg("v"),
+      py::arg("v_stride_token"), py::arg("v_stride_head"), py::arg("k_cache"), py::arg("v_cache"),
+      py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("num_kv_heads"), py::arg("head_dim"),
+      py::arg("block_size"), py::arg("num_blocks"), py::arg("stream"),
+      "Scatter K/V rows into their cache slots (raw pointers; stream None = CPU).");
+
+  m.def(
+      "paged_attention",
+      [](DType dtype, uintptr_t q, int64_t q_stride_token, int64_t q_stride_head, uintptr_t k_cache, uintptr_t v_cache,
+         uintptr_t block_tables, int64_t block_tables_stride, int max_blocks_per_seq, uintptr_t context_lens,
+         uintptr_t query_start_loc, uintptr_t out, int64_t out_stride_token, int64_t out_stride_head, int num_seqs,
+         int num_tokens, int num_heads, int num_kv_heads, int head_dim, int block_size, int64_t num_blocks, float scale,
+         int max_query_len, int num_splits, uintptr_t workspace, size_t workspace_bytes, std::optional<int64_t> stream) {
+        PagedAttentionArgs a{};
+        a.dtype = dtype;
+        a.num_seqs = num_seqs;
+        a.num_tokens = num_tokens;
+        a.num_heads = num_heads;
+        a.num_kv_heads = num_kv_heads;
+        a.head_dim = head_dim;
+        a.block_size = block_size;
+        a.num_blocks = num_blocks;
+        a.q = ptr<const void>(q);
+        a.q_stride_token = q_stride_token;
+        a.q_stride_head = q_stride_head;
+        a.k_cache = ptr<const void>(k_cache);
+        a.v_cache = ptr<const void>(v_cache);
+        a.block_tables = ptr<const int32_t>(block_tables);
+        a.block_tables_stride = block_tables_stride;
+        a.max_blocks_per_seq = max_blocks_per_seq;
+        a.context_lens = ptr<const int32_t>(context_lens);
+        a.query_start_loc = ptr<const int32_t>(query_start_loc);
+        a.out = ptr<void>(out);
+        a.out_stride_token = out_stride_token;
+        a.out_stride_head = out_stride_head;
+        a.scale = scale;
+        a.max_query_len = max_query_len;
+        a.num_splits = num_splits;
+        a.workspace = ptr<void>(workspace);
+        a.workspace_bytes = workspace_bytes;
+        py::gil_scoped_release release;
+        if (stream) paged_attention_cuda(a, stream_of(*stream));
+        else paged_attention_cpu(a);
+      },
+      py::arg("dtype"), py::arg("q"), py::arg("q_stride_token"), py::arg("q_stride_head"), py::arg("k_cache"),
+      py::arg("v_cache"), py::arg("block_tables"), py::arg("block_tables_stride"), py::arg("max_blocks_per_seq"),
+      py::arg("context_lens"), py::arg("query_start_loc"), py::arg("out"), py::arg("out_stride_token"),
+      py::arg("out_stride_head"), py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_heads"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("block_size"), py::arg("num_blocks"), py::arg("scale"),
+      py::arg("max_query_len"), py::arg("num_splits"), py::arg("workspace"), py::arg("workspace_bytes"),
+      py::arg("stream"), "Paged attention over a mixed decode/prefill batch (raw pointers; stream None = CPU).");
+
+  m.def("paged_attention_workspace_bytes", &paged_attention_workspace_bytes, py::arg("num_seqs"),
+        py::arg("num_heads"), py::arg("head_dim"), py::arg("num_splits"),
+        "Bytes of the split-KV workspace paged_attention needs (0 for one split).");
+
+  m.def(
+      "cuda_recommended_num_splits",
+      [](int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype, int max_context_len) {
+        py::gil_scoped_release release;
+        return cuda_recommended_num_splits(num_seqs, num_kv_heads, num_heads, head_dim, dtype, max_context_len);
+      },
+      py::arg("num_seqs"), py::arg("num_kv_heads"), py::arg("num_heads"), py::arg("head_dim"), py::arg("dtype"),
+      py::arg("max_context_len"), "Decode split-KV count that fills the current CUDA device.");
+
+  m.def(
+      "copy_blocks",
+      [](uintptr_t caches, int num_caches, int64_t num_blocks, int64_t block_bytes, uintptr_t pairs, int num_pairs,
+         std::optional<int64_t> stream) {
+        py::gil_scoped_release release;
+        if (stream) copy_blocks_cuda(ptr<void* const>(caches), num_caches, block_bytes, ptr<const int32_t>(pairs), num_pairs,
+                                     stream_of(*stream));
+        else copy_blocks_cpu(ptr<void* const>(caches), num_caches, num_blocks, block_bytes, ptr<const int32_t>(pairs), num_pairs);
+      },
+      py::arg("caches"), py::arg("num_caches"), py::arg("num_blocks"), py::arg("block_bytes"), py::arg("pairs"),
+      py::arg("num_pairs"), py::arg("stream"),
+      "Copy whole blocks inside each cache array. caches: address of an int64 array of base pointers (device "
+      "memory for CUDA); pairs: address of int32 [num_pairs, 2] (src, dst).");
+
+  m.def(
+      "swap_blocks",
+      [](std::vector<uintptr_t> src_caches, std::vector<uintptr_t> dst_caches, int64_t block_bytes,
+         std::vector<std::pair<int32_t, int32_t>> pairs, int64_t stream) {
+        if (src_caches.size() != dst_caches.size()) {
+          throw std::invalid_argument("swap_blocks: src_caches and dst_caches must have the same length");
+        }
+        std::vector<int32_t> flat;
+        for (const auto& [s, d] : pairs) {
+          flat.push_back(s);
+          flat.push_back(d);
+        }
+        py::gil_scoped_release release;
+        swap_blocks_cuda(reinterpret_cast<void* const*>(src_caches.data()),
+                         reinterpret_cast<void* const*>(dst_caches.data()), static_cast<int>(src_caches.size()),
+                         block_bytes, flat.data(), static_cast<int>(pairs.size()), stream_of(stream));
+      },
+      py::arg("src_caches"), py::arg("dst_caches"), py::arg("block_bytes"), py::arg("pairs"), py::arg("stream"),
+      "Move whole blocks between caches (device <-> pinned host) with cudaMemcpyAsync on the stream.");
+}
+
+}  // namespace pagedcore::bindings

@@ -1,0 +1,117 @@
+// Kernel API of pagedcore: paged attention and KV-cache operations, CPU and CUDA.
+//
+// KV cache layout (per layer, K and V in separate arrays):
+//   k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim], contiguous ("HND").
+// One KV head's block is one contiguous run of block_size * head_dim elements, so a decode CTA
+// reading one KV head streams long contiguous runs (4 KiB for block 16, head_dim 128, bf16), and
+// a block of every head is one contiguous [num_kv_heads, block_size, head_dim] span (block_bytes),
+// which is what copy_blocks / swap_blocks move.
+//
+// Mixed-batch semantics of paged attention: sequences i = 0..num_seqs-1; the query tokens of
+// sequence i are rows query_start_loc[i] .. query_start_loc[i+1]-1 of q. context_lens[i] counts
+// every token of the sequence including this step's new ones (whose K/V write_kv_cache already
+// stored). Query row j of sequence i (qlen_i rows) sits at position context_lens[i] - qlen_i + j
+// and attends to keys [0, that position] (causal among the new tokens, full over the cached past).
+//
+// Kernels take raw pointers, sizes and strides (in elements) and, on CUDA, a stream. Inputs are
+// validated on the host (sizes, dtypes, dispatch table); device data (block ids, lengths) is not.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+// Same declaration as CUDA's driver_types.h, so this header needs no CUDA include.
+typedef struct CUstream_st* cudaStream_t;
+
+namespace pagedcore {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+std::string dtype_name(DType dtype);
+int dtype_bytes(DType dtype);
+
+// ---- write_kv_cache -------------------------------------------------------------------------------
+struct WriteKVCacheArgs {
+  DType dtype;
+  int num_tokens;
+  int num_kv_heads;
+  int head_dim;
+  int block_size;
+  int64_t num_blocks;
+  const void* k;          // [num_tokens, num_kv_heads, head_dim], last dim contiguous
+  int64_t k_stride_token; // elements between tokens of k (a fused-qkv slice has a large stride)
+  int64_t k_stride_head;  // elements between heads of k
+  const void* v;          // [num_tokens, num_kv_heads, head_dim], last dim contiguous
+  int64_t v_stride_token;
+  int64_t v_stride_head;
+  void* k_cache;                // [num_blocks, num_kv_heads, block_size, head_dim]
+  void* v_cache;                // [num_blocks, num_kv_heads, block_size, head_dim]
+  const int32_t* slot_mapping;  // [num_tokens]; block_id * block_size + offset, kPaddingSlot skips
+};
+
+// ---- paged_attention ------------------------------------------------------------------------------
+struct PagedAttentionArgs {
+  DType dtype;
+  int num_seqs;
+  int num_tokens;     // query rows in q / out (= query_start_loc[num_seqs])
+  int num_heads;      // query heads
+  int num_kv_heads;   // KV heads; num_heads % num_kv_heads == 0 (GQA / MQA)
+  int head_dim;
+  int block_size;
+  int64_t num_blocks;  // blocks in each cache array (CPU checks block ids against it)
+  const void* q;            // [num_tokens, num_heads, head_dim], last dim contiguous
+  int64_t q_stride_token;
+  int64_t q_stride_head;
+  const void* k_cache;      // [num_blocks, num_kv_heads, block_size, head_dim]
+  const void* v_cache;      // [num_blocks, num_kv_heads, block_size, head_dim]
+  const int32_t* block_tables;     // [num_seqs, max_blocks_per_seq], row stride below
+  int64_t block_tables_stride;     // elements between rows of block_tables
+  int max_blocks_per_seq;
+  const int32_t* context_lens;     // [num_seqs]
+  const int32_t* query_start_loc;  // [num_seqs + 1]
+  void* out;                // [num_tokens, num_heads, head_dim], last dim contiguous
+  int64_t out_stride_token;
+  int64_t out_stride_head;
+  float scale;              // softmax scale, usually 1 / sqrt(head_dim)
+  int max_query_len;        // host-side max of the query lengths (CUDA skips the prefill launch at 1)
+  int num_splits;           // CUDA decode split-KV partitions (>= 1); CPU ignores it
+  void* workspace;          // CUDA: paged_attention_workspace_bytes(...) bytes when num_splits > 1
+  size_t workspace_bytes;
+};
+
+// Split-KV partials: float [num_splits, num_seqs, num_heads, head_dim + 1] (outputs, then lse).
+size_t paged_attention_workspace_bytes(int num_seqs, int num_heads, int head_dim, int num_splits);
+
+// Largest num_splits the CUDA decode kernel accepts.
+inline constexpr int kMaxAttentionSplits = 64;
+
+// Throws std::invalid_argument with a message naming what is supported. Shared by CPU and CUDA.
+void check_write_kv_cache_args(const WriteKVCacheArgs& args);
+void check_paged_attention_args(const PagedAttentionArgs& args);
+
+// ---- CPU implementations (threads; fp32 and bf16) -------------------------------------------------
+void write_kv_cache_cpu(const WriteKVCacheArgs& args);
+void paged_attention_cpu(const PagedAttentionArgs& args);
+// Copies whole blocks within each cache array. caches: [num_caches] base pointers, each an array
+// [num_blocks, block_bytes]; pairs: [num_pairs, 2] (src, dst) block ids.
+void copy_blocks_cpu(void* const* caches, int num_caches, int64_t num_blocks, int64_t block_bytes,
+                     const int32_t* pairs, int num_pairs);
+
+// ---- CUDA implementations (throw std::runtime_error when built without CUDA) ----------------------
+void write_kv_cache_cuda(const WriteKVCacheArgs& args, cudaStream_t stream);
+void paged_attention_cuda(const PagedAttentionArgs& args, cudaStream_t stream);
+// caches: device array [num_caches] of base pointers (each [num_blocks, block_bytes]);
+// pairs: device array [num_pairs, 2] of (src, dst) block ids. block_bytes must be a multiple of 16.
+void copy_blocks_cuda(void* const* caches, int num_caches, int64_t block_bytes, const int32_t* pairs,
+                      int num_pairs, cudaStream_t stream);
+// Moves whole blocks between two caches (device <-> pinned host, or device <-> device), one
+// cudaMemcpyAsync per pair per cache. src_caches / dst_caches: host arrays [num_caches] of base
+// pointers (each [num_blocks, block_bytes]); pairs: host array [num_pairs, 2] of (src, dst) ids.
+void swap_blocks_cuda(void* const* src_caches, void* const* dst_caches, int num_caches, int64_t block_bytes,
+                      const int32_t* pairs, int num_pairs, cudaStream_t stream);
+// Decode split count that fills the device (waves of CTAs) for this batch, in [1, kMaxAttentionSplits].
+int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype,
+                                int max_context_len);
+
+}  // namespace pagedcore

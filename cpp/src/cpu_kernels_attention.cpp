@@ -1,0 +1,160 @@
+// CPU paged attention for mixed decode / prefill batches (float32 and bfloat16 storage, float
+// arithmetic). Work item = (sequence, KV head, chunk of query rows): every K/V row a work item
+// reads is converted once and used by all query heads of that KV head.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu_dtype.h"
+#include "cpu_thread_pool.h"
+#include "pagedcore/kernels.h"
+
+namespace pagedcore {
+namespace {
+
+constexpr int kRowsPerWorkItem = 16;
+
+struct WorkItem {
+  int seq;
+  int kv_head;
+  int first_row;  // query row within the sequence
+  int num_rows;
+};
+
+// Checks the host-visible batch description; the CPU path can afford to look at every id.
+void check_batch(const PagedAttentionArgs& a) {
+  if (a.query_start_loc[0] != 0) throw std::invalid_argument("query_start_loc[0] must be 0");
+  if (a.query_start_loc[a.num_seqs] != a.num_tokens) {
+    throw std::invalid_argument("query_start_loc[num_seqs] (" + std::to_string(a.query_start_loc[a.num_seqs]) +
+                                ") must equal num_tokens (" + std::to_string(a.num_tokens) + ")");
+  }
+  for (int s = 0; s < a.num_seqs; ++s) {
+    const int qlen = a.query_start_loc[s + 1] - a.query_start_loc[s];
+    const int ctx = a.context_lens[s];
+    if (qlen < 0) throw std::invalid_argument("query_start_loc must be non-decreasing");
+    if (ctx < qlen) {
+      throw std::invalid_argument("context_lens[" + std::to_string(s) + "] = " + std::to_string(ctx) +
+                                  " is smaller than its query length " + std::to_string(qlen));
+    }
+    const int64_t blocks = (static_cast<int64_t>(ctx) + a.block_size - 1) / a.block_size;
+    if (blocks > a.max_blocks_per_seq) {
+      throw std::invalid_argument("context_lens[" + std::to_string(s) + "] = " + std::to_string(ctx) +
+                                  " needs " + std::to_string(blocks) + " blocks; block_tables has " +
+                                  std::to_string(a.max_blocks_per_seq) + " per sequence");
+    }
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int32_t id = a.block_tables[s * a.block_tables_stride + b];
+      if (id < 0 || id >= a.num_blocks) {
+        throw std::out_of_range("block_tables[" + std::to_string(s) + ", " + std::to_string(b) + "] = " +
+                                std::to_string(id) + " outside [0, " + std::to_string(a.num_blocks) + ")");
+      }
+    }
+  }
+}
+
+template <typename T>
+void attend_work_item(const PagedAttentionArgs& a, const WorkItem& w, std::vector<float>& scratch) {
+  const int D = a.head_dim;
+  const int G = a.num_heads / a.num_kv_heads;
+  const int ctx = a.context_lens[w.seq];
+  const int row0 = a.query_start_loc[w.seq];
+  const int qlen = a.query_start_loc[w.seq + 1] - row0;
+  const int32_t* table = a.block_tables + w.seq * a.block_tables_stride;
+  const T* k_cache = static_cast<const T*>(a.k_cache);
+  const T* v_cache = static_cast<const T*>(a.v_cache);
+  const int64_t head_block = static_cast<int64_t>(a.block_size) * D;
+
+  // scratch: q [G, D] | scores [G, ctx] | acc [G, D] | kv row [D]
+  scratch.resize(static_cast<size_t>(G) * D * 2 + static_cast<size_t>(G) * ctx + D);
+  float* q = scratch.data();
+  float* scores = q + G * D;
+  float* acc = scores + static_cast<size_t>(G) * ctx;
+  float* row = acc + G * D;
+
+  auto kv_row = [&](const T* cache, int token) {
+    const int64_t block = table[token / a.block_size];
+    return cache + (block * a.num_kv_heads + w.kv_head) * head_block + static_cast<int64_t>(token % a.block_size) * D;
+  };
+
+  for (int r = w.first_row; r < w.first_row + w.num_rows; ++r) {
+    const int token = row0 + r;
+    const int num_keys = ctx - qlen + r + 1;  // causal: keys [0, position]
+    for (int g = 0; g < G; ++g) {
+      const T* src = static_cast<const T*>(a.q) + token * a.q_stride_token + (w.kv_head * G + g) * a.q_stride_head;
+      for (int d = 0; d < D; ++d) q[g * D + d] = cpu::to_float(src[d]) * a.scale;
+    }
+    for (int t = 0; t < num_keys; ++t) {
+      const T* k = kv_row(k_cache, t);
+      for (int d = 0; d < D; ++d) row[d] = cpu::to_float(k[d]);
+      for (int g = 0; g < G; ++g) {
+        const float* qg = q + g * D;
+        float dot = 0.f;
+        for (int d = 0; d < D; ++d) dot += qg[d] * row[d];
+        scores[static_cast<size_t>(g) * ctx + t] = dot;
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      float* s = scores + static_cast<size_t>(g) * ctx;
+      float max_score = -std::numeric_limits<float>::infinity();
+      for (int t = 0; t < num_keys; ++t) max_score = std::max(max_score, s[t]);
+      float sum = 0.f;
+      for (int t = 0; t < num_keys; ++t) {
+        s[t] = std::exp(s[t] - max_score);
+        sum += s[t];
+      }
+      const float inv = 1.f / sum;
+      for (int t = 0; t < num_keys; ++t) s[t] *= inv;
+    }
+    std::fill(acc, acc + G * D, 0.f);
+    for (int t = 0; t < num_keys; ++t) {
+      const T* v = kv_row(v_cache, t);
+      for (int d = 0; d < D; ++d) row[d] = cpu::to_float(v[d]);
+      for (int g = 0; g < G; ++g) {
+        const float p = scores[static_cast<size_t>(g) * ctx + t];
+        float* ag = acc + g * D;
+        for (int d = 0; d < D; ++d) ag[d] += p * row[d];
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      T* dst = static_cast<T*>(a.out) + token * a.out_stride_token + (w.kv_head * G + g) * a.out_stride_head;
+      for (int d = 0; d < D; ++d) dst[d] = cpu::from_float<T>(acc[g * D + d]);
+    }
+  }
+}
+
+template <typename T>
+void run(const PagedAttentionArgs& a) {
+  std::vector<WorkItem> items;
+  for (int s = 0; s < a.num_seqs; ++s) {
+    const int qlen = a.query_start_loc[s + 1] - a.query_start_loc[s];
+    for (int h = 0; h < a.num_kv_heads; ++h) {
+      for (int r = 0; r < qlen; r += kRowsPerWorkItem) items.push_back({s, h, r, std::min(kRowsPerWorkItem, qlen - r)});
+    }
+  }
+  // Long rows first so the tail of the parallel loop is short.
+  std::stable_sort(items.begin(), items.end(), [&](const WorkItem& x, const WorkItem& y) {
+    return static_cast<int64_t>(a.context_lens[x.seq]) * x.num_rows > static_cast<int64_t>(a.context_lens[y.seq]) * y.num_rows;
+  });
+  cpu::parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i) {
+    thread_local std::vector<float> scratch;
+    attend_work_item<T>(a, items[i], scratch);
+  });
+}
+
+}  // namespace
+
+void paged_attention_cpu(const PagedAttentionArgs& a) {
+  check_paged_attention_args(a);
+  if (a.dtype != DType::kFloat32 && a.dtype != DType::kBFloat16) {
+    throw std::invalid_argument("CPU paged_attention does not support " + dtype_name(a.dtype) +
+                                "; supported CPU dtypes: float32, bfloat16");
+  }
+  check_batch(a);
+  if (a.dtype == DType::kFloat32) run<float>(a);
+  else run<cpu::BFloat16>(a);
+}
+
+}  // namespace pagedcore

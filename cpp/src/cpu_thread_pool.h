@@ -1,0 +1,17 @@
+// A small persistent thread pool for the CPU kernels: parallel_for over an index range, the
+// calling thread taking part. Workers start on first use and live until process exit.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace pagedcore::cpu {
+
+// Runs fn(i) for every i in [0, n), spread over the pool's threads; returns when all are done.
+// The first exception thrown by fn is rethrown here. Nested calls run serially.
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
+
+// Threads used by parallel_for: PAGEDCORE_NUM_THREADS if set, else the hardware concurrency.
+int num_threads();
+
+}  // namespace pagedcore::cpu

@@ -1,0 +1,218 @@
+// Warp-level building blocks of the paged attention kernels: cp.async tile loads, ldmatrix,
+// mma.sync m16n8k16 (fp16 / bf16 in, fp32 accumulate) and one flash-attention step of a warp's
+// 16 query rows over 16 keys with an online softmax in the log2 domain.
+//
+// Shared-memory tiles are row-major [rows][head_dim + 8] elements: the 16-byte pad makes the row
+// pitch an odd number of 16-byte units, so the 8 row addresses of each ldmatrix phase land in
+// distinct banks for every supported head size (64, 80, 96, 128, 256).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace pagedcore::cuda {
+
+template <int D>
+inline constexpr int kRowPitch = D + 8;  // elements per shared-memory tile row
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy that bypasses L1; when !valid, writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(smem)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(smem)));
+}
+
+template <typename T>
+struct MmaTraits;
+
+template <>
+struct MmaTraits<__nv_bfloat16> {
+  __device__ __forceinline__ static void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+template <>
+struct MmaTraits<__half> {
+  __device__ __forceinline__ static void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+// Running state of one warp's 16 query rows. Thread (lane) holds rows g = lane / 4 and g + 8,
+// columns 2 * (lane % 4) + {0, 1} of every 8-wide n-tile (the mma accumulator layout).
+template <int D>
+struct WarpAttentionState {
+  float o[D / 8][4];  // unnormalized output: n-tile j = dims 8j..8j+7; [0..1] row g, [2..3] row g + 8
+  float m[2];         // running max of the scaled scores (log2 domain), rows g and g + 8
+  float l[2];         // running sum of exp2(score - m) over this thread's columns, rows g and g + 8
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+  }
+
+  // Sums l over the 4 threads of a row (call once, after the last chunk).
+  __device__ __forceinline__ void reduce_row_sums() {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+  }
+};
+
+// A warp's 16 query rows as mma A fragments, one per 16-wide slice of head_dim. Decode keeps them
+// in registers for the whole key loop (loaded once); prefill reloads them from shared memory.
+template <int D>
+struct QueryFragments {
+  uint32_t a[D / 16][4];
+
+  template <typename T>
+  __device__ __forceinline__ void load(const T* sq, int lane) {
+    const T* q_lane = sq + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowPitch<D> + (lane >> 4) * 8;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(a[kk], q_lane + kk * 16);
+  }
+};
+
+// One online-softmax step of a warp: 16 query rows x 16 keys.
+//   sq: [16][kRowPitch<D>] query rows of this warp (shared memory)
+//   sk, sv: [16][kRowPitch<D>] keys / values of tokens token0 .. token0 + 15 (shared memory;
+//           rows past the context are zero-filled so that masked columns never meet NaN)
+//   limit_lo / limit_hi: last key position rows g / g + 8 may attend to (-1: none)
+//   q_regs: when non-null, the rows' fragments already in registers (sq is then unused)
+template <typename T, int D>
+__device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments<D>* q_regs, const T* sk,
+                                               const T* sv, int token0, int limit_lo, int limit_hi,
+                                               float scale_log2, WarpAttentionState<D>& st, int lane) {
+  constexpr int P = kRowPitch<D>;
+  float s[2][4];
+#pragma unroll
+  for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+
+  const T* q_lane = sq + ((lane & 7) + ((lane >> 3) & 1) * 8) * P + (lane >> 4) * 8;
+  const T* k_lane = sk + ((lane & 7) + (lane >> 4) * 8) * P + ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t q_frag[4], b[4];
+    const uint32_t* a = q_frag;
+    if (q_regs) a = q_regs->a[kk];
+    else ldmatrix_x4(q_frag, q_lane + kk * 16);
+    ldmatrix_x4(b, k_lane + kk * 16);
+    MmaTraits<T>::mma(s[0], a, b[0], b[1]);
+    MmaTraits<T>::mma(s[1], a, b[2], b[3]);
+  }
+
+  const int col = token0 + 2 * (lane & 3);
+  float row_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int n = 0; n < 2; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int token = col + n * 8 + (e & 1);
+      const int limit = e < 2 ? limit_lo : limit_hi;
+      s[n][e] = token <= limit ? s[n][e] * scale_log2 : -INFINITY;
+      row_max[e >> 1] = fmaxf(row_max[e >> 1], s[n][e]);
+    }
+  }
+  float alpha[2], m_use[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 1));
+    row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
+    const float m_new = fmaxf(st.m[r], row_max[r]);
+    m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // a fully masked row keeps p = 0, never NaN
+    alpha[r] = exp2f(st.m[r] - m_use[r]);
+    st.m[r] = m_new;
+  }
+  float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int n = 0; n < 2; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[n][e] = exp2f(s[n][e] - m_use[e >> 1]);
+      row_sum[e >> 1] += s[n][e];
+    }
+  }
+  st.l[0] = st.l[0] * alpha[0] + row_sum[0];
+  st.l[1] = st.l[1] * alpha[1] + row_sum[1];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    st.o[j][0] *= alpha[0];
+    st.o[j][1] *= alpha[0];
+    st.o[j][2] *= alpha[1];
+    st.o[j][3] *= alpha[1];
+  }
+
+  // P (16 rows x 16 keys) in the A-operand layout: the accumulator layout of the two n-tiles.
+  uint32_t p[4];
+  p[0] = MmaTraits<T>::pack(s[0][0], s[0][1]);
+  p[1] = MmaTraits<T>::pack(s[0][2], s[0][3]);
+  p[2] = MmaTraits<T>::pack(s[1][0], s[1][1]);
+  p[3] = MmaTraits<T>::pack(s[1][2], s[1][3]);
+  const T* v_lane = sv + ((lane & 7) + ((lane >> 3) & 1) * 8) * P + (lane >> 4) * 8;
+#pragma unroll
+  for (int j2 = 0; j2 < D / 16; ++j2) {
+    uint32_t b[4];
+    ldmatrix_x4_trans(b, v_lane + j2 * 16);
+    MmaTraits<T>::mma(st.o[2 * j2], p, b[0], b[1]);
+    MmaTraits<T>::mma(st.o[2 * j2 + 1], p, b[2], b[3]);
+  }
+}
+
+// Shared-memory address of row `row` of a tile, the 16-byte chunk `chunk`.
+template <typename T, int D>
+__device__ __forceinline__ T* tile_chunk(T* tile, int row, int chunk) {
+  return tile + row * kRowPitch<D> + chunk * 8;
+}
+
+// Global address of (token, chunk) of one KV head in an HND cache, or nullptr past the context.
+template <typename T, int D>
+__device__ __forceinline__ const T* cache_chunk(const T* cache, const int32_t* block_table, int token,
+                                                int block_size_log2, int num_kv_heads, int kv_head, int chunk) {
+  const int64_t block = block_table[token >> block_size_log2];
+  const int offset = token & ((1 << block_size_log2) - 1);
+  return cache + (((block * num_kv_heads + kv_head) << block_size_log2) + offset) * D + chunk * 8;
+}
+
+}  // namespace pagedcore::cuda

@@ -1,0 +1,112 @@
+// Host entry of CUDA paged attention: validates, picks the launches for a mixed batch
+// (decode kernel for 1-token rows, prefill kernel for the rest, split merge when split-KV is on)
+// and recommends split counts from the device's size.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "attention_params.cuh"
+#include "cuda_check.cuh"
+#include "pagedcore/kernels.h"
+
+namespace pagedcore {
+namespace {
+
+int log2_exact(int x) {
+  int n = 0;
+  while ((1 << n) < x) ++n;
+  return n;
+}
+
+void require_aligned(const void* ptr, int64_t stride_a, int64_t stride_b, const char* name) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0 || stride_a % 8 != 0 || stride_b % 8 != 0) {
+    throw std::invalid_argument(std::string(name) +
+                                " must be 16-byte aligned with strides that are multiples of 8 elements "
+                                "(CUDA kernels use 16-byte vector accesses)");
+  }
+}
+
+}  // namespace
+
+void paged_attention_cuda(const PagedAttentionArgs& a, cudaStream_t stream) {
+  check_paged_attention_args(a);
+  if (a.dtype != DType::kFloat16 && a.dtype != DType::kBFloat16) {
+    throw std::invalid_argument("CUDA paged_attention does not support " + dtype_name(a.dtype) +
+                                "; supported CUDA dtypes: float16, bfloat16");
+  }
+  require_aligned(a.q, a.q_stride_token, a.q_stride_head, "q");
+  require_aligned(a.out, a.out_stride_token, a.out_stride_head, "out");
+  require_aligned(a.k_cache, 0, 0, "k_cache");
+  require_aligned(a.v_cache, 0, 0, "v_cache");
+  if (a.num_seqs == 0 || a.num_tokens == 0) return;
+
+  cuda::AttentionKernelParams p{};
+  p.q = a.q;
+  p.q_stride_token = a.q_stride_token;
+  p.q_stride_head = a.q_stride_head;
+  p.k_cache = a.k_cache;
+  p.v_cache = a.v_cache;
+  p.block_tables = a.block_tables;
+  p.block_tables_stride = a.block_tables_stride;
+  p.context_lens = a.context_lens;
+  p.query_start_loc = a.query_start_loc;
+  p.out = a.out;
+  p.out_stride_token = a.out_stride_token;
+  p.out_stride_head = a.out_stride_head;
+  p.num_seqs = a.num_seqs;
+  p.num_tokens = a.num_tokens;
+  p.num_heads = a.num_heads;
+  p.num_kv_heads = a.num_kv_heads;
+  p.group_size = a.num_heads / a.num_kv_heads;
+  p.block_size_log2 = log2_exact(a.block_size);
+  p.scale_log2 = a.scale * 1.4426950408889634f;
+  p.prefill_takes_decode_rows = p.group_size > cuda::kDecodeMaxGroupSize;
+  p.num_splits = p.prefill_takes_decode_rows ? 1 : a.num_splits;
+  if (p.num_splits > 1) {
+    const size_t need = paged_attention_workspace_bytes(a.num_seqs, a.num_heads, a.head_dim, p.num_splits);
+    if (a.workspace == nullptr || a.workspace_bytes < need) {
+      throw std::invalid_argument("paged_attention with num_splits=" + std::to_string(p.num_splits) + " needs a " +
+                                  std::to_string(need) + "-byte workspace, got " + std::to_string(a.workspace_bytes));
+    }
+    if (reinterpret_cast<uintptr_t>(a.workspace) % 16 != 0) {
+      throw std::invalid_argument("paged_attention workspace must be 16-byte aligned");
+    }
+    p.partial_out = static_cast<float*>(a.workspace);
+    p.partial_lse = p.partial_out + static_cast<size_t>(p.num_splits) * a.num_seqs * a.num_heads * a.head_dim;
+  }
+
+  if (!p.prefill_takes_decode_rows) {
+    cuda::launch_decode_attention(p, a.dtype, a.head_dim, stream);
+    if (p.num_splits > 1) cuda::launch_split_merge(p, a.dtype, a.head_dim, stream);
+  }
+  if (a.max_query_len > 1 || p.prefill_takes_decode_rows) cuda::launch_prefill_attention(p, a.dtype, a.head_dim, stream);
+}
+
+int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype,
+                                int max_context_len) {
+  if (num_seqs <= 0 || num_kv_heads <= 0 || num_heads % num_kv_heads != 0) return 1;
+  if (num_heads / num_kv_heads > cuda::kDecodeMaxGroupSize) return 1;
+  constexpr int kMinTokensPerSplit = 128;  // 2 tiles per warp: below that, merging costs more than it saves
+  const int max_splits = std::clamp((max_context_len + kMinTokensPerSplit - 1) / kMinTokensPerSplit, 1, kMaxAttentionSplits);
+  int device = 0, num_sms = 0;
+  PAGEDCORE_CUDA_CHECK(cudaGetDevice(&device));
+  PAGEDCORE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t slots = static_cast<int64_t>(num_sms) * cuda::decode_attention_ctas_per_sm(dtype, head_dim);
+  const int64_t ctas = static_cast<int64_t>(num_seqs) * num_kv_heads;
+  // Fewest splits whose CTAs fill the device's resident slots in whole waves (>= 85% busy).
+  int best = 1;
+  double best_efficiency = 0;
+  for (int s = 1; s <= max_splits; ++s) {
+    const int64_t total = ctas * s;
+    const double efficiency = static_cast<double>(total) / (static_cast<double>((total + slots - 1) / slots) * slots);
+    if (efficiency >= 0.85) return s;
+    if (efficiency > best_efficiency + 1e-9) {
+      best_efficiency = efficiency;
+      best = s;
+    }
+  }
+  return best;
+}
+
+}  // namespace pagedcore

@@ -1,0 +1,295 @@
+"""Torch-tensor wrappers of the pagedcore kernels (CPU and CUDA, dispatched on the tensors' device).
+
+Each function checks dtypes, devices, shapes and strides once, with messages a user can act on,
+then hands data pointers, strides and the current CUDA stream to ``pagedcore._core``. The native
+module never links torch.
+
+KV cache layout, per layer, K and V separate: ``[num_blocks, num_kv_heads, block_size, head_dim]``,
+contiguous. One KV head's block is one contiguous run of ``block_size * head_dim`` elements, so
+decode streams long contiguous runs; block ``b`` of every head is one contiguous span, which is
+what ``copy_blocks`` / ``swap_blocks`` move. A ``[num_layers, 2, num_blocks, ...]`` tensor works:
+pass ``cache[layer, 0]`` and ``cache[layer, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from pagedcore import _core
+
+__all__ = [
+    "copy_blocks",
+    "paged_attention",
+    "paged_attention_workspace",
+    "recommended_num_splits",
+    "swap_blocks",
+    "write_kv_cache",
+]
+
+_DTYPES = {
+    torch.float32: _core.DType.float32,
+    torch.float16: _core.DType.float16,
+    torch.bfloat16: _core.DType.bfloat16,
+}
+_CUDA_DTYPES = (torch.float16, torch.bfloat16)
+_CPU_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _stream(device: torch.device) -> int | None:
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"pagedcore kernels run on CPU or CUDA tensors, got device {device}")
+    if not _core.built_with_cuda():
+        raise RuntimeError("pagedcore was built without CUDA; rebuild with nvcc on PATH to use CUDA tensors")
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _check_same_device(named: dict[str, torch.Tensor]) -> torch.device:
+    devices = {name: t.device for name, t in named.items()}
+    first = next(iter(devices.values()))
+    if any(d != first for d in devices.values()):
+        raise ValueError(f"all tensors must be on one device, got {devices}")
+    return first
+
+
+def _check_dtype(name: str, t: torch.Tensor, device: torch.device) -> None:
+    allowed = _CUDA_DTYPES if device.type == "cuda" else _CPU_DTYPES
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise TypeError(f"{name} has dtype {t.dtype}; supported on {device.type}: {names}")
+
+
+def _check_int32(name: str, t: torch.Tensor, ndim: int) -> None:
+    if t.dtype != torch.int32 or t.dim() != ndim:
+        raise TypeError(f"{name} must be an int32 tensor with {ndim} dims, got {t.dtype} with shape {tuple(t.shape)}")
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dim")
+
+
+def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int, int, int]:
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            "k_cache and v_cache must both be [num_blocks, num_kv_heads, block_size, head_dim], got "
+            f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("k_cache and v_cache must be contiguous")
+    if k_cache.dtype != v_cache.dtype:
+        raise TypeError(f"k_cache ({k_cache.dtype}) and v_cache ({v_cache.dtype}) must share a dtype")
+    num_blocks, num_kv_heads, block_size, head_dim = k_cache.shape
+    return num_blocks, num_kv_heads, block_size, head_dim
+
+
+def _check_rows(name: str, t: torch.Tensor, num_heads: int, head_dim: int) -> None:
+    if t.dim() != 3 or t.shape[1] != num_heads or t.shape[2] != head_dim:
+        raise ValueError(f"{name} must be [num_tokens, {num_heads}, {head_dim}], got {tuple(t.shape)}")
+    if t.stride(2) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dim (head_dim); got strides {t.stride()}")
+
+
+def write_kv_cache(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Scatter new keys/values into their cache slots.
+
+    k, v: [num_tokens, num_kv_heads, head_dim] (views with strided tokens/heads allowed, e.g. slices
+    of a fused qkv tensor); k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim];
+    slot_mapping: int32 [num_tokens], slot = block_id * block_size + offset, -1 skips the token.
+    """
+    device = _check_same_device({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache, "slot_mapping": slot_mapping})
+    num_blocks, num_kv_heads, block_size, head_dim = _check_cache(k_cache, v_cache)
+    _check_rows("k", k, num_kv_heads, head_dim)
+    _check_rows("v", v, num_kv_heads, head_dim)
+    if k.dtype != k_cache.dtype or v.dtype != k_cache.dtype:
+        raise TypeError(f"k ({k.dtype}) and v ({v.dtype}) must match the cache dtype {k_cache.dtype}")
+    _check_int32("slot_mapping", slot_mapping, 1)
+    if slot_mapping.shape[0] != k.shape[0] or v.shape[0] != k.shape[0]:
+        raise ValueError(
+            f"k ({k.shape[0]}), v ({v.shape[0]}) and slot_mapping ({slot_mapping.shape[0]}) need the same token count"
+        )
+    _core.write_kv_cache(
+        _DTYPES[k.dtype], k.data_ptr(), k.stride(0), k.stride(1), v.data_ptr(), v.stride(0), v.stride(1),
+        k_cache.data_ptr(), v_cache.data_ptr(), slot_mapping.data_ptr(), k.shape[0], num_kv_heads, head_dim,
+        block_size, num_blocks, _stream(device),
+    )
+
+
+def recommended_num_splits(
+    num_seqs: int, num_kv_heads: int, num_heads: int, head_dim: int, dtype: torch.dtype, max_context_len: int
+) -> int:
+    """Split-KV partitions that fill the current CUDA device for a decode batch of this shape."""
+    return _core.cuda_recommended_num_splits(
+        num_seqs, num_kv_heads, num_heads, head_dim, _DTYPES[dtype], max_context_len
+    )
+
+
+def paged_attention_workspace(
+    num_seqs: int, num_heads: int, head_dim: int, num_splits: int, device: torch.device | str
+) -> torch.Tensor:
+    """A workspace for paged_attention with num_splits (allocate once to capture CUDA graphs)."""
+    nbytes = _core.paged_attention_workspace_bytes(num_seqs, num_heads, head_dim, num_splits)
+    return torch.empty(max(nbytes, 16), dtype=torch.uint8, device=device)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    *,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+    max_query_len: int | None = None,
+    max_context_len: int | None = None,
+    num_splits: int | None = None,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of a mixed decode / prefill batch over the paged KV cache.
+
+    q: [num_tokens, num_heads, head_dim] (token/head strides free, last dim contiguous); the
+    query tokens of sequence i are rows query_start_loc[i] .. query_start_loc[i+1]-1.
+    k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim] holding every token's K/V,
+    this step's included (call write_kv_cache first). block_tables: int32 [num_seqs, max_blocks];
+    context_lens: int32 [num_seqs], all tokens of each sequence including the new ones;
+    query_start_loc: int32 [num_seqs + 1]. Query row j of a sequence with qlen rows sits at
+    position context_len - qlen + j and attends to keys [0, position].
+
+    Host-side hints (pass them to avoid a device sync and to capture CUDA graphs):
+    max_query_len (1 = decode only), max_context_len (picks num_splits), num_splits (CUDA split-KV
+    partitions; with num_splits > 1 pass a workspace from paged_attention_workspace).
+    Returns out: [num_tokens, num_heads, head_dim] in q's dtype.
+    """
+    device = _check_same_device(
+        {"q": q, "k_cache": k_cache, "v_cache": v_cache, "block_tables": block_tables,
+         "context_lens": context_lens, "query_start_loc": query_start_loc}
+    )
+    num_blocks, num_kv_heads, block_size, head_dim = _check_cache(k_cache, v_cache)
+    _check_dtype("q", q, device)
+    if q.dim() != 3 or q.shape[2] != head_dim:
+        raise ValueError(f"q must be [num_tokens, num_heads, {head_dim}], got {tuple(q.shape)}")
+    if q.stride(2) != 1:
+        raise ValueError(f"q must be contiguous in its last dim; got strides {q.stride()}")
+    if q.dtype != k_cache.dtype:
+        raise TypeError(f"q ({q.dtype}) must match the cache dtype ({k_cache.dtype})")
+    num_tokens, num_heads = q.shape[0], q.shape[1]
+    _check_int32("block_tables", block_tables, 2)
+    _check_int32("context_lens", context_lens, 1)
+    _check_int32("query_start_loc", query_start_loc, 1)
+    num_seqs = context_lens.shape[0]
+    if block_tables.shape[0] != num_seqs or query_start_loc.shape[0] != num_seqs + 1:
+        raise ValueError(
+            f"block_tables ({block_tables.shape[0]} rows), context_lens ({num_seqs}) and query_start_loc "
+            f"({query_start_loc.shape[0]}, needs num_seqs + 1) disagree on the number of sequences"
+        )
+    if out is None:
+        out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=device)
+    else:
+        _check_rows("out", out, num_heads, head_dim)
+        if out.dtype != q.dtype or out.device != device or out.shape[0] != num_tokens:
+            raise ValueError("out must match q in dtype, device and shape")
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    stream = _stream(device)
+    if max_query_len is None:
+        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max().item()) if num_seqs else 0
+    splits = 1
+    ws_ptr, ws_bytes = 0, 0
+    if stream is not None:
+        if num_splits is None:
+            if max_context_len is None:
+                max_context_len = int(context_lens.max().item()) if num_seqs else 0
+            num_splits = recommended_num_splits(num_seqs, num_kv_heads, num_heads, head_dim, q.dtype, max_context_len)
+        splits = num_splits
+        if splits > 1:
+            if workspace is None:
+                workspace = paged_attention_workspace(num_seqs, num_heads, head_dim, splits, device)
+            if workspace.device != device:
+                raise ValueError("workspace must be on q's device")
+            ws_ptr, ws_bytes = workspace.data_ptr(), workspace.numel() * workspace.element_size()
+    _core.paged_attention(
+        _DTYPES[q.dtype], q.data_ptr(), q.stride(0), q.stride(1), k_cache.data_ptr(), v_cache.data_ptr(),
+        block_tables.data_ptr(), block_tables.stride(0), block_tables.shape[1], context_lens.data_ptr(),
+        query_start_loc.data_ptr(), out.data_ptr(), out.stride(0), out.stride(1), num_seqs, num_tokens, num_heads,
+        num_kv_heads, head_dim, block_size, num_blocks, float(scale), max_query_len, splits, ws_ptr, ws_bytes, stream,
+    )
+    return out
+
+
+def _pairs_tensor(pairs: torch.Tensor | Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    t = pairs if isinstance(pairs, torch.Tensor) else torch.tensor(list(pairs), dtype=torch.int32).reshape(-1, 2)
+    if t.dtype != torch.int32 or t.dim() != 2 or t.shape[1] != 2:
+        raise TypeError(f"pairs must be int32 [num_pairs, 2] (src, dst), got {t.dtype} {tuple(t.shape)}")
+    return t.to(device).contiguous()
+
+
+def _check_pair_ids(pairs: torch.Tensor, num_blocks: int) -> None:
+    if pairs.numel() and (int(pairs.min()) < 0 or int(pairs.max()) >= num_blocks):
+        raise IndexError(f"block ids in pairs must lie in [0, {num_blocks})")
+
+
+def _block_bytes(caches: Sequence[torch.Tensor]) -> tuple[int, int]:
+    first = caches[0]
+    for c in caches:
+        if c.shape != first.shape or c.dtype != first.dtype or c.device != first.device or not c.is_contiguous():
+            raise ValueError("every cache must be contiguous with one shape, dtype and device")
+    return first.shape[0], first[0].numel() * first.element_size()
+
+
+def copy_blocks(caches: Sequence[torch.Tensor], pairs: torch.Tensor | Sequence[tuple[int, int]]) -> None:
+    """Copy-on-write: copy block src into block dst in every cache array (K and V of every layer).
+
+    caches: tensors [num_blocks, ...] (e.g. [k_cache_0, v_cache_0, k_cache_1, ...]);
+    pairs: int32 [num_pairs, 2] or a list of (src, dst) block ids.
+    """
+    if not caches:
+        return
+    num_blocks, block_bytes = _block_bytes(caches)
+    device = caches[0].device
+    if not (isinstance(pairs, torch.Tensor) and pairs.is_cuda):
+        _check_pair_ids(_pairs_tensor(pairs, torch.device("cpu")), num_blocks)
+    pair_t = _pairs_tensor(pairs, device)
+    if pair_t.shape[0] == 0:
+        return
+    ptrs = torch.tensor([c.data_ptr() for c in caches], dtype=torch.int64, device=device)
+    _core.copy_blocks(ptrs.data_ptr(), len(caches), num_blocks, block_bytes, pair_t.data_ptr(), pair_t.shape[0],
+                      _stream(device))
+
+
+def swap_blocks(
+    src_caches: Sequence[torch.Tensor],
+    dst_caches: Sequence[torch.Tensor],
+    pairs: torch.Tensor | Sequence[tuple[int, int]],
+) -> None:
+    """Swap out / in for preemption: copy block src of each src cache into block dst of the
+    matching dst cache. One side is CUDA, the other CUDA or pinned CPU memory."""
+    if len(src_caches) != len(dst_caches):
+        raise ValueError("src_caches and dst_caches must have the same length")
+    if not src_caches:
+        return
+    _, block_bytes = _block_bytes(src_caches)
+    _, dst_block_bytes = _block_bytes(dst_caches)
+    if block_bytes != dst_block_bytes or src_caches[0].dtype != dst_caches[0].dtype:
+        raise ValueError("src and dst caches must have the same block shape and dtype")
+    cuda_side = src_caches[0].device if src_caches[0].is_cuda else dst_caches[0].device
+    if not cuda_side.type == "cuda":
+        raise ValueError("swap_blocks moves blocks to or from a CUDA cache; both sides are on the CPU")
+    for host in (src_caches[0], dst_caches[0]):
+        if host.device.type == "cpu" and not host.is_pinned():
+            raise ValueError("the CPU side of swap_blocks must be pinned memory (torch.empty(..., pin_memory=True))")
+    pair_list = pairs.tolist() if isinstance(pairs, torch.Tensor) else [tuple(p) for p in pairs]
+    num_src, num_dst = src_caches[0].shape[0], dst_caches[0].shape[0]
+    for s, d in pair_list:
+        if not (0 <= s < num_src and 0 <= d < num_dst):
+            raise IndexError(f"swap_blocks pair ({s}, {d}) outside the caches ({num_src} and {num_dst} blocks)")
+    _core.swap_blocks([c.data_ptr() for c in src_caches], [c.data_ptr() for c in dst_caches], block_bytes,
+                      [(int(s), int(d)) for s, d in pair_list], _stream(cuda_side))

@@ -1,0 +1,118 @@
+"""write_kv_cache, copy_blocks and swap_blocks (CPU always, CUDA when present) against plain
+torch indexing, with non-contiguous K/V views, padding slots and NaN-filled caches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pagedcore
+from pagedcore import ops
+
+HAS_CUDA = torch.cuda.is_available() and pagedcore.built_with_cuda()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of pagedcore")
+
+DEVICE_DTYPES = [
+    pytest.param("cpu", torch.float32, id="cpu-fp32"),
+    pytest.param("cpu", torch.bfloat16, id="cpu-bf16"),
+    pytest.param("cuda", torch.float16, id="cuda-fp16", marks=[needs_cuda, pytest.mark.gpu]),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=[needs_cuda, pytest.mark.gpu]),
+]
+
+
+def nan_cache(num_blocks, num_kv_heads, block_size, head_dim, dtype, device):
+    return torch.full((num_blocks, num_kv_heads, block_size, head_dim), float("nan"), dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("block_size", [1, 16, 256])
+@pytest.mark.parametrize("head_dim", [64, 80, 128])
+def test_write_kv_cache_from_fused_qkv_view(device, dtype, block_size, head_dim):
+    num_heads, num_kv_heads, num_tokens = 6, 2, 37
+    num_blocks = max(11, 2 * num_tokens // block_size)
+    qkv = torch.randn(num_tokens, num_heads + 2 * num_kv_heads, head_dim).to(device, dtype)
+    k = qkv[:, num_heads:num_heads + num_kv_heads]
+    v = qkv[:, num_heads + num_kv_heads:]
+    assert not k.is_contiguous() and not v.is_contiguous()
+    slots = torch.randperm(num_blocks * block_size)[:num_tokens].int()
+    slots[::5] = -1  # padding tokens are skipped
+    k_cache = nan_cache(num_blocks, num_kv_heads, block_size, head_dim, dtype, device)
+    v_cache = nan_cache(num_blocks, num_kv_heads, block_size, head_dim, dtype, device)
+    ops.write_kv_cache(k, v, k_cache, v_cache, slots.to(device))
+
+    expect_k = nan_cache(num_blocks, num_kv_heads, block_size, head_dim, dtype, "cpu")
+    expect_v = nan_cache(num_blocks, num_kv_heads, block_size, head_dim, dtype, "cpu")
+    for t, slot in enumerate(slots.tolist()):  # token by token
+        if slot == -1:
+            continue
+        expect_k[slot // block_size, :, slot % block_size] = k[t].cpu()
+        expect_v[slot // block_size, :, slot % block_size] = v[t].cpu()
+    assert torch.equal(k_cache.cpu().nan_to_num(7.0), expect_k.nan_to_num(7.0))
+    assert torch.equal(v_cache.cpu().nan_to_num(7.0), expect_v.nan_to_num(7.0))
+
+
+def test_write_kv_cache_refuses_slot_outside_cache():
+    k = torch.randn(2, 1, 64)
+    cache = torch.zeros(2, 1, 16, 64)
+    with pytest.raises(IndexError, match="outside the cache"):
+        ops.write_kv_cache(k, k, cache, cache.clone(), torch.tensor([0, 32], dtype=torch.int32))
+
+
+def test_write_kv_cache_refuses_wrong_shapes():
+    cache = torch.zeros(2, 2, 16, 64)
+    with pytest.raises(ValueError, match=r"\[num_tokens, 2, 64\]"):
+        ops.write_kv_cache(torch.randn(3, 1, 64), torch.randn(3, 1, 64), cache, cache.clone(),
+                           torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(TypeError, match="int32"):
+        ops.write_kv_cache(torch.randn(3, 2, 64), torch.randn(3, 2, 64), cache, cache.clone(),
+                           torch.zeros(3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_copy_blocks_every_layer(device, dtype):
+    num_layers, num_blocks = 3, 9
+    big = torch.randn(num_layers, 2, num_blocks, 2, 16, 64).to(device, dtype)  # one tensor for all layers
+    expect = big.clone()
+    caches = [big[layer, side] for layer in range(num_layers) for side in range(2)]
+    pairs = [(0, 5), (3, 1), (8, 2)]
+    ops.copy_blocks(caches, pairs)
+    for src, dst in pairs:
+        expect[:, :, dst] = expect[:, :, src]
+    assert torch.equal(big, expect)
+
+
+def test_copy_blocks_refuses_out_of_range_ids():
+    caches = [torch.zeros(4, 1, 16, 64)]
+    with pytest.raises(IndexError, match=r"\[0, 4\)"):
+        ops.copy_blocks(caches, [(0, 4)])
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_swap_out_and_in(dtype):
+    num_blocks = 12
+    gpu = [torch.randn(num_blocks, 2, 16, 128, device="cuda").to(dtype) for _ in range(4)]
+    host = [torch.full((num_blocks, 2, 16, 128), float("nan"), dtype=dtype).pin_memory() for _ in range(4)]
+    out_pairs = [(3, 0), (7, 1), (11, 5)]
+    ops.swap_blocks(gpu, host, out_pairs)
+    torch.cuda.synchronize()
+    for g, h in zip(gpu, host):
+        for src, dst in out_pairs:
+            assert torch.equal(h[dst], g[src].cpu())
+    restored = [torch.zeros_like(g) for g in gpu]
+    in_pairs = [(dst, src) for src, dst in out_pairs]
+    ops.swap_blocks(host, restored, in_pairs)
+    torch.cuda.synchronize()
+    for g, r in zip(gpu, restored):
+        for src, _ in out_pairs:
+            assert torch.equal(r[src], g[src])
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_swap_refuses_pageable_host_memory():
+    gpu = [torch.zeros(2, 1, 16, 64, device="cuda", dtype=torch.float16)]
+    host = [torch.zeros(2, 1, 16, 64, dtype=torch.float16)]
+    with pytest.raises(ValueError, match="pinned"):
+        ops.swap_blocks(gpu, host, [(0, 1)])
