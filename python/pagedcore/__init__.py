@@ -13,7 +13,28 @@ from pagedcore._core import (
     plan_kv_memory,
 )
 
+# The engine API imports torch; load it on first use so `import pagedcore` stays light.
+_ENGINE_EXPORTS = {
+    "LLM": "pagedcore.llm",
+    "SamplingParams": "pagedcore.sampling_params",
+    "RequestOutput": "pagedcore.outputs",
+    "CompletionOutput": "pagedcore.outputs",
+}
+
+
+def __getattr__(name: str):
+    if name in _ENGINE_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_ENGINE_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pagedcore' has no attribute {name!r}")
+
+
 __all__ = [
+    "LLM",
+    "SamplingParams",
+    "RequestOutput",
+    "CompletionOutput",
     "SUPPORTED_BLOCK_SIZES",
     "SUPPORTED_HEAD_SIZES",
     "BlockPool",

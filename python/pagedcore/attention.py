@@ -1,0 +1,52 @@
+"""Paged attention as a layer: store this step's K/V in the paged cache, then attend over it.
+
+Every layer calls the pagedcore kernels (pagedcore.ops): write_kv_cache and paged_attention, for
+a mixed batch of decode rows and (chunked) prefill rows described by AttentionMetadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedcore import ops
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step tensors shared by every layer, built by the model runner from the step plan."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] int32 cache slot of each token (-1 = padding, not written)
+    block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32
+    context_lens: torch.Tensor  # [num_seqs] int32, tokens in the cache after this step
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32, first query row of each sequence
+    max_query_len: int  # host-side max query length (1 = decode only)
+    max_context_len: int  # host-side max of context_lens (CUDA picks its split-KV count from it)
+    num_splits: int | None = None  # CUDA split-KV partitions; fixed when a CUDA graph is captured
+    workspace: torch.Tensor | None = None  # CUDA split-KV scratch for num_splits > 1 (graph capture)
+
+
+@dataclass
+class LayerKVCache:
+    key: torch.Tensor  # [num_blocks, num_kv_heads, block_size, head_dim]
+    value: torch.Tensor  # [num_blocks, num_kv_heads, block_size, head_dim]
+
+
+class PagedAttention(torch.nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]
+        -> [num_tokens, num_heads, head_dim]."""
+        ops.write_kv_cache(k, v, cache.key, cache.value, meta.slot_mapping)
+        return ops.paged_attention(q, cache.key, cache.value, meta.block_tables, meta.context_lens,
+                                   meta.query_start_loc, scale=self.scale, max_query_len=meta.max_query_len,
+                                   max_context_len=meta.max_context_len, num_splits=meta.num_splits,
+                                   workspace=meta.workspace)

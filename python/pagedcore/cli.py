@@ -1,0 +1,68 @@
+"""`pagedcore generate "prompt" [--model ...] [sampling flags]`: prints the completion."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pagedcore.model_loader import DEFAULT_MODEL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagedcore", description="pagedcore: LLM inference on PagedAttention")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="complete one or more prompts and print the completions")
+    gen.add_argument("prompts", nargs="+", help="prompt text (several prompts run as one batch)")
+    gen.add_argument("--model", default=DEFAULT_MODEL,
+                     help=f"HF model directory, .gguf file, or {DEFAULT_MODEL} (default)")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                     help="wrap each prompt as a user message in the chat template (default: on when the model "
+                          "has one)")
+    gen.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    gen.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    gen.add_argument("--max-model-len", type=int, default=None)
+    gen.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--seed", type=int, default=None, help="per-request sampling seed")
+    gen.add_argument("--n", type=int, default=1, help="completions per prompt")
+    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--presence-penalty", type=float, default=0.0)
+    gen.add_argument("--frequency-penalty", type=float, default=0.0)
+    gen.add_argument("--ignore-eos", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from pagedcore.llm import LLM
+    from pagedcore.sampling_params import SamplingParams
+
+    try:
+        params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                min_p=args.min_p, seed=args.seed, stop=args.stop, max_tokens=args.max_tokens,
+                                ignore_eos=args.ignore_eos, repetition_penalty=args.repetition_penalty,
+                                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
+        llm = LLM(args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+                  kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+        use_chat = args.chat if args.chat is not None else bool(llm.tokenizer and llm.tokenizer.chat_template)
+        if use_chat:
+            conversations = [[{"role": "user", "content": p}] for p in args.prompts]
+            outputs = llm.chat(conversations, params)
+        else:
+            outputs = llm.generate(args.prompts, params)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"pagedcore: error: {error}", file=sys.stderr)
+        return 2
+    for output in outputs:
+        for completion in output.outputs:
+            print(completion.text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""LLM: the offline API, shaped like vLLM's. Builds the model, KV cache, scheduler and engine once;
+generate() and chat() run batches of prompts to completion and return outputs in input order."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from pagedcore import _core
+from pagedcore.chat_template import Message, render_chat
+from pagedcore.engine import LLMEngine
+from pagedcore.engine_args import EngineArgs
+from pagedcore.kv_cache import allocate_kv_cache, blocks_per_seq, kv_budget_bytes, plan_kv_cache
+from pagedcore.model_loader import DEFAULT_MODEL, build_model, resolve_model
+from pagedcore.model_runner import ModelRunner
+from pagedcore.outputs import RequestOutput
+from pagedcore.sampler import Sampler
+from pagedcore.sampling_params import SamplingParams
+from pagedcore.tokenizer import Tokenizer, load_tokenizer
+
+Prompt = str | list[int]
+
+
+class LLM:
+    def __init__(self, model: str | Path | None = DEFAULT_MODEL, *, tokenizer: str | Path | None = None,
+                 dtype: str | torch.dtype = "auto", device: str = "auto", block_size: int = 16,
+                 gpu_memory_utilization: float = 0.9, kv_cache_memory_bytes: int | None = None,
+                 max_model_len: int | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
+                 enable_prefix_caching: bool = True, seed: int = 0, load_format: str = "auto",
+                 enforce_eager: bool = False, verbose: bool = True):
+        args = EngineArgs(dtype, device, block_size, gpu_memory_utilization, kv_cache_memory_bytes, max_model_len,
+                          max_num_seqs, max_num_batched_tokens, enable_prefix_caching, seed, load_format,
+                          enforce_eager)
+        source = resolve_model(model)
+        config = source.config
+        self.device = args.resolve_device()
+        self.dtype = args.resolve_dtype(config.dtype, self.device)
+        self.max_model_len = args.resolve_max_model_len(config.max_model_len)
+        if config.head_dim not in _core.SUPPORTED_HEAD_SIZES:
+            raise ValueError(f"head_dim {config.head_dim} is not supported by the kernels; supported: "
+                             f"{', '.join(map(str, _core.SUPPORTED_HEAD_SIZES))}")
+        self.tokenizer = self._load_tokenizer(tokenizer, source)
+        self.model = build_model(source, dtype=self.dtype, device=self.device, max_positions=self.max_model_len,
+                                 load_format=args.load_format, seed=args.seed)
+
+        budget = kv_budget_bytes(config, self.device, self.dtype,
+                                 gpu_memory_utilization=args.gpu_memory_utilization,
+                                 kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+                                 max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
+        self.kv_plan = plan_kv_cache(config, block_size=block_size, dtype=self.dtype, budget_bytes=budget,
+                                     max_model_len=self.max_model_len)
+        if verbose:
+            print(f"[pagedcore] {self.kv_plan.summary()}", file=sys.stderr)
+        kv_caches = allocate_kv_cache(config, self.kv_plan, block_size, self.dtype, self.device)
+
+        scheduler = _core.Scheduler(_core.SchedulerConfig(
+            num_blocks=self.kv_plan.num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, max_model_len=self.max_model_len,
+            enable_prefix_caching=enable_prefix_caching))
+        runner = ModelRunner(self.model, kv_caches, self.device, max_num_seqs=max_num_seqs,
+                             max_blocks_per_seq=blocks_per_seq(self.max_model_len, block_size),
+                             use_cuda_graphs=not enforce_eager)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        eos_ids = self.tokenizer.eos_token_ids if self.tokenizer is not None else config.eos_token_ids
+        self.engine = LLMEngine(scheduler, runner, Sampler(config.vocab_size, generator), self.tokenizer,
+                                list(eos_ids), self.max_model_len)
+
+    @property
+    def scheduler(self) -> _core.Scheduler:
+        return self.engine.scheduler
+
+    def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | Sequence[SamplingParams]
+                 | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+        """prompts: a string, a list of token ids, or a list of either. One RequestOutput per prompt, in order."""
+        prompt_list = self._as_prompt_list(prompts)
+        params_list = self._as_params_list(sampling_params, len(prompt_list))
+        request_ids = []
+        try:
+            for prompt, params in zip(prompt_list, params_list):
+                text, token_ids = (prompt, self._encode(prompt)) if isinstance(prompt, str) else (None, prompt)
+                request_ids.append(self.engine.add_request(text, list(token_ids), params))
+            return self._run_to_completion(request_ids, use_tqdm)
+        except BaseException:
+            for request_id in request_ids:
+                self.engine.abort(request_id)
+            raise
+
+    def chat(self, messages: list[Message] | list[list[Message]], sampling_params: SamplingParams
+             | Sequence[SamplingParams] | None = None, use_tqdm: bool = True, add_generation_prompt: bool = True,
+             chat_template: str | None = None) -> list[RequestOutput]:
+        """messages: one conversation ([{"role", "content"}, ...]) or a list of them."""
+        template = chat_template or (self.tokenizer.chat_template if self.tokenizer else None)
+        if template is None:
+            raise ValueError("this model has no chat template: pass chat_template=... (jinja2 source)")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompt_ids = []
+        for conversation in conversations:
+            text = render_chat(template, conversation, add_generation_prompt=add_generation_prompt,
+                               bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
+            prompt_ids.append(self.tokenizer.encode(text, add_special_tokens=False))
+        return self.generate(prompt_ids, sampling_params, use_tqdm)
+
+    def _run_to_completion(self, request_ids: list[int], use_tqdm: bool) -> list[RequestOutput]:
+        pending = set(request_ids)
+        results = {}
+        progress = None
+        if use_tqdm and len(request_ids) > 1:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(request_ids), desc="Processed prompts", unit="req", file=sys.stderr)
+        while pending:
+            for request in self.engine.step():
+                if request.request_id in pending:
+                    pending.discard(request.request_id)
+                    results[request.request_id] = request.to_output()
+                    if progress is not None:
+                        progress.update(1)
+        if progress is not None:
+            progress.close()
+        return [results[request_id] for request_id in request_ids]
+
+    def _encode(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: give prompts as lists of token ids")
+        return self.tokenizer.encode(prompt)
+
+    @staticmethod
+    def _load_tokenizer(tokenizer: str | Path | None, source) -> Tokenizer | None:
+        if tokenizer is not None:
+            return load_tokenizer(tokenizer)
+        try:
+            return load_tokenizer(source.path)
+        except FileNotFoundError:
+            return None  # token-id prompts still work (tiny test models, dummy benchmarks)
+
+    @staticmethod
+    def _as_prompt_list(prompts) -> list[Prompt]:
+        if isinstance(prompts, str):
+            return [prompts]
+        if isinstance(prompts, Sequence) and prompts and all(isinstance(t, int) for t in prompts):
+            return [list(prompts)]
+        if not isinstance(prompts, Sequence) or not all(
+                isinstance(p, str) or (isinstance(p, Sequence) and all(isinstance(t, int) for t in p))
+                for p in prompts):
+            raise ValueError("prompts must be a string, a list of token ids, or a list of strings / token-id lists")
+        return list(prompts)
+
+    @staticmethod
+    def _as_params_list(params, count: int) -> list[SamplingParams]:
+        if params is None:
+            return [SamplingParams()] * count
+        if isinstance(params, SamplingParams):
+            return [params] * count
+        params = list(params)
+        if len(params) != count or not all(isinstance(p, SamplingParams) for p in params):
+            raise ValueError(f"sampling_params must be one SamplingParams or a list of {count} (one per prompt)")
+        return params

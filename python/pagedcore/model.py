@@ -1,0 +1,177 @@
+"""The Llama-family model: Llama 2/3, Mistral, Qwen2 (qkv bias), Qwen3 (qk-norm), SmolLM2.
+
+Dense math in torch over a flat token batch (no padding, no batch dimension); attention through
+the paged KV cache (pagedcore.attention). q/k/v and gate/up projections are fused into one
+matmul each; load_weights() takes HF parameter names and fills the fused slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedcore.attention import AttentionMetadata, LayerKVCache, PagedAttention
+from pagedcore.config import ModelConfig
+from pagedcore.layers import RMSNorm, RotaryEmbedding
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.rotary = rotary
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, cache: LayerKVCache,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """positions: [num_tokens]; hidden: [num_tokens, hidden_size] -> [num_tokens, hidden_size]."""
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        out = self.attn(q, k, v, cache, meta)  # [num_tokens, num_heads, head_dim]
+        return self.o_proj(out.reshape(num_tokens, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [num_tokens, hidden_size] -> [num_tokens, hidden_size]."""
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, rotary)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, cache: LayerKVCache,
+                meta: AttentionMetadata) -> torch.Tensor:
+        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), cache, meta)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, max_positions: int):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope)  # shared by every layer
+        self.layers = nn.ModuleList(DecoderLayer(config, self.rotary) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    # HF projection name -> (fused parameter, slice index)
+    _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+              "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+
+    def __init__(self, config: ModelConfig, max_positions: int):
+        """max_positions: size of the RoPE table (the engine's max_model_len)."""
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, max_positions)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[LayerKVCache],
+                meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions: [num_tokens] -> final hidden states [num_tokens, hidden_size]."""
+        hidden = self.model.embed_tokens(input_ids)
+        for layer, cache in zip(self.model.layers, kv_caches):
+            hidden = layer(positions, hidden, cache, meta)
+        return self.model.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [num_samples, hidden_size] -> logits [num_samples, vocab_size]."""
+        return self.lm_head(hidden)
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """weights: (HF parameter name, tensor) pairs. Every parameter must be filled exactly once."""
+        params = dict(self.named_parameters())
+        filled: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue  # older checkpoints store the RoPE table; it is recomputed here
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue  # some tied checkpoints store the shared matrix twice
+            target, part = self._fused_target(name)
+            if target not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no place in a {self.config.model_type} model")
+            param = params[target]
+            dest = param if part is None else self._fused_slice(param, target, part)
+            if dest.shape != tensor.shape:
+                raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"the model expects {tuple(dest.shape)}")
+            dest.copy_(tensor)
+            filled.add(name)
+        expected = self._expected_checkpoint_names()
+        missing = sorted(expected - filled)
+        if missing:
+            raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {missing[:3]}")
+
+    @torch.no_grad()
+    def init_dummy_weights(self, seed: int) -> None:
+        """Random weights at the config's shape (benchmarks): normal(0, 0.02), norms at 1."""
+        generator = torch.Generator().manual_seed(seed)
+        for name, param in self.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                values = torch.randn(param.shape, generator=generator) * 0.02
+                param.copy_(values.to(param.dtype))
+
+    def _fused_target(self, name: str) -> tuple[str, int | None]:
+        parts = name.split(".")
+        for index, piece in enumerate(parts):
+            if piece in self._FUSED:
+                fused, slice_index = self._FUSED[piece]
+                return ".".join([*parts[:index], fused, *parts[index + 1:]]), slice_index
+        return name, None
+
+    def _fused_slice(self, param: torch.Tensor, target: str, part: int) -> torch.Tensor:
+        if ".qkv_proj." in target:
+            attn = self.model.layers[0].self_attn
+            sizes = [attn.q_size, attn.kv_size, attn.kv_size]
+        else:
+            sizes = [self.config.intermediate_size] * 2
+        start = sum(sizes[:part])
+        return param.narrow(0, start, sizes[part])
+
+    def _expected_checkpoint_names(self) -> set[str]:
+        names = set()
+        for name, _ in self.named_parameters():
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            if ".qkv_proj." in name:
+                names.update(name.replace("qkv_proj", p) for p in ("q_proj", "k_proj", "v_proj"))
+            elif ".gate_up_proj." in name:
+                names.update(name.replace("gate_up_proj", p) for p in ("gate_proj", "up_proj"))
+            else:
+                names.add(name)
+        return names

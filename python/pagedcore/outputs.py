@@ -1,0 +1,50 @@
+"""What LLM.generate() returns: one RequestOutput per prompt, holding n CompletionOutputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# One generated position: token id -> log-probability, for the sampled token and the top-k.
+TokenLogprobs = dict[int, float]
+
+
+@dataclass
+class CompletionOutput:
+    index: int  # which of the request's n sequences
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float  # sum of the sampled tokens' log-probabilities (raw model distribution)
+    logprobs: list[TokenLogprobs] | None  # one dict per generated token when SamplingParams.logprobs is set
+    finish_reason: str | None = None  # "stop" | "length" | "abort"; None while running
+    stop_reason: int | str | None = None  # the stop string or stop token id that ended it, None for EOS/length
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float  # time.perf_counter() seconds
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+    num_preemptions: int = 0
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def latency(self) -> float | None:
+        return None if self.finished_time is None else self.finished_time - self.arrival_time
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    num_cached_tokens: int = 0  # prompt tokens taken from the prefix cache
+    metrics: RequestMetrics | None = field(default=None, repr=False)

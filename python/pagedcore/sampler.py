@@ -1,0 +1,147 @@
+"""Sampler: turns the logits of a step into one token per sampled row.
+
+Order, as in vLLM: penalties (repetition on prompt + output, presence and frequency on output),
+then greedy argmax, or temperature, top-k, top-p, min-p and a draw. Log-probabilities are those
+of the raw model distribution (before penalties and temperature).
+
+A draw uses the exponential-race trick (argmax of p / Exp(1) noise is a sample of p), with the
+noise taken from the sequence's own generator when its request has a seed, so a seeded
+sequence gives the same tokens whatever else shares its batch, and after preemption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pagedcore.sampling_params import SamplingParams
+
+
+@dataclass
+class SequenceSamplingState:
+    """What the sampler needs to know about one sequence; lives as long as the sequence."""
+
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None  # set when params.seed is not None
+
+    @classmethod
+    def create(cls, params: SamplingParams, prompt_token_ids: list[int], seq_index: int,
+               device: torch.device) -> SequenceSamplingState:
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=device)
+            # Sibling sequences of one seeded request draw from distinct, reproducible streams.
+            generator.manual_seed((params.seed * 1_000_003 + seq_index) % (1 << 63))
+        return cls(params, prompt_token_ids, [], generator)
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]  # [num_samples]
+    logprobs: list[float]  # [num_samples] log-probability of each sampled token
+    top_logprobs: list[dict[int, float] | None]  # [num_samples] sampled + top-k, where requested
+
+
+class Sampler:
+    def __init__(self, vocab_size: int, generator: torch.Generator):
+        self.vocab_size = vocab_size
+        self.generator = generator  # for rows of requests without a seed
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> SamplerOutput:
+        """logits: [num_samples, >= vocab_size] (padded vocab columns are dropped); one state per row."""
+        logits = logits[:, : self.vocab_size].float()
+        raw_log_norm = torch.logsumexp(logits, dim=-1)  # [num_samples]
+        processed = self._apply_penalties(logits, states)
+        token_ids = self._choose(processed, states)  # [num_samples] int64
+        sampled_logprobs = logits.gather(1, token_ids[:, None])[:, 0] - raw_log_norm
+        top_logprobs = self._top_logprobs(logits, raw_log_norm, token_ids, sampled_logprobs, states)
+        return SamplerOutput(token_ids.tolist(), sampled_logprobs.tolist(), top_logprobs)
+
+    def _apply_penalties(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
+        rows = [i for i, s in enumerate(states) if s.params.uses_penalties]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        device = logits.device
+        for row in rows:
+            params = states[row].params
+            output_ids = torch.tensor(states[row].output_token_ids, dtype=torch.long, device=device)
+            counts = torch.zeros(self.vocab_size, device=device)  # [vocab]
+            counts.scatter_add_(0, output_ids, torch.ones_like(output_ids, dtype=counts.dtype))
+            row_logits = logits[row]  # [vocab] view
+            if params.repetition_penalty != 1.0:
+                seen = torch.tensor(states[row].prompt_token_ids, dtype=torch.long, device=device)
+                seen = torch.cat([seen, output_ids]).unique()
+                values = row_logits[seen]
+                row_logits[seen] = torch.where(values > 0, values / params.repetition_penalty,
+                                               values * params.repetition_penalty)
+            row_logits -= params.frequency_penalty * counts
+            row_logits -= params.presence_penalty * (counts > 0).to(counts.dtype)
+        return logits
+
+    def _choose(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
+        """logits: [num_samples, vocab] -> token ids [num_samples]."""
+        token_ids = logits.argmax(dim=-1)
+        random_rows = [i for i, s in enumerate(states) if not s.params.is_greedy]
+        if not random_rows:
+            return token_ids
+        device = logits.device
+        index = torch.tensor(random_rows, device=device)
+        params = [states[i].params for i in random_rows]
+        probs = self._filtered_probs(logits[index], params)  # [num_random, vocab]
+        noise = torch.empty_like(probs)
+        unseeded = [j for j, i in enumerate(random_rows) if states[i].generator is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=device).exponential_(
+                generator=self.generator)
+        for j, i in enumerate(random_rows):
+            if states[i].generator is not None:
+                noise[j].exponential_(generator=states[i].generator)
+        token_ids[index] = (probs / noise).argmax(dim=-1)
+        return token_ids
+
+    @staticmethod
+    def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        """logits: [rows, vocab] -> probabilities after temperature, top-k, top-p, min-p."""
+        device = logits.device
+        temperature = torch.tensor([p.temperature for p in params], device=device)
+        logits = logits / temperature[:, None]
+        top_k = [p.top_k if p.top_k > 0 else logits.shape[1] for p in params]
+        if any(k < logits.shape[1] for k in top_k):
+            kth = torch.stack([logits[r].topk(min(k, logits.shape[1])).values[-1] for r, k in enumerate(top_k)])
+            logits = logits.masked_fill(logits < kth[:, None], float("-inf"))
+        top_p = torch.tensor([p.top_p for p in params], device=device)
+        if bool((top_p < 1.0).any()):
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            sorted_probs = sorted_logits.softmax(dim=-1)
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # keeps at least the top token
+            sorted_logits = sorted_logits.masked_fill(mass_before > top_p[:, None], float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+        probs = logits.softmax(dim=-1)
+        min_p = torch.tensor([p.min_p for p in params], device=device)
+        if bool((min_p > 0.0).any()):
+            threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+            probs = probs.masked_fill(probs < threshold, 0.0)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        return probs
+
+    @staticmethod
+    def _top_logprobs(logits: torch.Tensor, log_norm: torch.Tensor, token_ids: torch.Tensor,
+                      sampled_logprobs: torch.Tensor, states: list[SequenceSamplingState],
+                      ) -> list[dict[int, float] | None]:
+        result: list[dict[int, float] | None] = [None] * len(states)
+        for row, state in enumerate(states):
+            k = state.params.logprobs
+            if k is None:
+                continue
+            entry = {int(token_ids[row]): float(sampled_logprobs[row])}
+            if k > 0:
+                values, ids = logits[row].topk(k)
+                for token, value in zip(ids.tolist(), (values - log_norm[row]).tolist()):
+                    entry.setdefault(token, value)
+            result[row] = entry
+        return result

@@ -1,0 +1,109 @@
+"""SamplingParams: how the tokens of one request are chosen and when its sequences stop.
+
+Field names and defaults follow vLLM. Every field is checked once, at construction, and a bad
+value raises ValueError naming the field and its allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+MAX_LOGPROBS = 20  # top log-probabilities returned per token, at most
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1 = all tokens
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    max_tokens: int | None = 16  # None = up to the model's max_model_len
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None  # top log-probabilities per generated token (the sampled one is always added)
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    stop_strings: list[str] = field(init=False, repr=False)  # `stop` as a list
+
+    def __post_init__(self) -> None:
+        self._check_int("n", self.n, low=1)
+        self._check_float("temperature", self.temperature, low=0.0, allowed="0 (greedy) or more")
+        self._check_float("top_p", self.top_p, low=0.0, high=1.0, low_open=True, allowed="in (0, 1]")
+        if not _is_int(self.top_k) or (self.top_k < 1 and self.top_k not in (0, -1)):
+            raise ValueError(f"top_k must be 0 or -1 (all tokens) or an integer >= 1, got {self.top_k!r}")
+        self._check_float("min_p", self.min_p, low=0.0, high=1.0, allowed="in [0, 1]")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be None or an integer, got {self.seed!r}")
+        if self.max_tokens is not None:
+            self._check_int("max_tokens", self.max_tokens, low=1, allowed="None or an integer >= 1")
+        self._check_int("min_tokens", self.min_tokens, low=0)
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(
+                f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
+        self._check_float("presence_penalty", self.presence_penalty, low=-2.0, high=2.0, allowed="in [-2, 2]")
+        self._check_float("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0, allowed="in [-2, 2]")
+        self._check_float("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True,
+                          allowed="> 0 (1 = off)")
+        if self.logprobs is not None:
+            self._check_int("logprobs", self.logprobs, low=0, high=MAX_LOGPROBS,
+                            allowed=f"None or an integer in [0, {MAX_LOGPROBS}]")
+        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        self.stop_strings = self._normalize_stop(self.stop)
+        if self.stop_token_ids is None:
+            self.stop_token_ids = []
+        if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
+                _is_int(t) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(
+                f"stop_token_ids must be a list of integers >= 0, got {self.stop_token_ids!r}")
+        self.stop_token_ids = list(self.stop_token_ids)
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.repetition_penalty != 1.0)
+
+    @staticmethod
+    def _normalize_stop(stop: str | list[str] | None) -> list[str]:
+        if stop is None:
+            return []
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop must be None, a non-empty string or a list of non-empty strings, got {stop!r}")
+        return list(stops)
+
+    @staticmethod
+    def _check_int(name: str, value: object, *, low: int, high: int | None = None,
+                   allowed: str | None = None) -> None:
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            allowed = allowed or (f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+    @staticmethod
+    def _check_float(name: str, value: object, *, low: float, high: float | None = None,
+                     low_open: bool = False, allowed: str) -> None:
+        ok = _is_number(value) and (value > low if low_open else value >= low) and (
+            high is None or value <= high)
+        if not ok:
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")

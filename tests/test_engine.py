@@ -1,0 +1,142 @@
+"""Engine behaviour on a tiny random Llama with the SmolLM2 vocabulary (CPU, fp32): prefix caching
+and preemption leave greedy outputs unchanged, seeded sampling reproduces, n > 1 shares the
+prompt's blocks, stop strings / stop tokens, chat, and the errors of the API boundary."""
+
+import pytest
+from tiny_models import save_tiny_model
+
+from pagedcore.llm import LLM
+from pagedcore.sampling_params import SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+PREFIX = "You are a helpful assistant. Answer briefly and precisely, in one sentence. " * 3
+PROMPTS = [PREFIX + question for question in ("What is paging?", "Why blocks?", "Name a cache.", "Hello")]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_llama")
+    save_tiny_model(directory, "llama")
+    return directory
+
+
+def _llm(model_dir, **kwargs) -> LLM:
+    settings = dict(device="cpu", max_model_len=256, kv_cache_memory_bytes=16 << 20, verbose=False)
+    return LLM(str(model_dir), **{**settings, **kwargs})
+
+
+def _token_ids(outputs) -> list[list[int]]:
+    return [completion.token_ids for output in outputs for completion in output.outputs]
+
+
+def test_prefix_caching_on_and_off_give_identical_greedy_outputs(model_dir):
+    cached = _llm(model_dir, enable_prefix_caching=True)
+    uncached = _llm(model_dir, enable_prefix_caching=False)
+    first = cached.generate(PROMPTS, GREEDY, use_tqdm=False)
+    second = cached.generate(PROMPTS, GREEDY, use_tqdm=False)  # the whole prompts are cached now
+    reference = uncached.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert _token_ids(first) == _token_ids(second) == _token_ids(reference)
+    assert all(output.num_cached_tokens > 0 for output in second)
+    assert all(output.num_cached_tokens == 0 for output in reference)
+    assert [o.outputs[0].text for o in first] == [o.outputs[0].text for o in reference]
+
+
+def test_preemption_gives_identical_greedy_outputs(model_dir):
+    roomy = _llm(model_dir).generate(PROMPTS, GREEDY, use_tqdm=False)
+    # 2 layers x 2 KV heads x 64 x 4 bytes x 2 = 2 KiB per token; each sequence ends near 5 blocks of 16,
+    # so 12 blocks (no prefix sharing) cannot hold the 4 sequences at once.
+    tight = _llm(model_dir, kv_cache_memory_bytes=12 * 16 * 2048, max_model_len=96, enable_prefix_caching=False)
+    outputs = tight.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert tight.scheduler.stats().num_preemptions > 0
+    assert _token_ids(outputs) == _token_ids(roomy)
+
+
+def test_seeded_sampling_is_reproducible(model_dir):
+    llm = _llm(model_dir)
+    params = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=7, max_tokens=16, ignore_eos=True)
+    alone = llm.generate(PROMPTS[0], params, use_tqdm=False)
+    batched = llm.generate(PROMPTS, [params] + [SamplingParams(temperature=1.0, max_tokens=8)] * 3, use_tqdm=False)
+    assert alone[0].outputs[0].token_ids == batched[0].outputs[0].token_ids
+    other_seed = llm.generate(PROMPTS[0], SamplingParams(temperature=0.9, seed=8, max_tokens=16, ignore_eos=True),
+                              use_tqdm=False)
+    assert other_seed[0].outputs[0].token_ids != alone[0].outputs[0].token_ids
+
+
+def test_n_sequences_share_the_prompt_blocks(model_dir):
+    llm = _llm(model_dir, block_size=16)
+    prompt = (llm.tokenizer.encode(PREFIX) * 2)[:64]  # exactly 4 full blocks
+    assert len(prompt) == 64
+    params = SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=8, ignore_eos=True)
+    llm.engine.add_request(None, prompt, params)
+    llm.engine.step()  # prefill; the 4 sequences fork from it
+    llm.engine.step()  # each sequence writes its own 65th token into a new block
+    used = llm.scheduler.stats().num_used_blocks
+    assert used == 4 + 4, used  # not 4 x 5 blocks: the prompt's 4 blocks are shared
+    while llm.engine.has_unfinished():
+        llm.engine.step()
+    outputs = llm.generate([prompt], params, use_tqdm=False)[0].outputs
+    assert [c.index for c in outputs] == [0, 1, 2, 3]
+    assert all(len(c.token_ids) == 8 for c in outputs)
+    assert len({tuple(c.token_ids) for c in outputs}) > 1
+
+
+def test_stop_strings_and_stop_token_ids(model_dir):
+    llm = _llm(model_dir)
+    free = llm.generate(PROMPTS[0], GREEDY, use_tqdm=False)[0].outputs[0]
+    stop = free.text[len(free.text) // 2:len(free.text) // 2 + 3]
+    assert len(stop) == 3 and stop in free.text
+    cut = free.text.index(stop)
+    stopped = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stop]),
+                           use_tqdm=False)[0].outputs[0]
+    assert (stopped.text, stopped.finish_reason, stopped.stop_reason) == (free.text[:cut], "stop", stop)
+    kept = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=stop,
+                                                   include_stop_str_in_output=True), use_tqdm=False)[0].outputs[0]
+    assert kept.text == free.text[:cut + len(stop)]
+    stop_token = free.token_ids[5]
+    first = free.token_ids.index(stop_token)
+    by_token = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True,
+                                                       stop_token_ids=[stop_token]), use_tqdm=False)[0].outputs[0]
+    assert by_token.token_ids == free.token_ids[:first + 1]
+    assert (by_token.finish_reason, by_token.stop_reason) == ("stop", stop_token)
+
+
+def test_outputs_keep_input_order_and_report_metrics(model_dir):
+    llm = _llm(model_dir)
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (9, 3, 6)]
+    outputs = llm.generate(PROMPTS[:3], params, use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [9, 3, 6]
+    assert [o.prompt for o in outputs] == PROMPTS[:3]
+    assert all(o.finished and o.metrics.time_to_first_token is not None for o in outputs)
+    assert all(o.outputs[0].cumulative_logprob < 0 for o in outputs)
+
+
+def test_chat_applies_the_template(model_dir):
+    llm = _llm(model_dir)
+    template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}" \
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    conversation = [{"role": "user", "content": "Hi"}]
+    chat = llm.chat(conversation, GREEDY, use_tqdm=False, chat_template=template)[0]
+    expected = llm.tokenizer.encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+                                    add_special_tokens=False)
+    assert chat.prompt_token_ids == expected
+    with pytest.raises(ValueError, match="no chat template"):
+        llm.chat(conversation)
+
+
+def test_api_boundary_errors(model_dir):
+    llm = _llm(model_dir, max_model_len=64)
+    with pytest.raises(ValueError, match="max_model_len"):
+        llm.generate(list(range(3, 60)), SamplingParams(max_tokens=16), use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        llm.generate([[]], use_tqdm=False)
+    with pytest.raises(ValueError, match="one per prompt"):
+        llm.generate(["a", "b"], [SamplingParams()], use_tqdm=False)
+    assert not llm.engine.has_unfinished()
+    with pytest.raises(ValueError, match="block_size must be one of"):
+        _llm(model_dir, block_size=3)
+    with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
+        _llm(model_dir, gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="the largest max_model_len that fits is 32"):
+        _llm(model_dir, kv_cache_memory_bytes=2 * 16 * 2048, max_model_len=256)
+    with pytest.raises(ValueError, match="max_model_len must be <= 1024"):
+        _llm(model_dir, max_model_len=4096)

@@ -1,0 +1,63 @@
+"""Model equivalence with HF transformers on CPU in float32: tiny random Llama, Llama 3 RoPE
+scaling with tied embeddings, Mistral, Qwen2 (qkv bias), Qwen3 (qk-norm), and SmolLM2 from its GGUF.
+Greedy tokens must be identical and per-token log-probabilities within tolerance."""
+
+import pytest
+import torch
+from tiny_models import hf_greedy, save_tiny_model
+
+from pagedcore.chat_template import render_chat
+from pagedcore.llm import LLM
+from pagedcore.model_loader import default_model_path
+from pagedcore.sampling_params import SamplingParams
+
+NUM_TOKENS = 32
+LOGPROB_ATOL = 2e-3
+
+VARIANTS = {
+    "llama": ("llama", {}),
+    "llama3-rope-tied": ("llama", {"tie_word_embeddings": True, "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+}
+
+
+def _check_against_hf(llm: LLM, hf_model, prompts: list[list[int]], num_tokens: int) -> None:
+    params = SamplingParams(temperature=0, max_tokens=num_tokens, ignore_eos=True, logprobs=0)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    for prompt, output in zip(prompts, outputs):
+        expected_ids, expected_logits = hf_greedy(hf_model, prompt, num_tokens)
+        completion = output.outputs[0]
+        assert completion.token_ids == expected_ids
+        expected = expected_logits.float().log_softmax(-1).gather(1, torch.tensor(expected_ids)[:, None])[:, 0]
+        ours = torch.tensor([entry[token] for entry, token in zip(completion.logprobs, completion.token_ids)])
+        assert torch.allclose(ours, expected, atol=LOGPROB_ATOL), (ours - expected).abs().max()
+        assert completion.finish_reason == "length"
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_tiny_model_matches_transformers(tmp_path, variant):
+    model_type, overrides = VARIANTS[variant]
+    hf_model = save_tiny_model(tmp_path, model_type, with_tokenizer=False, vocab_size=512, **overrides)
+    llm = LLM(str(tmp_path), device="cpu", kv_cache_memory_bytes=8 << 20, max_model_len=256, verbose=False)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 512, (length,), generator=generator).tolist() for length in (5, 17, 40)]
+    _check_against_hf(llm, hf_model, prompts, NUM_TOKENS)
+
+
+def test_smollm2_gguf_matches_transformers_loading_the_same_gguf():
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    path = default_model_path()
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                 dtype=torch.float32).eval()
+    llm = LLM(device="cpu", max_model_len=512, kv_cache_memory_bytes=64 << 20, verbose=False)
+    conversation = [{"role": "user", "content": "What is the capital of France?"}]
+    chat_text = render_chat(llm.tokenizer.chat_template, conversation, bos_token=llm.tokenizer.bos_token,
+                            eos_token=llm.tokenizer.eos_token)
+    chat_prompt = llm.tokenizer.encode(chat_text, add_special_tokens=False)
+    prompts = [chat_prompt, llm.tokenizer.encode("The three laws of robotics are")]
+    _check_against_hf(llm, hf_model, prompts, NUM_TOKENS)

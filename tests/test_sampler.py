@@ -1,0 +1,94 @@
+"""Sampler: greedy, filters, penalties, seeded reproducibility and log-probabilities."""
+
+import torch
+
+from pagedcore.sampler import Sampler, SequenceSamplingState
+from pagedcore.sampling_params import SamplingParams
+
+VOCAB = 50
+
+
+def _state(params: SamplingParams, seq_index: int = 0, output=()):
+    state = SequenceSamplingState.create(params, [1, 2, 3], seq_index, torch.device("cpu"))
+    state.output_token_ids.extend(output)
+    return state
+
+
+def _sampler(seed: int = 0) -> Sampler:
+    return Sampler(VOCAB, torch.Generator().manual_seed(seed))
+
+
+def test_greedy_takes_argmax_and_reports_raw_logprobs():
+    logits = torch.randn(3, VOCAB)
+    out = _sampler()(logits, [_state(SamplingParams(temperature=0))] * 3)
+    assert out.token_ids == logits.argmax(-1).tolist()
+    expected = logits.log_softmax(-1).max(-1).values
+    assert torch.allclose(torch.tensor(out.logprobs), expected, atol=1e-6)
+    assert out.top_logprobs == [None] * 3
+
+
+def test_padded_vocab_columns_are_never_sampled():
+    logits = torch.zeros(1, VOCAB + 14)
+    logits[0, VOCAB:] = 100.0
+    out = _sampler()(logits, [_state(SamplingParams(temperature=0))])
+    assert out.token_ids[0] < VOCAB
+
+
+def test_top_k_1_and_tiny_top_p_and_min_p_1_are_greedy():
+    logits = torch.randn(3, VOCAB)
+    states = [_state(SamplingParams(temperature=1.0, top_k=1)), _state(SamplingParams(temperature=1.0, top_p=1e-6)),
+              _state(SamplingParams(temperature=1.0, min_p=1.0))]
+    for trial in range(5):
+        assert _sampler(trial)(logits, states).token_ids == logits.argmax(-1).tolist()
+
+
+def test_top_k_keeps_only_the_k_best():
+    logits = torch.randn(1, VOCAB)
+    allowed = set(logits[0].topk(5).indices.tolist())
+    sampler = _sampler()
+    seen = {sampler(logits, [_state(SamplingParams(temperature=5.0, top_k=5))]).token_ids[0] for _ in range(200)}
+    assert seen <= allowed and len(seen) > 1
+
+
+def test_seeded_sequences_reproduce_whatever_shares_the_batch():
+    logits = torch.randn(4, VOCAB)
+    params = SamplingParams(temperature=1.0, seed=1234)
+
+    def run(other_rows: int, sampler_seed: int) -> list[int]:
+        state = _state(params)
+        tokens = []
+        for _ in range(10):
+            others = [_state(SamplingParams(temperature=1.0)) for _ in range(other_rows)]
+            rows = torch.cat([logits[:1], logits[1:1 + other_rows]])
+            tokens.append(_sampler(sampler_seed)(rows, [state, *others]).token_ids[0])
+        return tokens
+
+    assert run(0, 0) == run(3, 99)
+    siblings = [_state(params, seq_index=i) for i in range(2)]
+    draws = [[_sampler()(logits[:1], [s]).token_ids[0] for _ in range(10)] for s in siblings]
+    assert draws[0] != draws[1]  # n > 1 siblings draw from distinct streams
+
+
+def test_penalties_follow_hf_and_vllm_formulas():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.1] + [-10.0] * (VOCAB - 4)])
+    params = SamplingParams(temperature=0, repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25)
+    state = _state(params, output=[0, 0, 1])
+    processed = _sampler()._apply_penalties(logits, [state])
+    # token 0: 2.0 / 2 (repetition) - 2 * 0.5 (frequency) - 0.25 (presence)
+    assert torch.isclose(processed[0, 0], torch.tensor(2.0 / 2 - 1.0 - 0.25))
+    # token 1: -1.0 * 2 - 0.5 - 0.25
+    assert torch.isclose(processed[0, 1], torch.tensor(-2.0 - 0.5 - 0.25))
+    # token 2 is in the prompt only ([1, 2, 3]): repetition penalty alone
+    assert torch.isclose(processed[0, 2], torch.tensor(0.25))
+    assert torch.equal(processed[0, 4:], logits[0, 4:])
+    assert torch.equal(logits[0, 0], torch.tensor(2.0))  # the input is not modified
+
+
+def test_logprobs_hold_sampled_plus_top_k():
+    logits = torch.randn(1, VOCAB)
+    out = _sampler()(logits, [_state(SamplingParams(temperature=0, logprobs=3))])
+    entry = out.top_logprobs[0]
+    reference = logits[0].log_softmax(-1)
+    assert set(reference.topk(3).indices.tolist()) <= set(entry) and len(entry) == 3
+    for token, value in entry.items():
+        assert abs(value - reference[token].item()) < 1e-5
