@@ -100,6 +100,16 @@ def test_stop_strings_and_stop_token_ids(model_dir):
     assert (by_token.finish_reason, by_token.stop_reason) == ("stop", stop_token)
 
 
+def test_a_request_ended_by_a_stop_string_reports_its_cached_prompt_tokens(model_dir):
+    llm = _llm(model_dir)
+    free = llm.generate(PROMPTS[0], GREEDY, use_tqdm=False)[0].outputs[0]  # caches the prompt
+    stop = free.text[len(free.text) // 2:len(free.text) // 2 + 3]
+    again = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stop]),
+                         use_tqdm=False)[0]
+    assert again.outputs[0].finish_reason == "stop"
+    assert again.num_cached_tokens > 0
+
+
 def test_outputs_keep_input_order_and_report_metrics(model_dir):
     llm = _llm(model_dir)
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (9, 3, 6)]

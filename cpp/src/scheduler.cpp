@@ -361,7 +361,8 @@ void Scheduler::append_token(SeqId sid, int32_t token, std::vector<SchedulerEven
   if (reason != FinishReason::kNone) {
     finish_sequence(sid, reason, token, &events);
   } else {
-    events.push_back({EventKind::kToken, s.request_id, s.seq_index, token});
+    events.push_back({EventKind::kToken, s.request_id, s.seq_index, token, FinishReason::kNone,
+                      std::max(s.num_cached_tokens, 0), s.num_preemptions});
   }
 }
 

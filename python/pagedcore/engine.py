@@ -105,8 +105,8 @@ class LLMEngine:
                                              add_text=reason != "stop")
                 if stopped and not finishing:
                     self.scheduler.finish(request.request_id, sequence.index)
-            if finishing:
-                request.num_cached_tokens = max(request.num_cached_tokens, event.num_cached_tokens)
+            # Every token event carries it, so requests that end on a stop string report it too.
+            request.num_cached_tokens = max(request.num_cached_tokens, event.num_cached_tokens)
             if finishing and sequence.finish_reason is None:
                 sequence.finish_reason = reason
                 if reason == "stop" and event.token in request.params.stop_token_ids:

@@ -138,13 +138,14 @@ TEST(Scheduler, PrefixCacheHitsAreSkipped) {
   b.push_back(600);
   s.add_request(1, a, params(1));
   run_step(s);
-  s.add_request(2, b, params(1));
+  s.add_request(2, b, params(2));
   std::shared_ptr<const StepPlan> plan;
   auto events = run_step(s, &plan);
   EXPECT_EQ(plan->num_tokens, 1);  // 12 cached tokens skipped, only the last prompt token computed
   EXPECT_EQ(plan->positions, (std::vector<int32_t>{12}));
   ASSERT_EQ(events.size(), 1u);
-  EXPECT_EQ(events[0].num_cached_tokens, 12);
+  EXPECT_EQ(events[0].kind, EventKind::kToken);
+  EXPECT_EQ(events[0].num_cached_tokens, 12);  // token events carry it, not only the finish
   EXPECT_GT(s.stats().prefix_hit_rate, 0.4);
 }
 

@@ -59,8 +59,8 @@ struct SchedulerEvent {
   int32_t seq_index;                     // which of the request's n sequences
   int32_t token = -1;                    // kToken / kFinished: the token appended (-1 when none)
   FinishReason finish_reason = FinishReason::kNone;
-  int32_t num_cached_tokens = 0;         // kFinished: prompt tokens served by the prefix cache
-  int32_t num_preemptions = 0;           // kFinished: times this sequence was preempted
+  int32_t num_cached_tokens = 0;         // kToken / kFinished: prompt tokens served by the prefix cache
+  int32_t num_preemptions = 0;           // kToken / kFinished: times this sequence was preempted
 };
 
 struct SchedulerStats {
