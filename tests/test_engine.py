@@ -51,6 +51,13 @@ def test_preemption_gives_identical_greedy_outputs(model_dir):
     assert _token_ids(outputs) == _token_ids(roomy)
 
 
+def test_swap_preemption_needs_a_cuda_device(model_dir):
+    with pytest.raises(ValueError, match="preemption_mode='swap' .* needs a CUDA device"):
+        _llm(model_dir, preemption_mode="swap")
+    with pytest.raises(ValueError, match="preemption_mode must be one of recompute, swap"):
+        _llm(model_dir, preemption_mode="offload")
+
+
 def test_seeded_sampling_is_reproducible(model_dir):
     llm = _llm(model_dir)
     params = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=7, max_tokens=16, ignore_eos=True)

@@ -54,7 +54,8 @@ def test_tiny_model_matches_float32_transformers_within_tolerance(tmp_path, vari
 
 
 def test_prefix_caching_and_preemption_keep_outputs_close_on_gpu(tmp_path):
-    """bf16 on GPU: prefix caching on/off and a pool small enough to preempt give the same greedy text
+    """bf16 on GPU: prefix caching on/off and a pool small enough to preempt (by recompute or by swapping
+    to host memory) give the same greedy text
     wherever the reference is not near-tied (checked through the same teacher-forced criterion)."""
     hf_model = save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512)
     generator = torch.Generator().manual_seed(3)
@@ -66,12 +67,19 @@ def test_prefix_caching_and_preemption_keep_outputs_close_on_gpu(tmp_path):
         "uncached": dict(enable_prefix_caching=False, kv_cache_memory_bytes=64 << 20),
         # 2 layers x 2 KV heads x 64 dims x 2 (K, V) x 2 bytes x 16 tokens = 16 KiB/block; 12 blocks.
         "preempting": dict(enable_prefix_caching=True, kv_cache_memory_bytes=12 * 16 * 1024),
+        "swapping": dict(enable_prefix_caching=True, kv_cache_memory_bytes=12 * 16 * 1024, preemption_mode="swap",
+                         swap_space=0.01),
     }
     for name, kwargs in runs.items():
         llm = LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16, max_model_len=128, verbose=False, **kwargs)
         outputs = llm.generate(prompts, params, use_tqdm=False)
-        if name == "preempting":
+        if name in ("preempting", "swapping"):
             assert sum(o.metrics.num_preemptions for o in outputs) > 0
+        if name == "swapping":
+            runner = llm.engine.runner
+            assert runner.num_blocks_swapped_out > 0
+            assert runner.num_blocks_swapped_in == runner.num_blocks_swapped_out
+            assert llm.scheduler.num_free_host_blocks == llm.scheduler.config.num_host_blocks
         for prompt, output in zip(prompts, outputs):
             tokens = output.outputs[0].token_ids
             reference = _reference_logprobs(hf_model, prompt, tokens)

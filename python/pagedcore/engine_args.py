@@ -12,6 +12,7 @@ from pagedcore.model_loader import LOAD_FORMATS
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
            "float16": torch.float16, "half": torch.float16}
 _CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the CPU kernels support
+PREEMPTION_MODES = ("recompute", "swap")
 
 
 @dataclass
@@ -28,6 +29,8 @@ class EngineArgs:
     seed: int = 0
     load_format: str = "auto"
     enforce_eager: bool = False  # True: never capture CUDA graphs
+    preemption_mode: str = "recompute"  # "recompute" or "swap" (KV blocks to pinned host memory; CUDA only)
+    swap_space: float = 4.0  # GiB of pinned host memory for preemption_mode="swap"
 
     def __post_init__(self) -> None:
         if self.block_size not in _core.SUPPORTED_BLOCK_SIZES:
@@ -49,6 +52,11 @@ class EngineArgs:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(f"preemption_mode must be one of {', '.join(PREEMPTION_MODES)}, "
+                             f"got {self.preemption_mode!r}")
+        if not isinstance(self.swap_space, (int, float)) or not 0 <= self.swap_space <= 1024:
+            raise ValueError(f"swap_space must be a number of GiB in [0, 1024], got {self.swap_space!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -61,6 +69,19 @@ class EngineArgs:
             raise ValueError("device='cuda' needs a CUDA device and a pagedcore build with the CUDA kernels; "
                              "use device='cpu'")
         return device
+
+    def resolve_preemption(self, device: torch.device, bytes_per_block: int) -> tuple[_core.PreemptionMode, int]:
+        """(scheduler preemption mode, host blocks for swapping)."""
+        if self.preemption_mode == "recompute":
+            return _core.PreemptionMode.RECOMPUTE, 0
+        if device.type != "cuda":
+            raise ValueError("preemption_mode='swap' moves KV blocks to pinned host memory and needs a CUDA device; "
+                             "use preemption_mode='recompute' on CPU")
+        num_host_blocks = int(self.swap_space * (1 << 30)) // bytes_per_block
+        if num_host_blocks == 0:
+            raise ValueError(f"swap_space={self.swap_space} GiB holds no KV block ({bytes_per_block} bytes each); "
+                             "raise swap_space")
+        return _core.PreemptionMode.SWAP, num_host_blocks
 
     def resolve_dtype(self, checkpoint_dtype: str, device: torch.device) -> torch.dtype:
         """'auto': float32 on CPU; on CUDA the checkpoint's half type, else bfloat16."""

@@ -76,13 +76,14 @@ def plan_kv_cache(config: ModelConfig, *, block_size: int, dtype: torch.dtype, b
     return plan
 
 
-def allocate_kv_cache(config: ModelConfig, plan: KVCachePlan, block_size: int, dtype: torch.dtype,
-                      device: torch.device) -> list[LayerKVCache]:
+def allocate_kv_cache(config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+                      device: torch.device, pin_memory: bool = False) -> list[LayerKVCache]:
     """One LayerKVCache per layer: key and value [num_blocks, num_kv_heads, block_size, head_dim].
-    Left uninitialized: the kernels read only slots that write_kv_cache filled."""
-    shape = (plan.num_blocks, config.num_key_value_heads, block_size, config.head_dim)
-    return [LayerKVCache(torch.empty(shape, dtype=dtype, device=device),
-                         torch.empty(shape, dtype=dtype, device=device))
+    Left uninitialized: the kernels read only slots that write_kv_cache filled. pin_memory: the
+    host-side swap space of preemption by swapping (CPU tensors the GPU copies to and from)."""
+    shape = (num_blocks, config.num_key_value_heads, block_size, config.head_dim)
+    return [LayerKVCache(torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory),
+                         torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory))
             for _ in range(config.num_hidden_layers)]
 
 

@@ -30,10 +30,11 @@ class LLM:
                  gpu_memory_utilization: float = 0.9, kv_cache_memory_bytes: int | None = None,
                  max_model_len: int | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
                  enable_prefix_caching: bool = True, seed: int = 0, load_format: str = "auto",
-                 enforce_eager: bool = False, verbose: bool = True):
+                 enforce_eager: bool = False, preemption_mode: str = "recompute", swap_space: float = 4.0,
+                 verbose: bool = True):
         args = EngineArgs(dtype, device, block_size, gpu_memory_utilization, kv_cache_memory_bytes, max_model_len,
                           max_num_seqs, max_num_batched_tokens, enable_prefix_caching, seed, load_format,
-                          enforce_eager)
+                          enforce_eager, preemption_mode, swap_space)
         source = resolve_model(model)
         config = source.config
         self.device = args.resolve_device()
@@ -54,14 +55,17 @@ class LLM:
                                      max_model_len=self.max_model_len)
         if verbose:
             print(f"[pagedcore] {self.kv_plan.summary()}", file=sys.stderr)
-        kv_caches = allocate_kv_cache(config, self.kv_plan, block_size, self.dtype, self.device)
+        kv_caches = allocate_kv_cache(config, self.kv_plan.num_blocks, block_size, self.dtype, self.device)
+        mode, num_host_blocks = args.resolve_preemption(self.device, self.kv_plan.plan.bytes_per_block)
+        host_kv_caches = (allocate_kv_cache(config, num_host_blocks, block_size, self.dtype, torch.device("cpu"),
+                                            pin_memory=True) if num_host_blocks else None)
 
         scheduler = _core.Scheduler(_core.SchedulerConfig(
             num_blocks=self.kv_plan.num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=self.max_model_len,
-            enable_prefix_caching=enable_prefix_caching))
-        runner = ModelRunner(self.model, kv_caches, self.device, max_num_seqs=max_num_seqs,
-                             max_blocks_per_seq=blocks_per_seq(self.max_model_len, block_size),
+            enable_prefix_caching=enable_prefix_caching, preemption_mode=mode, num_host_blocks=num_host_blocks))
+        runner = ModelRunner(self.model, kv_caches, self.device, host_kv_caches=host_kv_caches,
+                             max_num_seqs=max_num_seqs, max_blocks_per_seq=blocks_per_seq(self.max_model_len, block_size),
                              use_cuda_graphs=not enforce_eager)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         eos_ids = self.tokenizer.eos_token_ids if self.tokenizer is not None else config.eos_token_ids

@@ -1,6 +1,6 @@
 """ModelRunner: executes exactly what a step plan says, nothing more.
 
-It copies KV blocks the plan asks for (copy-on-write), turns the plan's int32 arrays into device
+It moves the KV blocks the plan asks for (swap out, swap in, then copy-on-write), turns the plan's int32 arrays into device
 tensors, runs the model (replaying a captured CUDA graph for decode-only steps on GPU) and returns
 the logits of the rows the plan samples.
 """
@@ -18,10 +18,14 @@ from pagedcore.model import LlamaForCausalLM
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv_caches: list[LayerKVCache], device: torch.device, *,
-                 max_num_seqs: int, max_blocks_per_seq: int, use_cuda_graphs: bool):
+                 max_num_seqs: int, max_blocks_per_seq: int, use_cuda_graphs: bool,
+                 host_kv_caches: list[LayerKVCache] | None = None):
         self.model = model
         self.kv_caches = kv_caches
+        self.host_kv_caches = host_kv_caches  # pinned CPU swap space (preemption by swapping), or None
         self.device = device
+        self.num_blocks_swapped_out = 0
+        self.num_blocks_swapped_in = 0
         self.graphs = None
         if use_cuda_graphs and device.type == "cuda":
             self.graphs = DecodeGraphs(model, kv_caches, device, max_num_seqs=max_num_seqs,
@@ -30,8 +34,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, plan) -> torch.Tensor:
         """plan: a pagedcore._core.StepPlan with num_tokens > 0 -> logits [num_samples, vocab] float32."""
-        if len(plan.swap_in_pairs) or len(plan.swap_out_pairs):
-            raise RuntimeError("the engine runs the scheduler in recompute mode; a plan asked for swaps")
+        if len(plan.swap_out_pairs) or len(plan.swap_in_pairs):
+            self._swap(plan.swap_out_pairs, plan.swap_in_pairs)
         if len(plan.copy_pairs):
             pairs = torch.from_numpy(np.array(plan.copy_pairs, dtype=np.int32).reshape(-1, 2)).to(self.device)
             ops.copy_blocks([c.key for c in self.kv_caches] + [c.value for c in self.kv_caches], pairs)
@@ -41,6 +45,20 @@ class ModelRunner:
             hidden = self._run_eager(plan)  # [num_tokens, hidden_size]
         logits_indices = self._to_device(plan.logits_indices).long()
         return self.model.compute_logits(hidden[logits_indices]).float()
+
+    def _swap(self, swap_out_pairs: np.ndarray, swap_in_pairs: np.ndarray) -> None:
+        """swap_out_pairs [n, 2] (device block, host block) run before swap_in_pairs [m, 2] (host, device):
+        a block freed by swapping out may be the target of a swap in of the same step."""
+        if self.host_kv_caches is None:
+            raise RuntimeError("the plan asked for swaps but the engine has no swap space")
+        device_caches = [c.key for c in self.kv_caches] + [c.value for c in self.kv_caches]
+        host_caches = [c.key for c in self.host_kv_caches] + [c.value for c in self.host_kv_caches]
+        if len(swap_out_pairs):
+            ops.swap_blocks(device_caches, host_caches, np.asarray(swap_out_pairs).tolist())
+            self.num_blocks_swapped_out += len(swap_out_pairs)
+        if len(swap_in_pairs):
+            ops.swap_blocks(host_caches, device_caches, np.asarray(swap_in_pairs).tolist())
+            self.num_blocks_swapped_in += len(swap_in_pairs)
 
     def _run_eager(self, plan) -> torch.Tensor:
         query_start_loc = np.asarray(plan.query_start_loc)
