@@ -107,6 +107,16 @@ def test_stop_strings_and_stop_token_ids(model_dir):
     assert (by_token.finish_reason, by_token.stop_reason) == ("stop", stop_token)
 
 
+def test_min_tokens_keeps_stop_tokens_from_being_sampled(model_dir):
+    llm = _llm(model_dir)
+    free = llm.generate(PROMPTS[1], GREEDY, use_tqdm=False)[0].outputs[0]
+    first = free.token_ids[0]
+    held = llm.generate(PROMPTS[1], SamplingParams(temperature=0, max_tokens=24, min_tokens=6, stop_token_ids=[first]),
+                        use_tqdm=False)[0].outputs[0]
+    assert len(held.token_ids) >= 6
+    assert first not in held.token_ids[:6]
+
+
 def test_a_request_ended_by_a_stop_string_reports_its_cached_prompt_tokens(model_dir):
     llm = _llm(model_dir)
     free = llm.generate(PROMPTS[0], GREEDY, use_tqdm=False)[0].outputs[0]  # caches the prompt

@@ -92,3 +92,19 @@ def test_logprobs_hold_sampled_plus_top_k():
     assert set(reference.topk(3).indices.tolist()) <= set(entry) and len(entry) == 3
     for token, value in entry.items():
         assert abs(value - reference[token].item()) < 1e-5
+
+
+def test_eos_and_stop_tokens_are_never_sampled_before_min_tokens():
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 7] = 10.0  # EOS would win
+    logits[:, 9] = 5.0  # then a stop token
+    params = SamplingParams(temperature=0, min_tokens=2, stop_token_ids=[9])
+    early = SequenceSamplingState.create(params, [1], 0, torch.device("cpu"), eos_token_ids=(7,))
+    late = SequenceSamplingState.create(params, [1], 0, torch.device("cpu"), eos_token_ids=(7,))
+    late.output_token_ids.extend([3, 4])
+    out = _sampler()(logits, [early, late])
+    assert out.token_ids[0] not in (7, 9)
+    assert out.token_ids[1] == 7
+    ignoring = SequenceSamplingState.create(SamplingParams(temperature=0, min_tokens=2, ignore_eos=True), [1], 0,
+                                            torch.device("cpu"), eos_token_ids=(7,))
+    assert _sampler()(logits[:1], [ignoring]).token_ids == [7]  # ignore_eos: EOS is an ordinary token

@@ -56,7 +56,8 @@ class LLMEngine:
             arrival_time=arrival)
         self.scheduler.add_request(request_id, prompt_token_ids, native_params)
         self.requests[request_id] = RequestState.create(
-            request_id, prompt, list(prompt_token_ids), params, self.tokenizer, self.runner.device, arrival)
+            request_id, prompt, list(prompt_token_ids), params, self.tokenizer, self.runner.device, arrival,
+            tuple(self.eos_token_ids))
         return request_id
 
     def has_unfinished(self) -> bool:

@@ -51,10 +51,11 @@ class RequestState:
 
     @classmethod
     def create(cls, request_id: int, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
-               tokenizer: Tokenizer | None, device: torch.device, arrival_time: float) -> RequestState:
+               tokenizer: Tokenizer | None, device: torch.device, arrival_time: float,
+               eos_token_ids: tuple[int, ...] = ()) -> RequestState:
         sequences = []
         for index in range(params.n):
-            sampling = SequenceSamplingState.create(params, prompt_token_ids, index, device)
+            sampling = SequenceSamplingState.create(params, prompt_token_ids, index, device, eos_token_ids)
             detokenizer = None if tokenizer is None else IncrementalDetokenizer(
                 tokenizer, prompt_token_ids, params.skip_special_tokens)
             sequences.append(SequenceState(index, sampling, detokenizer,

@@ -1,6 +1,6 @@
 """Sampler: turns the logits of a step into one token per sampled row.
 
-Order, as in vLLM: penalties (repetition on prompt + output, presence and frequency on output),
+Order, as in vLLM: EOS and stop tokens masked while a sequence is below min_tokens, penalties (repetition on prompt + output, presence and frequency on output),
 then greedy argmax, or temperature, top-k, top-p, min-p and a draw. Log-probabilities are those
 of the raw model distribution (before penalties and temperature).
 
@@ -26,16 +26,18 @@ class SequenceSamplingState:
     prompt_token_ids: list[int]
     output_token_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None  # set when params.seed is not None
+    min_tokens_blocked: tuple[int, ...] = ()  # never sampled before min_tokens: stop ids (+ EOS unless ignored)
 
     @classmethod
     def create(cls, params: SamplingParams, prompt_token_ids: list[int], seq_index: int,
-               device: torch.device) -> SequenceSamplingState:
+               device: torch.device, eos_token_ids: tuple[int, ...] = ()) -> SequenceSamplingState:
+        blocked = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(eos_token_ids))
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=device)
             # Sibling sequences of one seeded request draw from distinct, reproducible streams.
             generator.manual_seed((params.seed * 1_000_003 + seq_index) % (1 << 63))
-        return cls(params, prompt_token_ids, [], generator)
+        return cls(params, prompt_token_ids, [], generator, blocked if params.min_tokens > 0 else ())
 
 
 @dataclass
@@ -55,11 +57,23 @@ class Sampler:
         """logits: [num_samples, >= vocab_size] (padded vocab columns are dropped); one state per row."""
         logits = logits[:, : self.vocab_size].float()
         raw_log_norm = torch.logsumexp(logits, dim=-1)  # [num_samples]
-        processed = self._apply_penalties(logits, states)
+        processed = self._apply_penalties(self._mask_before_min_tokens(logits, states), states)
         token_ids = self._choose(processed, states)  # [num_samples] int64
         sampled_logprobs = logits.gather(1, token_ids[:, None])[:, 0] - raw_log_norm
         top_logprobs = self._top_logprobs(logits, raw_log_norm, token_ids, sampled_logprobs, states)
         return SamplerOutput(token_ids.tolist(), sampled_logprobs.tolist(), top_logprobs)
+
+    def _mask_before_min_tokens(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
+        """logits [num_samples, vocab]: -inf on EOS / stop tokens of rows still below min_tokens."""
+        rows = [i for i, s in enumerate(states)
+                if s.min_tokens_blocked and len(s.output_token_ids) < s.params.min_tokens]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        for row in rows:
+            blocked = [t for t in states[row].min_tokens_blocked if t < self.vocab_size]
+            logits[row, blocked] = float("-inf")
+        return logits
 
     def _apply_penalties(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
         rows = [i for i, s in enumerate(states) if s.params.uses_penalties]
