@@ -1,4 +1,6 @@
-"""`pagedcore generate "prompt" [--model ...] [sampling flags]`: prints the completion."""
+"""`pagedcore generate "prompt" [--model ...] [sampling flags]`: prints the completion.
+`pagedcore serve [--model ...] [--host ...] [--port ...] [--api-key ...] [engine flags]`: the OpenAI-compatible
+HTTP server (pagedcore.server)."""
 
 from __future__ import annotations
 
@@ -34,11 +36,22 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--presence-penalty", type=float, default=0.0)
     gen.add_argument("--frequency-penalty", type=float, default=0.0)
     gen.add_argument("--ignore-eos", action="store_true")
+    from pagedcore.server.launcher import add_serve_arguments
+
+    add_serve_arguments(commands.add_parser("serve", help="run the OpenAI-compatible HTTP server"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from pagedcore.server.launcher import serve
+
+        try:
+            return serve(args)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"pagedcore: error: {error}", file=sys.stderr)
+            return 2
     from pagedcore.llm import LLM
     from pagedcore.sampling_params import SamplingParams
 

@@ -1,0 +1,213 @@
+"""POST /v1/completions and /v1/chat/completions: parse, build engine requests, then stream SSE
+chunks or collect one response. The request's engine work is aborted as soon as its client goes
+away (a failed send while streaming, or a disconnect seen while collecting)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from pagedcore.chat_template import render_chat
+from pagedcore.server.async_engine import AsyncEngine, EngineDeadError, EngineRequest, GenerationHandle, QueueFullError
+from pagedcore.server.errors import APIError, bad_request
+from pagedcore.server.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+from pagedcore.server.responses import (ChoiceAccumulator, TokenText, Usage, chat_logprobs, completion_logprobs,
+                                        new_id, response_base, sse)
+from pagedcore.tokenizer import Tokenizer
+
+_DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
+_CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away (never reaches the client)
+
+
+class OpenAIHandlers:
+    def __init__(self, engine: AsyncEngine, tokenizer: Tokenizer | None, model_name: str, max_model_len: int,
+                 on_rejected: Callable[[str], None]):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_model_len = max_model_len
+        self.token_text = TokenText(tokenizer)
+        self.on_rejected = on_rejected  # metrics hook: reason -> None
+
+    # ---- routes ------------------------------------------------------------------------------
+
+    async def completions(self, request: Request) -> Response:
+        body = parse_body(CompletionRequest, await request.body())
+        self._check_model(body.model)
+        params = body.to_sampling_params()
+        prompts = []
+        for prompt in body.prompts():
+            ids = await self._encode(prompt, "prompt") if isinstance(prompt, str) else list(prompt)
+            prompts.append(EngineRequest(prompt if isinstance(prompt, str) else None, ids, params))
+        handle = await self._submit(prompts, "prompt")
+        request_id = new_id("cmpl")
+        base = response_base(request_id, "text_completion", self.model_name)
+        if body.stream:
+            return self._stream(self._completion_chunks(handle, base, body))
+        return await self._collect(request, handle, lambda: self._completion_body(handle, base, body))
+
+    async def chat(self, request: Request) -> Response:
+        body = parse_body(ChatCompletionRequest, await request.body())
+        self._check_model(body.model)
+        params = body.to_sampling_params()
+        template = self.tokenizer.chat_template if self.tokenizer is not None else None
+        if template is None:
+            raise bad_request("this model has no chat template: use /v1/completions", param="messages")
+        try:
+            text = render_chat(template, body.conversation(), add_generation_prompt=body.add_generation_prompt,
+                               bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
+        except Exception as error:  # the template refused the conversation (raise_exception, bad roles)
+            raise bad_request(f"the chat template refused these messages: {error}", param="messages") from error
+        ids = await self._encode(text, "messages", add_special_tokens=False)
+        handle = await self._submit([EngineRequest(None, ids, params)], "messages")
+        base = response_base(new_id("chatcmpl"), "chat.completion", self.model_name)
+        if body.stream:
+            return self._stream(self._chat_chunks(handle, {**base, "object": "chat.completion.chunk"}, body))
+        return await self._collect(request, handle, lambda: self._chat_body(handle, base, body))
+
+    # ---- shared steps ------------------------------------------------------------------------
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise bad_request(f"model {model!r} is not served here; the served model is {self.model_name!r}",
+                              param="model", code="model_not_found")
+
+    async def _encode(self, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            raise bad_request("this model has no tokenizer: give the prompt as token ids", param=param)
+        # Off the event loop: a long prompt takes a while to tokenize.
+        ids = await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens)
+        if len(ids) >= self.max_model_len:
+            raise bad_request(f"the prompt has {len(ids)} tokens; this server's max_model_len is "
+                              f"{self.max_model_len} tokens (prompt + completion)", param=param,
+                              code="context_length_exceeded")
+        return ids
+
+    async def _submit(self, requests: list[EngineRequest], param: str) -> GenerationHandle:
+        try:
+            return await self.engine.submit(requests)
+        except QueueFullError as error:
+            self.on_rejected("queue_full")
+            raise APIError(429, str(error), type="server_overloaded", code="queue_full",
+                           headers={"Retry-After": "1"}) from None
+        except EngineDeadError as error:
+            self.on_rejected("engine_unavailable")
+            raise APIError(503, f"the engine is unavailable: {error}", type="server_error",
+                           code="engine_unavailable") from None
+        except ValueError as error:  # the engine's admission checks name the limit
+            self.on_rejected("invalid")
+            limit_param = "max_tokens" if "max_tokens" in str(error) and "prompt" not in str(error) else param
+            raise bad_request(str(error), param=limit_param, code="invalid_value") from None
+
+    @staticmethod
+    def _stream(chunks: AsyncIterator[str]) -> StreamingResponse:
+        return StreamingResponse(chunks, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @staticmethod
+    async def _collect(request: Request, handle: GenerationHandle, build) -> Response:
+        """Runs build() (which drains the handle) unless the client disconnects first."""
+        task = asyncio.ensure_future(build())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+                if done:
+                    return JSONResponse(task.result())
+                if await request.is_disconnected():
+                    return Response(status_code=_CLIENT_CLOSED_REQUEST)
+        except EngineDeadError as error:
+            raise APIError(503, f"the engine stopped: {error}", type="server_error", code="engine_unavailable")
+        finally:
+            if not task.done():
+                task.cancel()
+            handle.close()
+
+    @staticmethod
+    def _error_event(error: Exception) -> str:
+        return sse(APIError(503, f"the engine stopped: {error}", type="server_error",
+                            code="engine_unavailable").body())
+
+    # ---- completions -------------------------------------------------------------------------
+
+    async def _completion_chunks(self, handle: GenerationHandle, base: dict, body: CompletionRequest):
+        usage = Usage()
+        offsets: dict[int, int] = {}  # choice index -> characters sent
+        try:
+            async for delta in handle:
+                usage.add(delta)
+                for seq in delta.sequences:
+                    index = delta.prompt_index * body.n + seq.index
+                    if not seq.text and seq.finish_reason is None and seq.logprobs is None:
+                        continue
+                    logprobs = completion_logprobs(seq, self.token_text, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + len(seq.text)
+                    choice = {"index": index, "text": seq.text, "logprobs": logprobs,
+                              "finish_reason": seq.finish_reason}
+                    yield sse({**base, "choices": [choice]})
+            if body.include_usage:
+                yield sse({**base, "choices": [], "usage": usage.body()})
+        except EngineDeadError as error:
+            yield self._error_event(error)
+        finally:
+            handle.close()
+        yield sse("[DONE]")
+
+    async def _completion_body(self, handle: GenerationHandle, base: dict, body: CompletionRequest) -> dict:
+        usage = Usage()
+        choices: dict[int, ChoiceAccumulator] = {}
+        async for delta in handle:
+            usage.add(delta)
+            for seq in delta.sequences:
+                choices.setdefault(delta.prompt_index * body.n + seq.index, ChoiceAccumulator()).add(seq)
+        out = []
+        for index in sorted(choices):
+            merged = choices[index].merged()
+            out.append({"index": index, "text": merged.text,
+                        "logprobs": completion_logprobs(merged, self.token_text, 0),
+                        "finish_reason": merged.finish_reason})
+        return {**base, "choices": out, "usage": usage.body()}
+
+    # ---- chat --------------------------------------------------------------------------------
+
+    async def _chat_chunks(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest):
+        usage = Usage()
+        num_top = body.top_logprobs or 0
+        try:
+            for index in range(body.n):
+                choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}
+                yield sse({**base, "choices": [choice]})
+            async for delta in handle:
+                usage.add(delta)
+                for seq in delta.sequences:
+                    if not seq.text and seq.finish_reason is None and seq.logprobs is None:
+                        continue
+                    choice = {"index": seq.index, "delta": {"content": seq.text} if seq.text else {},
+                              "logprobs": chat_logprobs(seq, self.token_text, num_top),
+                              "finish_reason": seq.finish_reason}
+                    yield sse({**base, "choices": [choice]})
+            if body.include_usage:
+                yield sse({**base, "choices": [], "usage": usage.body()})
+        except EngineDeadError as error:
+            yield self._error_event(error)
+        finally:
+            handle.close()
+        yield sse("[DONE]")
+
+    async def _chat_body(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest) -> dict:
+        usage = Usage()
+        choices = [ChoiceAccumulator() for _ in range(body.n)]
+        async for delta in handle:
+            usage.add(delta)
+            for seq in delta.sequences:
+                choices[seq.index].add(seq)
+        out = []
+        for index, choice in enumerate(choices):
+            merged = choice.merged()
+            out.append({"index": index, "message": {"role": "assistant", "content": merged.text},
+                        "logprobs": chat_logprobs(merged, self.token_text, body.top_logprobs or 0),
+                        "finish_reason": merged.finish_reason})
+        return {**base, "choices": out, "usage": usage.body()}

@@ -1,0 +1,157 @@
+"""Request bodies of /v1/completions and /v1/chat/completions as strict pydantic models.
+
+Strict means: no coercion ("1" is not 1, true is not 1), no NaN or infinity, bounded sizes. Types
+and coarse bounds are checked here; the meaning of each sampling field is checked once, by
+SamplingParams, whose ValueError names the field (mapped to a 400 with `param` set).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pagedcore.sampling_params import MAX_LOGPROBS, SamplingParams
+from pagedcore.server.errors import APIError, bad_request, from_validation_error
+
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
+MAX_N = 64  # completions per prompt (the engine also caps n at max_num_seqs)
+MAX_STOP = 16  # stop strings
+MAX_STOP_CHARS = 256  # characters per stop string
+MAX_STOP_TOKEN_IDS = 64
+MAX_MESSAGES = 1024
+MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32
+INT64 = 2**63
+MAX_INT32 = 2**31 - 1  # counts the native scheduler takes as int32
+
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _SamplingRequest(_Strict):
+    """Fields shared by completions and chat (OpenAI's, plus vLLM's extensions)."""
+
+    model: str | None = Field(default=None, max_length=256)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOP)] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_INT32)
+    temperature: float = Field(default=1.0, ge=0.0, le=100.0)
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=-1, le=MAX_INT32)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=-INT64, le=INT64 - 1)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    logit_bias: dict[str, float] | None = None  # refused when non-empty: not supported
+    user: str | None = Field(default=None, max_length=256)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def _sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        if self.logit_bias:
+            raise bad_request("logit_bias is not supported", param="logit_bias", code="unsupported")
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
+        try:
+            return SamplingParams(
+                n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids, max_tokens=max_tokens,
+                min_tokens=self.min_tokens, ignore_eos=self.ignore_eos, presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
+                logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
+                include_stop_str_in_output=self.include_stop_str_in_output)
+        except ValueError as error:  # SamplingParams names the field first: "top_p must be in (0, 1], got 0.0"
+            field = str(error).split(" ", 1)[0]
+            raise bad_request(str(error), param=field if field in type(self).model_fields else None,
+                              code="invalid_value") from error
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: (Annotated[str, Field(min_length=1)]
+             | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_PROMPTS)]
+             | Annotated[list[TokenId], Field(min_length=1)]
+             | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]],
+                         Field(min_length=1, max_length=MAX_PROMPTS)])
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N)
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt field as a list of prompts (text or token ids)."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
+
+    def to_sampling_params(self) -> SamplingParams:
+        if self.echo:
+            raise bad_request("echo is not supported", param="echo", code="unsupported")
+        if self.suffix:
+            raise bad_request("suffix is not supported", param="suffix", code="unsupported")
+        if self.best_of is not None and self.best_of != self.n:
+            raise bad_request(f"best_of must equal n ({self.n}) when given", param="best_of")
+        return self._sampling_params(16 if self.max_tokens is None else self.max_tokens, self.logprobs)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
+    name: str | None = Field(default=None, max_length=256)
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    add_generation_prompt: bool = True
+
+    def conversation(self) -> list[dict[str, str]]:
+        """Messages as the chat template expects them; 'developer' is OpenAI's new name for 'system'."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+    def to_sampling_params(self) -> SamplingParams:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return self._sampling_params(max_tokens, (self.top_logprobs or 0) if self.logprobs else None)
+
+
+def parse_body(model: type[_Strict], body: bytes) -> _Strict:
+    """Parses and validates a JSON body; APIError(400) naming the offending field otherwise."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+    except (ValueError, RecursionError) as error:  # defensive: pydantic reports these as ValidationError
+        raise APIError(400, f"the body is not valid JSON: {error}", code="invalid_json") from None
