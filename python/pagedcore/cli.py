@@ -1,6 +1,7 @@
 """`pagedcore generate "prompt" [--model ...] [sampling flags]`: prints the completion.
 `pagedcore serve [--model ...] [--host ...] [--port ...] [--api-key ...] [engine flags]`: the OpenAI-compatible
-HTTP server (pagedcore.server)."""
+HTTP server (pagedcore.server).
+`pagedcore bench prefix|throughput|memory|latency [flags]`: the benchmarks (pagedcore.bench)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,21 @@ def _parser() -> argparse.ArgumentParser:
     from pagedcore.server.launcher import add_serve_arguments
 
     add_serve_arguments(commands.add_parser("serve", help="run the OpenAI-compatible HTTP server"))
+    from pagedcore.bench import BENCHMARKS
+
+    bench = commands.add_parser("bench", help="run a benchmark of bench/RESULTS.md (table, JSON, plot)",
+                                description="; ".join(f"{name}: {what}" for name, what in BENCHMARKS.items()))
+    bench.add_argument("benchmark", choices=list(BENCHMARKS))
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's own flags (see --help after it)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        from pagedcore.bench import main as bench_main
+
+        return bench_main(args.benchmark, args.bench_args)
     if args.command == "serve":
         from pagedcore.server.launcher import serve
 
