@@ -5,13 +5,14 @@ away (a failed send while streaming, or a disconnect seen while collecting)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from pagedcore.chat_template import render_chat
-from pagedcore.server.async_engine import AsyncEngine, EngineDeadError, EngineRequest, GenerationHandle, QueueFullError
+from pagedcore.server.async_engine import (AsyncEngine, EngineDeadError, EngineRequest, GenerationHandle, QueueFullError,
+                                           RequestDelta)
 from pagedcore.server.errors import APIError, bad_request
 from pagedcore.server.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 from pagedcore.server.responses import (ChoiceAccumulator, TokenText, Usage, chat_logprobs, completion_logprobs,
@@ -132,28 +133,39 @@ class OpenAIHandlers:
 
     # ---- completions -------------------------------------------------------------------------
 
-    async def _completion_chunks(self, handle: GenerationHandle, base: dict, body: CompletionRequest):
+    async def _sse_chunks(self, handle: GenerationHandle, base: dict, include_usage: bool,
+                          choices_of: Callable[[RequestDelta], Iterator[dict]], first: Sequence[dict] = ()):
+        """SSE chunks: `first`, then one per choice that choices_of makes of each delta, the usage chunk
+        when asked, and [DONE]; an engine failure becomes an error event."""
         usage = Usage()
-        offsets: dict[int, int] = {}  # choice index -> characters sent
         try:
+            for choice in first:
+                yield sse({**base, "choices": [choice]})
             async for delta in handle:
                 usage.add(delta)
-                for seq in delta.sequences:
-                    index = delta.prompt_index * body.n + seq.index
-                    if not seq.text and seq.finish_reason is None and seq.logprobs is None:
-                        continue
-                    logprobs = completion_logprobs(seq, self.token_text, offsets.get(index, 0))
-                    offsets[index] = offsets.get(index, 0) + len(seq.text)
-                    choice = {"index": index, "text": seq.text, "logprobs": logprobs,
-                              "finish_reason": seq.finish_reason}
+                for choice in choices_of(delta):
                     yield sse({**base, "choices": [choice]})
-            if body.include_usage:
+            if include_usage:
                 yield sse({**base, "choices": [], "usage": usage.body()})
         except EngineDeadError as error:
             yield self._error_event(error)
         finally:
             handle.close()
         yield sse("[DONE]")
+
+    def _completion_chunks(self, handle: GenerationHandle, base: dict, body: CompletionRequest):
+        offsets: dict[int, int] = {}  # choice index -> characters sent
+
+        def choices_of(delta: RequestDelta) -> Iterator[dict]:
+            for seq in delta.sequences:
+                index = delta.prompt_index * body.n + seq.index
+                if not seq.text and seq.finish_reason is None and seq.logprobs is None:
+                    continue
+                logprobs = completion_logprobs(seq, self.token_text, offsets.get(index, 0))
+                offsets[index] = offsets.get(index, 0) + len(seq.text)
+                yield {"index": index, "text": seq.text, "logprobs": logprobs, "finish_reason": seq.finish_reason}
+
+        return self._sse_chunks(handle, base, body.include_usage, choices_of)
 
     async def _completion_body(self, handle: GenerationHandle, base: dict, body: CompletionRequest) -> dict:
         usage = Usage()
@@ -172,30 +184,19 @@ class OpenAIHandlers:
 
     # ---- chat --------------------------------------------------------------------------------
 
-    async def _chat_chunks(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest):
-        usage = Usage()
+    def _chat_chunks(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest):
         num_top = body.top_logprobs or 0
-        try:
-            for index in range(body.n):
-                choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                          "finish_reason": None}
-                yield sse({**base, "choices": [choice]})
-            async for delta in handle:
-                usage.add(delta)
-                for seq in delta.sequences:
-                    if not seq.text and seq.finish_reason is None and seq.logprobs is None:
-                        continue
-                    choice = {"index": seq.index, "delta": {"content": seq.text} if seq.text else {},
-                              "logprobs": chat_logprobs(seq, self.token_text, num_top),
-                              "finish_reason": seq.finish_reason}
-                    yield sse({**base, "choices": [choice]})
-            if body.include_usage:
-                yield sse({**base, "choices": [], "usage": usage.body()})
-        except EngineDeadError as error:
-            yield self._error_event(error)
-        finally:
-            handle.close()
-        yield sse("[DONE]")
+        roles = [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None} for index in range(body.n)]
+
+        def choices_of(delta: RequestDelta) -> Iterator[dict]:
+            for seq in delta.sequences:
+                if not seq.text and seq.finish_reason is None and seq.logprobs is None:
+                    continue
+                yield {"index": seq.index, "delta": {"content": seq.text} if seq.text else {},
+                       "logprobs": chat_logprobs(seq, self.token_text, num_top), "finish_reason": seq.finish_reason}
+
+        return self._sse_chunks(handle, base, body.include_usage, choices_of, first=roles)
 
     async def _chat_body(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest) -> dict:
         usage = Usage()
