@@ -16,6 +16,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -424,6 +425,19 @@ def write_json(payload: dict, path: Path, quiet: bool = False) -> Path:
     if not quiet:
         print(f"[bench] wrote {path}")
     return path
+
+
+def command_line(name: str, argv: list[str] | None) -> list[str]:
+    """The command a result's JSON records: `pagedcore bench NAME <flags>`."""
+    return ["pagedcore", "bench", name, *(argv if argv is not None else sys.argv[1:])]
+
+
+def report(payload: dict, stem: Path, print_report: Callable[[dict], None],
+           plot: Callable[[dict, Path], None]) -> None:
+    """Prints a benchmark's table, then writes STEM.json and its plot STEM.png."""
+    print_report(payload)
+    write_json(payload, stem.with_suffix(".json"))
+    try_plot(plot, payload, stem.with_suffix(".png"))
 
 
 def try_plot(plot: Callable[[dict, Path], None], payload: dict, path: Path) -> None:

@@ -259,12 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     # A time limit's SIGTERM unwinds through run()'s `finally`, which stops the server it started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     common.apply_preset(args, PRESETS)
-    payload = run(args, ["pagedcore", "bench", NAME, *(argv if argv is not None else sys.argv[1:])])
-    print_report(payload)
-    out = common.results_dir(NAME, args.out)
-    stem = out / f"{NAME}_{payload['device_type']}"
-    common.write_json(payload, stem.with_suffix(".json"))
-    common.try_plot(plot, payload, stem.with_suffix(".png"))
+    payload = run(args, common.command_line(NAME, argv))
+    common.report(payload, common.results_dir(NAME, args.out) / f"{NAME}_{payload['device_type']}", print_report, plot)
     return 0
 
 

@@ -165,12 +165,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     common.apply_preset(args, PRESETS)
-    payload = run(args, ["pagedcore", "bench", NAME, *(argv if argv is not None else sys.argv[1:])])
-    print_report(payload)
-    out = common.results_dir(NAME, args.out)
-    stem = out / f"{NAME}_{args.shape.replace('.', '_')}"
-    common.write_json(payload, stem.with_suffix(".json"))
-    common.try_plot(plot, payload, stem.with_suffix(".png"))
+    payload = run(args, common.command_line(NAME, argv))
+    common.report(payload, common.results_dir(NAME, args.out) / f"{NAME}_{args.shape.replace('.', '_')}",
+                  print_report, plot)
     return 0
 
 

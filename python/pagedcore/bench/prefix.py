@@ -181,11 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     common.apply_preset(args, PRESETS)
     out = common.results_dir(NAME, args.out)
     stem = out / f"{NAME}_{common.resolve_device(args.device).type}"
-    payload = run(args, ["pagedcore", "bench", NAME, *(argv if argv is not None else sys.argv[1:])],
+    payload = run(args, common.command_line(NAME, argv),
                   save=lambda partial: common.write_json(partial, stem.with_suffix(".json"), quiet=True))
-    print_report(payload)
-    common.write_json(payload, stem.with_suffix(".json"))
-    common.try_plot(plot, payload, stem.with_suffix(".png"))
+    common.report(payload, stem, print_report, plot)
     return 0
 
 
