@@ -215,4 +215,28 @@ __device__ __forceinline__ const T* cache_chunk(const T* cache, const int32_t* b
   return cache + (((block * num_kv_heads + kv_head) << block_size_log2) + offset) * D + chunk * 8;
 }
 
+// Starts the asynchronous copy of KV tokens [first_token, first_token + kRows) of one KV head into the
+// K and V tiles sk, sv ([kRows, kRowPitch<D>] each); rows at or past context_len are zero-filled.
+// kThreads threads share the copy; `thread` is this thread's index among them.
+template <typename T, int D, int kRows, int kThreads>
+__device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* k_cache, const T* v_cache,
+                                             const int32_t* block_table, int first_token, int context_len,
+                                             int block_size_log2, int num_kv_heads, int kv_head, int thread) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+#pragma unroll
+  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
+    const int c = thread + i * kThreads;
+    const int r = c / kChunks, chunk = c % kChunks;
+    const int token = first_token + r;
+    const bool valid = token < context_len;
+    const int safe_token = valid ? token : 0;  // keeps the block-table read in bounds
+    cp_async16(tile_chunk<T, D>(sk, r, chunk),
+               cache_chunk<T, D>(k_cache, block_table, safe_token, block_size_log2, num_kv_heads, kv_head, chunk),
+               valid);
+    cp_async16(tile_chunk<T, D>(sv, r, chunk),
+               cache_chunk<T, D>(v_cache, block_table, safe_token, block_size_log2, num_kv_heads, kv_head, chunk),
+               valid);
+  }
+}
+
 }  // namespace pagedcore::cuda

@@ -80,20 +80,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   auto load_tile = [&](int stage, int tile) {
     T* sk = warp_tiles + stage * 2 * kTileTokens * kPitch;
     T* sv = sk + kTileTokens * kPitch;
-#pragma unroll
-    for (int i = 0; i < kTileTokens * kChunks / 32; ++i) {
-      const int c = lane + i * 32;
-      const int r = c / kChunks, chunk = c % kChunks;
-      const int token = tile * kTileTokens + r;
-      const bool valid = token < context_len;
-      const int safe_token = valid ? token : 0;
-      cp_async16(tile_chunk<T, D>(sk, r, chunk),
-                 cache_chunk<T, D>(k_cache, block_table, safe_token, p.block_size_log2, p.num_kv_heads, kv_head, chunk),
-                 valid);
-      cp_async16(tile_chunk<T, D>(sv, r, chunk),
-                 cache_chunk<T, D>(v_cache, block_table, safe_token, p.block_size_log2, p.num_kv_heads, kv_head, chunk),
-                 valid);
-    }
+    load_kv_tile<T, D, kTileTokens, 32>(sk, sv, k_cache, v_cache, block_table, tile * kTileTokens, context_len,
+                                        p.block_size_log2, p.num_kv_heads, kv_head, lane);
   };
 
   // This warp's tiles: tile_begin + warp, + kDecodeWarps, ...

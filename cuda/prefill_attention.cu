@@ -84,20 +84,8 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_attention_kernel(cons
   auto load_tile = [&](int stage, int kv_tile) {
     T* sk = skv + stage * 2 * kN * kPitch;
     T* sv = sk + kN * kPitch;
-#pragma unroll
-    for (int i = 0; i < kN * kChunks / kPrefillThreads; ++i) {
-      const int c = threadIdx.x + i * kPrefillThreads;
-      const int r = c / kChunks, chunk = c % kChunks;
-      const int token = kv_tile * kN + r;
-      const bool valid = token < kv_len;
-      const int safe_token = valid ? token : 0;
-      cp_async16(tile_chunk<T, D>(sk, r, chunk),
-                 cache_chunk<T, D>(k_cache, block_table, safe_token, p.block_size_log2, p.num_kv_heads, kv_head, chunk),
-                 valid);
-      cp_async16(tile_chunk<T, D>(sv, r, chunk),
-                 cache_chunk<T, D>(v_cache, block_table, safe_token, p.block_size_log2, p.num_kv_heads, kv_head, chunk),
-                 valid);
-    }
+    load_kv_tile<T, D, kN, kPrefillThreads>(sk, sv, k_cache, v_cache, block_table, kv_tile * kN, kv_len,
+                                            p.block_size_log2, p.num_kv_heads, kv_head, threadIdx.x);
   };
 
   const int warp = threadIdx.x / 32;
