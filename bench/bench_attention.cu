@@ -156,7 +156,10 @@ int run_attention_bench(const Flags& flags) {
                                                                        DType::kBFloat16, s.context);
     const size_t ws_bytes = paged_attention_workspace_bytes(s.batch, num_heads, head_dim, splits);
     void* workspace = nullptr;
-    if (ws_bytes) cuda_ok(cudaMalloc(&workspace, ws_bytes), "cudaMalloc workspace");
+    if (ws_bytes) {
+      cuda_ok(cudaMalloc(&workspace, ws_bytes), "cudaMalloc workspace");
+      cuda_ok(cudaMemset(workspace, 0, ws_bytes), "cudaMemset workspace");  // split counters start at zero
+    }
 
     auto args_for = [&](int set) {
       PagedAttentionArgs a{};

@@ -87,6 +87,8 @@ class InputSet:
         vb = self.v.view(batch, NUM_KV_HEADS, blocks_per_seq, BLOCK_SIZE, HEAD_DIM).transpose(1, 2)
         self.k_cache[perm] = kb.reshape(num_blocks, NUM_KV_HEADS, BLOCK_SIZE, HEAD_DIM)
         self.v_cache[perm] = vb.reshape(num_blocks, NUM_KV_HEADS, BLOCK_SIZE, HEAD_DIM)
+        self.k_cache = ops.kv_cache_from_logical(self.k_cache)  # the CUDA kernels' chunk order
+        self.v_cache = ops.kv_cache_from_logical(self.v_cache)
         self.context_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
         self.query_start_loc = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
         self.out = torch.empty_like(self.q)

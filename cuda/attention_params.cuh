@@ -1,4 +1,4 @@
-// Parameters shared by the paged attention kernels (decode, prefill, split merge) and their
+// Parameters shared by the paged attention kernels (decode with its split merge, prefill) and their
 // launchers. Host code fills it once per call from PagedAttentionArgs.
 #pragma once
 
@@ -25,6 +25,7 @@ struct AttentionKernelParams {
   int64_t out_stride_head;
   float* partial_out;              // [num_splits, num_seqs, num_heads, head_dim] (split-KV only)
   float* partial_lse;              // [num_splits, num_seqs, num_heads], log2 domain (split-KV only)
+  int* split_counters;             // [num_seqs, num_kv_heads] splits finished; zero between launches
   int num_seqs;
   int num_tokens;
   int num_heads;
@@ -43,7 +44,6 @@ inline constexpr int kDecodeMaxGroupSize = 16;
 inline constexpr int kPrefillRowsPerCta = 64;
 
 void launch_decode_attention(const AttentionKernelParams& p, DType dtype, int head_dim, cudaStream_t stream);
-void launch_split_merge(const AttentionKernelParams& p, DType dtype, int head_dim, cudaStream_t stream);
 void launch_prefill_attention(const AttentionKernelParams& p, DType dtype, int head_dim, cudaStream_t stream);
 int decode_attention_ctas_per_sm(DType dtype, int head_dim);
 

@@ -2,9 +2,13 @@
 // mma.sync m16n8k16 (fp16 / bf16 in, fp32 accumulate) and one flash-attention step of a warp's
 // 16 query rows over 16 keys with an online softmax in the log2 domain.
 //
-// Shared-memory tiles are row-major [rows][head_dim + 8] elements: the 16-byte pad makes the row
-// pitch an odd number of 16-byte units, so the 8 row addresses of each ldmatrix phase land in
-// distinct banks for every supported head size (64, 80, 96, 128, 256).
+// K/V tiles in shared memory come in two layouts:
+//  - padded: row-major [rows][head_dim + 8] elements, chunks in logical order; the 16-byte pad makes
+//    the row pitch an odd number of 16-byte units, so the 8 row addresses of each ldmatrix phase
+//    land in distinct banks for every supported head size (filled by 16-byte cp.async copies);
+//  - cache order: [rows][head_dim], each row's chunks permuted as in the CUDA cache
+//    (pagedcore/kv_layout.h), which is what one bulk copy of a block's rows produces; the
+//    permutation keeps ldmatrix conflict-free (head sizes that are multiples of 64).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -12,10 +16,20 @@
 
 #include <cstdint>
 
+#include "pagedcore/kv_layout.h"
+
 namespace pagedcore::cuda {
 
 template <int D>
-inline constexpr int kRowPitch = D + 8;  // elements per shared-memory tile row
+inline constexpr int kRowPitch = D + 8;  // elements per padded shared-memory tile row
+
+// Element offset of logical 16-byte chunk `chunk` of tile row `row` (rows of a tile start at a
+// multiple of 8 tokens of their block, so row % 8 is the row's key in the cache permutation).
+template <int D, bool kCacheOrder>
+__device__ __forceinline__ int kv_tile_offset(int row, int chunk) {
+  if constexpr (kCacheOrder) return row * D + kv_chunk_position(row, chunk, D / 8) * 8;
+  else return row * kRowPitch<D> + chunk * 8;
+}
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -26,6 +40,41 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
                "r"(valid ? 16 : 0));
 }
+// mbarrier and bulk-copy (TMA) helpers: one thread arms the barrier with the bytes to expect and
+// issues the copies; the copies complete the transaction; waiting threads spin on the phase parity.
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(arrivals));
+}
+__device__ __forceinline__ void mbarrier_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbarrier_wait_parity(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// Bulk global -> shared copy of `bytes` (multiple of 16, both addresses 16-byte aligned) that
+// completes on `bar`; streamed data is marked evict-first in L2.
+__device__ __forceinline__ void bulk_copy_g2s(void* smem, const void* gmem, uint32_t bytes, uint64_t* bar) {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
+          smem_addr(smem)),
+      "l"(gmem), "r"(bytes), "r"(smem_addr(bar)), "l"(policy)
+      : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -117,11 +166,12 @@ struct QueryFragments {
 
 // One online-softmax step of a warp: 16 query rows x 16 keys.
 //   sq: [16][kRowPitch<D>] query rows of this warp (shared memory)
-//   sk, sv: [16][kRowPitch<D>] keys / values of tokens token0 .. token0 + 15 (shared memory;
-//           rows past the context are zero-filled so that masked columns never meet NaN)
+//   sk, sv: keys / values of tokens token0 .. token0 + 15 in shared memory, padded or in cache
+//           order (kCacheOrder); V rows past the context are zero so that masked columns never
+//           meet NaN (K rows there may hold anything: their scores are replaced, not scaled)
 //   limit_lo / limit_hi: last key position rows g / g + 8 may attend to (-1: none)
 //   q_regs: when non-null, the rows' fragments already in registers (sq is then unused)
-template <typename T, int D>
+template <typename T, int D, bool kCacheOrder = false>
 __device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments<D>* q_regs, const T* sk,
                                                const T* sv, int token0, int limit_lo, int limit_hi,
                                                float scale_log2, WarpAttentionState<D>& st, int lane) {
@@ -131,14 +181,14 @@ __device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments
   for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 
   const T* q_lane = sq + ((lane & 7) + ((lane >> 3) & 1) * 8) * P + (lane >> 4) * 8;
-  const T* k_lane = sk + ((lane & 7) + (lane >> 4) * 8) * P + ((lane >> 3) & 1) * 8;
+  const int k_row = (lane & 7) + (lane >> 4) * 8, k_half = (lane >> 3) & 1;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t q_frag[4], b[4];
     const uint32_t* a = q_frag;
     if (q_regs) a = q_regs->a[kk];
     else ldmatrix_x4(q_frag, q_lane + kk * 16);
-    ldmatrix_x4(b, k_lane + kk * 16);
+    ldmatrix_x4(b, sk + kv_tile_offset<D, kCacheOrder>(k_row, 2 * kk + k_half));
     MmaTraits<T>::mma(s[0], a, b[0], b[1]);
     MmaTraits<T>::mma(s[1], a, b[2], b[3]);
   }
@@ -162,7 +212,7 @@ __device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments
     row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
     const float m_new = fmaxf(st.m[r], row_max[r]);
     m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // a fully masked row keeps p = 0, never NaN
-    alpha[r] = exp2f(st.m[r] - m_use[r]);
+    alpha[r] = m_new == -INFINITY ? 1.f : exp2f(st.m[r] - m_use[r]);  // (a row with no keys yet has o = 0)
     st.m[r] = m_new;
   }
   float row_sum[2] = {0.f, 0.f};
@@ -176,12 +226,15 @@ __device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments
   }
   st.l[0] = st.l[0] * alpha[0] + row_sum[0];
   st.l[1] = st.l[1] * alpha[1] + row_sum[1];
+  // Rescale o only when some row's max moved (after the first keys it rarely does).
+  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    st.o[j][0] *= alpha[0];
-    st.o[j][1] *= alpha[0];
-    st.o[j][2] *= alpha[1];
-    st.o[j][3] *= alpha[1];
+    for (int j = 0; j < D / 8; ++j) {
+      st.o[j][0] *= alpha[0];
+      st.o[j][1] *= alpha[0];
+      st.o[j][2] *= alpha[1];
+      st.o[j][3] *= alpha[1];
+    }
   }
 
   // P (16 rows x 16 keys) in the A-operand layout: the accumulator layout of the two n-tiles.
@@ -190,11 +243,11 @@ __device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments
   p[1] = MmaTraits<T>::pack(s[0][2], s[0][3]);
   p[2] = MmaTraits<T>::pack(s[1][0], s[1][1]);
   p[3] = MmaTraits<T>::pack(s[1][2], s[1][3]);
-  const T* v_lane = sv + ((lane & 7) + ((lane >> 3) & 1) * 8) * P + (lane >> 4) * 8;
+  const int v_row = (lane & 7) + ((lane >> 3) & 1) * 8, v_half = lane >> 4;
 #pragma unroll
   for (int j2 = 0; j2 < D / 16; ++j2) {
     uint32_t b[4];
-    ldmatrix_x4_trans(b, v_lane + j2 * 16);
+    ldmatrix_x4_trans(b, sv + kv_tile_offset<D, kCacheOrder>(v_row, 2 * j2 + v_half));
     MmaTraits<T>::mma(st.o[2 * j2], p, b[0], b[1]);
     MmaTraits<T>::mma(st.o[2 * j2 + 1], p, b[2], b[3]);
   }
@@ -206,13 +259,15 @@ __device__ __forceinline__ T* tile_chunk(T* tile, int row, int chunk) {
   return tile + row * kRowPitch<D> + chunk * 8;
 }
 
-// Global address of (token, chunk) of one KV head in an HND cache, or nullptr past the context.
+// Global address of logical 16-byte chunk `chunk` of (token, KV head) in a CUDA cache (HND blocks,
+// chunks in cache order).
 template <typename T, int D>
 __device__ __forceinline__ const T* cache_chunk(const T* cache, const int32_t* block_table, int token,
                                                 int block_size_log2, int num_kv_heads, int kv_head, int chunk) {
   const int64_t block = block_table[token >> block_size_log2];
   const int offset = token & ((1 << block_size_log2) - 1);
-  return cache + (((block * num_kv_heads + kv_head) << block_size_log2) + offset) * D + chunk * 8;
+  return cache + (((block * num_kv_heads + kv_head) << block_size_log2) + offset) * D +
+         kv_chunk_position(offset, chunk, D / 8) * 8;
 }
 
 // Starts the asynchronous copy of KV tokens [first_token, first_token + kRows) of one KV head into the

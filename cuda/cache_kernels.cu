@@ -9,12 +9,14 @@
 
 #include "cuda_check.cuh"
 #include "pagedcore/kernels.h"
+#include "pagedcore/kv_layout.h"
 #include "pagedcore/types.h"
 
 namespace pagedcore {
 namespace {
 
-// Grid: num_tokens CTAs; each thread moves 16-byte chunks of (head, chunk) pairs of K and V.
+// Grid: num_tokens CTAs; each thread moves 16-byte chunks of (head, chunk) pairs of K and V, each
+// to its position in cache order (pagedcore/kv_layout.h).
 // k, v: [num_tokens, num_kv_heads, head_dim] strided; caches [num_blocks, num_kv_heads, block_size, head_dim].
 __global__ void write_kv_cache_kernel(const char* __restrict__ k, const char* __restrict__ v,
                                       char* __restrict__ k_cache, char* __restrict__ v_cache,
@@ -30,7 +32,8 @@ __global__ void write_kv_cache_kernel(const char* __restrict__ k, const char* __
   for (int c = threadIdx.x; c < num_kv_heads * chunks_per_head; c += blockDim.x) {
     const int head = c / chunks_per_head;
     const int chunk = c % chunks_per_head;
-    const int64_t dst = (((block * num_kv_heads + head) * block_size + offset) * head_dim) * elem_bytes + chunk * 16;
+    const int64_t dst = (((block * num_kv_heads + head) * block_size + offset) * head_dim) * elem_bytes +
+                        kv_chunk_position(static_cast<int>(offset), chunk, chunks_per_head) * 16;
     const uint4 kv = *reinterpret_cast<const uint4*>(k + (token * k_stride_token + head * k_stride_head) * elem_bytes + chunk * 16);
     const uint4 vv = *reinterpret_cast<const uint4*>(v + (token * v_stride_token + head * v_stride_head) * elem_bytes + chunk * 16);
     *reinterpret_cast<uint4*>(k_cache + dst) = kv;

@@ -1,12 +1,16 @@
-// Decode paged attention (one query token per sequence) and the split-KV merge.
+// Decode paged attention (one query token per sequence), split-KV merge included.
 //
 // CTA = (sequence, KV head, split), 4 warps. The CTA's query rows are the group_size query heads
 // of that KV head (padded to one 16-row mma tile), so every K/V byte is read once for all of
 // them. The split's key range is cut into 16-token tiles dealt round-robin to the warps; each warp
-// streams its tiles through a private kStages-deep cp.async pipeline (16-byte copies, several
-// tiles in flight) and runs tensor-core flash attention on them. The warps' partial softmax states
-// are merged through shared memory; with several splits, the result goes to the workspace and
-// split_merge_kernel combines the splits.
+// streams its tiles through a private kStages-deep pipeline and runs tensor-core flash attention
+// on them. A tile arrives as one bulk copy (TMA) per block piece for K and one for V, completing
+// on the stage's mbarrier; its rows keep the cache's chunk order, which keeps the fragment loads
+// free of bank conflicts (head sizes 64, 128, 256 and blocks of 8+ tokens; other head sizes and
+// smaller blocks load 16-byte chunks by cp.async into padded tiles). The warps' partial softmax
+// states are merged through shared memory. With several splits each CTA writes its partial result
+// to the workspace and the last split of a (sequence, KV head) to finish combines them (one
+// launch, no separate merge kernel).
 #include <algorithm>
 #include <atomic>
 
@@ -35,28 +39,56 @@ inline constexpr int kDecodeStages = D >= 256 ? 2 : PAGEDCORE_DECODE_STAGES;
 template <int D>
 inline constexpr bool kDecodeQueryInRegisters = D <= 128;
 
-template <typename T, int D>
+// Bulk loads (one copy per block piece, tiles in cache order) need head sizes whose rows are whole
+// groups of 8 chunks and blocks of at least 8 tokens; the rest load 16-byte chunks by cp.async.
+template <int D>
+inline constexpr bool kDecodeBulkCapable = D % 64 == 0;
+constexpr int kDecodeBulkMinBlockLog2 = 3;
+
+template <typename T, int D, bool kBulk>
+constexpr int decode_tile_elems() {  // one K or V tile of a stage
+  return kTileTokens * (kBulk ? D : kRowPitch<D>);
+}
+// Shared memory: the warps' tiles first (at the 1024-byte aligned base: bulk copies into
+// 16-byte-aligned destinations measured 7% slower than into 128-byte-aligned ones on an H200),
+// then the query tile, then the mbarriers and the split-merge flag.
+template <typename T, int D, bool kBulk>
+constexpr size_t decode_tiles_bytes() {
+  return static_cast<size_t>(kDecodeWarps) * kDecodeStages<D> * 2 * decode_tile_elems<T, D, kBulk>() * sizeof(T);
+}
+constexpr size_t kBarrierBytes = 128;  // mbarriers of all warps' stages (bulk loads), split-merge flag
+
+template <typename T, int D, bool kBulk>
 constexpr size_t decode_smem_bytes() {
-  // q tile [16][pitch] + per warp kStages x (K, V) tiles [16][pitch]
-  return static_cast<size_t>(16 + kDecodeWarps * kDecodeStages<D> * 2 * kTileTokens) * kRowPitch<D> * sizeof(T);
+  return decode_tiles_bytes<T, D, kBulk>() + static_cast<size_t>(16) * kRowPitch<D> * sizeof(T) + kBarrierBytes;
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kBulk>
 __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const AttentionKernelParams p) {
   constexpr int kPitch = kRowPitch<D>;
   constexpr int kStages = kDecodeStages<D>;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kTile = decode_tile_elems<T, D, kBulk>();
+  static_assert(!kBulk || kDecodeBulkCapable<D>, "bulk loads need head_dim % 64 == 0");
+  static_assert(kDecodeWarps * 16 * (D + 2) * sizeof(float) <= decode_tiles_bytes<T, D, kBulk>(),
+                "the warp merge reuses the tile space");
+  static_assert(kDecodeWarps * kStages * sizeof(uint64_t) + sizeof(int) <= kBarrierBytes, "mbarrier space");
+  static_assert(decode_tiles_bytes<T, D, kBulk>() % 128 == 0 && 16 * kPitch * sizeof(T) % 16 == 0, "alignment");
   const int seq = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int split = blockIdx.z;
   const int q_row = p.query_start_loc[seq];
   if (p.query_start_loc[seq + 1] - q_row != 1) return;  // prefill rows go to the prefill kernel
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sq = reinterpret_cast<T*>(smem_raw);  // [16][pitch]
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  T* all_tiles = reinterpret_cast<T*>(smem_raw);
+  T* sq = reinterpret_cast<T*>(smem_raw + decode_tiles_bytes<T, D, kBulk>());  // [16][pitch]
+  uint64_t* barriers = reinterpret_cast<uint64_t*>(sq + 16 * kPitch);         // [warps][stages] (bulk)
+  int* last_split = reinterpret_cast<int*>(barriers + kDecodeWarps * kStages);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  T* warp_tiles = sq + 16 * kPitch + warp * kStages * 2 * kTileTokens * kPitch;  // [kStages][K|V][16][pitch]
+  T* warp_tiles = all_tiles + warp * kStages * 2 * kTile;  // [kStages][K|V][kTile]
+  uint64_t* warp_barriers = barriers + warp * kStages;
 
   const int context_len = p.context_lens[seq];
   const int num_tiles = (context_len + kTileTokens - 1) / kTileTokens;
@@ -77,11 +109,40 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   const T* k_cache = static_cast<const T*>(p.k_cache);
   const T* v_cache = static_cast<const T*>(p.v_cache);
   const int32_t* block_table = p.block_tables + seq * p.block_tables_stride;
+  if constexpr (kBulk) {
+    if (lane == 0) {
+      for (int s = 0; s < kStages; ++s) mbarrier_init(&warp_barriers[s], 1);
+      mbarrier_init_fence();
+    }
+    __syncwarp();
+  }
+  // Starts loading tile `tile` into stage `stage` of this warp.
   auto load_tile = [&](int stage, int tile) {
-    T* sk = warp_tiles + stage * 2 * kTileTokens * kPitch;
-    T* sv = sk + kTileTokens * kPitch;
-    load_kv_tile<T, D, kTileTokens, 32>(sk, sv, k_cache, v_cache, block_table, tile * kTileTokens, context_len,
-                                        p.block_size_log2, p.num_kv_heads, kv_head, lane);
+    T* sk = warp_tiles + stage * 2 * kTile;
+    T* sv = sk + kTile;
+    if constexpr (kBulk) {
+      // Lane 0 copies the tile's block pieces (one piece for blocks >= 16 tokens, two for 8); pieces
+      // past the context are not read.
+      if (lane == 0) {
+        const int piece_log2 = min(p.block_size_log2, 4);
+        const int piece_rows = 1 << piece_log2;
+        const uint32_t piece_bytes = piece_rows * D * sizeof(T);
+        const int first_token = tile * kTileTokens;
+        const int pieces = min(kTileTokens >> piece_log2, (context_len - first_token + piece_rows - 1) >> piece_log2);
+        mbarrier_arrive_expect_tx(&warp_barriers[stage], 2 * pieces * piece_bytes);
+        for (int i = 0; i < pieces; ++i) {
+          const int token = first_token + i * piece_rows;
+          const int64_t block = block_table[token >> p.block_size_log2];
+          const int offset = token & ((1 << p.block_size_log2) - 1);
+          const int64_t src = (((block * p.num_kv_heads + kv_head) << p.block_size_log2) + offset) * D;
+          bulk_copy_g2s(sk + i * piece_rows * D, k_cache + src, piece_bytes, &warp_barriers[stage]);
+          bulk_copy_g2s(sv + i * piece_rows * D, v_cache + src, piece_bytes, &warp_barriers[stage]);
+        }
+      }
+    } else {
+      load_kv_tile<T, D, kTileTokens, 32>(sk, sv, k_cache, v_cache, block_table, tile * kTileTokens, context_len,
+                                          p.block_size_log2, p.num_kv_heads, kv_head, lane);
+    }
   };
 
   // This warp's tiles: tile_begin + warp, + kDecodeWarps, ...
@@ -90,9 +151,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < num_local) load_tile(s, first + s * kDecodeWarps);
-    cp_async_commit();
+    if constexpr (!kBulk) cp_async_commit();
   }
-  cp_async_wait<kStages - 1>();  // the query group (committed first) has landed
+  if constexpr (kBulk) cp_async_wait<0>();  // the query group
+  else cp_async_wait<kStages - 1>();        // the query group (committed first) has landed
   __syncthreads();
 
   const int g = lane / 4;
@@ -106,20 +168,32 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   for (int i = 0; i < num_local; ++i) {
     const int next = i + kStages - 1;
     if (next < num_local) load_tile(next % kStages, first + next * kDecodeWarps);
-    cp_async_commit();
-    cp_async_wait<kStages - 1>();
+    const int stage = i % kStages;
+    T* sk = warp_tiles + stage * 2 * kTile;
+    T* sv = sk + kTile;
+    const int token0 = (first + i * kDecodeWarps) * kTileTokens;
+    if constexpr (kBulk) {
+      mbarrier_wait_parity(&warp_barriers[stage], (i / kStages) & 1);
+      const int valid = context_len - token0;
+      if (valid < kTileTokens) {  // the sequence's last tile: zero the V rows past the context
+        for (int c = lane; c < (kTileTokens - valid) * kChunks; c += 32) {
+          *reinterpret_cast<uint4*>(sv + (valid + c / kChunks) * D + (c % kChunks) * 8) = make_uint4(0, 0, 0, 0);
+        }
+      }
+    } else {
+      cp_async_commit();
+      cp_async_wait<kStages - 1>();
+    }
     __syncwarp();
-    const T* sk = warp_tiles + (i % kStages) * 2 * kTileTokens * kPitch;
-    attend_chunk16<T, D>(sq, q_regs, sk, sk + kTileTokens * kPitch, (first + i * kDecodeWarps) * kTileTokens, limit_lo,
-                         limit_hi, p.scale_log2, st, lane);
+    attend_chunk16<T, D, kBulk>(sq, q_regs, sk, sv, token0, limit_lo, limit_hi, p.scale_log2, st, lane);
     __syncwarp();
   }
-  cp_async_wait<0>();
+  if constexpr (!kBulk) cp_async_wait<0>();
   st.reduce_row_sums();
   __syncthreads();  // every warp is done with its tiles: reuse their space for the merge
 
   // Merge the warps: float o [warps][16][D], m [warps][16], l [warps][16].
-  float* merge_o = reinterpret_cast<float*>(sq + 16 * kPitch);
+  float* merge_o = reinterpret_cast<float*>(all_tiles);
   float* merge_m = merge_o + kDecodeWarps * 16 * D;
   float* merge_l = merge_m + kDecodeWarps * 16;
   {
@@ -168,36 +242,50 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
       if (d == 0) p.partial_lse[row] = l_sum > 0.f ? m_max + log2f(l_sum) : -INFINITY;
     }
   }
-}
+  if (p.num_splits == 1) return;
 
-// Combines the splits of each decode row: out = sum_s w_s o_s / sum_s w_s, w_s = exp2(lse_s - max).
-// Grid (num_seqs, num_heads), D / 2 threads.
-template <typename T, int D>
-__global__ void split_merge_kernel(const AttentionKernelParams p) {
-  const int seq = blockIdx.x;
-  const int head = blockIdx.y;
-  const int q_row = p.query_start_loc[seq];
-  if (p.query_start_loc[seq + 1] - q_row != 1) return;
-  const int d = threadIdx.x * 2;
-  const int64_t split_stride = static_cast<int64_t>(p.num_seqs) * p.num_heads;
-  const int64_t row0 = static_cast<int64_t>(seq) * p.num_heads + head;
-  float lse_max = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) lse_max = fmaxf(lse_max, p.partial_lse[row0 + s * split_stride]);
-  float w_sum = 0.f, o0 = 0.f, o1 = 0.f;
-  if (lse_max != -INFINITY) {
-    for (int s = 0; s < p.num_splits; ++s) {
-      const int64_t row = row0 + s * split_stride;
-      const float w = exp2f(p.partial_lse[row] - lse_max);
-      if (w == 0.f) continue;  // empty split: its outputs are zeros, never read garbage
-      const float2 o = *reinterpret_cast<const float2*>(p.partial_out + row * D + d);
-      w_sum += w;
-      o0 += w * o.x;
-      o1 += w * o.y;
-    }
+  // Split-KV: the last split of (sequence, KV head) to finish combines all splits' partials,
+  // out = sum_s w_s o_s / sum_s w_s with w_s = exp2(lse_s - max lse), and re-arms the counter.
+  __threadfence();  // this CTA's partials are visible device-wide before its ticket
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = p.split_counters + seq * p.num_kv_heads + kv_head;
+    *last_split = atomicAdd(counter, 1) == p.num_splits - 1;
+    if (*last_split) atomicExch(counter, 0);
   }
-  const float inv = w_sum > 0.f ? 1.f / w_sum : 0.f;
-  T* dst = static_cast<T*>(p.out) + q_row * p.out_stride_token + head * p.out_stride_head + d;
-  *reinterpret_cast<uint32_t*>(dst) = MmaTraits<T>::pack(o0 * inv, o1 * inv);
+  __syncthreads();
+  if (!*last_split) return;
+  __threadfence();
+  // The splits' lse of this CTA's rows, read once into shared memory (the merge space is free).
+  const int64_t split_stride = static_cast<int64_t>(p.num_seqs) * p.num_heads;
+  const int64_t head0_row = static_cast<int64_t>(seq) * p.num_heads + kv_head * G;
+  float* split_lse = merge_o;  // [rows][num_splits]
+  for (int i = threadIdx.x; i < rows * p.num_splits; i += kDecodeThreads) {
+    const int r = i / p.num_splits, s = i % p.num_splits;
+    split_lse[i] = __ldcg(p.partial_lse + head0_row + r + s * split_stride);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < rows * (D / 2); idx += kDecodeThreads) {
+    const int r = idx / (D / 2);
+    const int d = (idx % (D / 2)) * 2;
+    const float* lse = split_lse + r * p.num_splits;
+    float lse_max = -INFINITY;
+    for (int s = 0; s < p.num_splits; ++s) lse_max = fmaxf(lse_max, lse[s]);
+    float w_sum = 0.f, o0 = 0.f, o1 = 0.f;
+    if (lse_max != -INFINITY) {
+#pragma unroll 8
+      for (int s = 0; s < p.num_splits; ++s) {
+        const float w = exp2f(lse[s] - lse_max);  // 0 for an empty split (lse -inf): its zeros add nothing
+        const float2 o = __ldcg(reinterpret_cast<const float2*>(p.partial_out + (head0_row + r + s * split_stride) * D + d));
+        w_sum += w;
+        o0 += w * o.x;
+        o1 += w * o.y;
+      }
+    }
+    const float inv = w_sum > 0.f ? 1.f / w_sum : 0.f;
+    T* dst = static_cast<T*>(p.out) + q_row * p.out_stride_token + (kv_head * G + r) * p.out_stride_head + d;
+    *reinterpret_cast<uint32_t*>(dst) = MmaTraits<T>::pack(o0 * inv, o1 * inv);
+  }
 }
 
 // cudaFuncSetAttribute once per kernel per device (bit i: device i done).
@@ -211,12 +299,19 @@ void raise_smem_limit(Kernel kernel, size_t bytes, std::atomic<uint64_t>& done_d
   done_devices.fetch_or(bit);
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kBulk>
 auto prepared_decode_kernel() {
   static std::atomic<uint64_t> done{0};
-  auto kernel = decode_attention_kernel<T, D>;
-  raise_smem_limit(kernel, decode_smem_bytes<T, D>(), done);
+  auto kernel = decode_attention_kernel<T, D, kBulk>;
+  raise_smem_limit(kernel, decode_smem_bytes<T, D, kBulk>(), done);
   return kernel;
+}
+
+template <typename T, int D, bool kBulk>
+void launch_decode(const AttentionKernelParams& p, cudaStream_t stream) {
+  const dim3 grid(p.num_seqs, p.num_kv_heads, p.num_splits);
+  prepared_decode_kernel<T, D, kBulk>()<<<grid, kDecodeThreads, decode_smem_bytes<T, D, kBulk>(), stream>>>(p);
+  PAGEDCORE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -225,19 +320,13 @@ void launch_decode_attention(const AttentionKernelParams& p, DType dtype, int he
   dispatch_dtype_head_dim(dtype, head_dim, [&](auto type_tag, auto head) {
     using T = decltype(type_tag);
     constexpr int D = decltype(head)::value;
-    const dim3 grid(p.num_seqs, p.num_kv_heads, p.num_splits);
-    prepared_decode_kernel<T, D>()<<<grid, kDecodeThreads, decode_smem_bytes<T, D>(), stream>>>(p);
-    PAGEDCORE_CUDA_CHECK_LAUNCH();
-    return 0;
-  });
-}
-
-void launch_split_merge(const AttentionKernelParams& p, DType dtype, int head_dim, cudaStream_t stream) {
-  dispatch_dtype_head_dim(dtype, head_dim, [&](auto type_tag, auto head) {
-    using T = decltype(type_tag);
-    constexpr int D = decltype(head)::value;
-    split_merge_kernel<T, D><<<dim3(p.num_seqs, p.num_heads), D / 2, 0, stream>>>(p);
-    PAGEDCORE_CUDA_CHECK_LAUNCH();
+    if constexpr (kDecodeBulkCapable<D>) {
+      if (p.block_size_log2 >= kDecodeBulkMinBlockLog2) {
+        launch_decode<T, D, true>(p, stream);
+        return 0;
+      }
+    }
+    launch_decode<T, D, false>(p, stream);
     return 0;
   });
 }
@@ -246,9 +335,10 @@ int decode_attention_ctas_per_sm(DType dtype, int head_dim) {
   return dispatch_dtype_head_dim(dtype, head_dim, [&](auto type_tag, auto head) {
     using T = decltype(type_tag);
     constexpr int D = decltype(head)::value;
+    constexpr bool kBulk = kDecodeBulkCapable<D>;
     int ctas = 0;
-    PAGEDCORE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, prepared_decode_kernel<T, D>(),
-                                                                       kDecodeThreads, decode_smem_bytes<T, D>()));
+    PAGEDCORE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &ctas, prepared_decode_kernel<T, D, kBulk>(), kDecodeThreads, decode_smem_bytes<T, D, kBulk>()));
     return std::max(ctas, 1);
   });
 }

@@ -42,7 +42,9 @@ def seed() -> int:
 
 def make_batch(device, dtype, *, query_lens, context_lens, num_heads, num_kv_heads, head_dim, block_size,
                spare_blocks=3, q_view=False):
-    """Caches full of NaN except the sequences' tokens, placed through random block tables."""
+    """Caches full of NaN except the sequences' tokens, placed through random block tables. The
+    reference reads k_logical / v_logical (plain order); the kernels read k_cache / v_cache (the
+    device's order)."""
     num_seqs = len(context_lens)
     blocks_needed = [math.ceil(c / block_size) for c in context_lens]
     num_blocks = sum(blocks_needed) + spare_blocks
@@ -70,7 +72,8 @@ def make_batch(device, dtype, *, query_lens, context_lens, num_heads, num_kv_hea
     else:
         q = torch.randn(num_tokens, num_heads, head_dim).to(device, dtype)
     return dict(
-        q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables.to(device),
+        q=q, k_cache=ops.kv_cache_from_logical(k_cache), v_cache=ops.kv_cache_from_logical(v_cache),
+        k_logical=k_cache, v_logical=v_cache, block_tables=block_tables.to(device),
         context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
         query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device),
         context_list=list(context_lens), qsl_list=query_start_loc,
@@ -81,7 +84,7 @@ def check(batch, *, seed, dtype, **kwargs):
     scale = 1.0 / math.sqrt(batch["q"].shape[-1])
     out = ops.paged_attention(batch["q"], batch["k_cache"], batch["v_cache"], batch["block_tables"],
                               batch["context_lens"], batch["query_start_loc"], scale=scale, **kwargs)
-    ref = paged_attention_reference(batch["q"], batch["k_cache"], batch["v_cache"], batch["block_tables"],
+    ref = paged_attention_reference(batch["q"], batch["k_logical"], batch["v_logical"], batch["block_tables"],
                                     batch["context_list"], batch["qsl_list"], scale)
     assert out.shape == batch["q"].shape and out.dtype == dtype
     assert torch.isfinite(out).all(), f"non-finite output (seed {seed})"
@@ -133,7 +136,7 @@ def test_strided_out_and_explicit_scale(device, dtype, seed):
     scale = 0.3
     ops.paged_attention(batch["q"], batch["k_cache"], batch["v_cache"], batch["block_tables"], batch["context_lens"],
                         batch["query_start_loc"], scale=scale, out=out)
-    ref = paged_attention_reference(batch["q"], batch["k_cache"], batch["v_cache"], batch["block_tables"],
+    ref = paged_attention_reference(batch["q"], batch["k_logical"], batch["v_logical"], batch["block_tables"],
                                     batch["context_list"], batch["qsl_list"], scale)
     assert (out.double() - ref).abs().max().item() <= TOLERANCE[dtype], f"seed {seed}"
     assert torch.isnan(big[:, 0]).all() and torch.isnan(big[:, 5]).all(), "wrote outside the out view"
@@ -158,6 +161,34 @@ def test_cuda_split_kv(dtype, num_splits, seed):
     batch = make_batch("cuda", dtype, query_lens=[1] * len(lengths), context_lens=lengths, num_heads=32,
                        num_kv_heads=8, head_dim=128, block_size=16)
     check(batch, seed=seed, dtype=dtype, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
+def test_cuda_split_counters_rearm_between_calls(dtype, seed):
+    # The split-merge counters live in the workspace: each call must leave them at zero for the
+    # next one, and no call's partials may land on them, whatever its split count, batch size or
+    # lengths (one workspace serves every layer of every step).
+    num_heads, head_dim = 16, 128
+    ws = ops.paged_attention_workspace(5, num_heads, head_dim, 64, "cuda")
+    counter_bytes = ws.numel() // 33 // 16 * 16  # split_counter_region_bytes (pagedcore/kernels.h)
+    for num_seqs, splits in ((5, 7), (5, 64), (5, 2), (2, 64), (5, 7), (3, 3)):
+        lengths = torch.randint(1, 3000, (num_seqs,)).tolist()
+        batch = make_batch("cuda", dtype, query_lens=[1] * num_seqs, context_lens=lengths, num_heads=num_heads,
+                           num_kv_heads=4, head_dim=head_dim, block_size=16)
+        check(batch, seed=seed, dtype=dtype, num_splits=splits, workspace=ws)
+        torch.cuda.synchronize()
+        assert not ws[:counter_bytes].any(), f"split counters left non-zero after {num_seqs} seqs x {splits} splits"
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_workspace_too_small_is_refused():
+    batch = make_batch("cuda", torch.float16, query_lens=[1, 1], context_lens=[300, 40], num_heads=8, num_kv_heads=2,
+                       head_dim=64, block_size=16)
+    small = ops.paged_attention_workspace(1, 8, 64, 4, "cuda")  # made for one sequence
+    with pytest.raises(ValueError, match="workspace"):
+        ops.paged_attention(batch["q"], batch["k_cache"], batch["v_cache"], batch["block_tables"],
+                            batch["context_lens"], batch["query_start_loc"], num_splits=4, workspace=small)
 
 
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
@@ -194,7 +225,8 @@ def test_cuda_matches_cpu_path_semantics_with_graph_capture(dtype, seed):
     out.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()
-    ref = paged_attention_reference(*args[:4], batch["context_list"], batch["qsl_list"], 1 / math.sqrt(128))
+    ref = paged_attention_reference(batch["q"], batch["k_logical"], batch["v_logical"], batch["block_tables"],
+                                    batch["context_list"], batch["qsl_list"], 1 / math.sqrt(128))
     assert (out.double() - ref).abs().max().item() <= TOLERANCE[dtype], f"seed {seed}"
 
 

@@ -47,8 +47,26 @@ def test_write_kv_cache_from_fused_qkv_view(device, dtype, block_size, head_dim)
             continue
         expect_k[slot // block_size, :, slot % block_size] = k[t].cpu()
         expect_v[slot // block_size, :, slot % block_size] = v[t].cpu()
-    assert torch.equal(k_cache.cpu().nan_to_num(7.0), expect_k.nan_to_num(7.0))
-    assert torch.equal(v_cache.cpu().nan_to_num(7.0), expect_v.nan_to_num(7.0))
+    k_plain, v_plain = ops.kv_cache_to_logical(k_cache), ops.kv_cache_to_logical(v_cache)
+    assert torch.equal(k_plain.cpu().nan_to_num(7.0), expect_k.nan_to_num(7.0))
+    assert torch.equal(v_plain.cpu().nan_to_num(7.0), expect_v.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("dtype,head_dim", [(torch.float32, 128), (torch.bfloat16, 128), (torch.bfloat16, 80),
+                                           (torch.float16, 96), (torch.bfloat16, 256)])
+def test_cuda_chunk_order_matches_the_documented_permutation(dtype, head_dim):
+    # CUDA caches keep logical 16-byte chunk c of block row r at c ^ (r % 8) inside every complete
+    # group of 8 chunks (pagedcore/kv_layout.h); the permutation undoes itself.
+    block_size = 16
+    values = torch.arange(2 * 3 * block_size * head_dim).reshape(2, 3, block_size, head_dim).to(dtype)
+    permuted = ops._permute_kv_chunks(values)
+    vec = 16 // values.element_size()
+    chunks = head_dim // vec
+    for r in range(block_size):
+        for c in range(chunks):
+            position = c ^ (r % 8) if c < chunks // 8 * 8 else c
+            assert torch.equal(permuted[:, :, r, position * vec:(position + 1) * vec], values[:, :, r, c * vec:(c + 1) * vec])
+    assert torch.equal(ops._permute_kv_chunks(permuted), values)
 
 
 def test_write_kv_cache_refuses_slot_outside_cache():

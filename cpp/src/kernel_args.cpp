@@ -35,7 +35,10 @@ int dtype_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 size_t paged_attention_workspace_bytes(int num_seqs, int num_heads, int head_dim, int num_splits) {
   if (num_splits <= 1) return 0;
-  return static_cast<size_t>(num_splits) * num_seqs * num_heads * (head_dim + 1) * sizeof(float);
+  // Partials plus enough slack that the counter region (1/33 of the total) holds one counter per
+  // (sequence, head) and the rest still holds the partials (see split_counter_region_bytes).
+  const size_t partials = static_cast<size_t>(num_splits) * num_seqs * num_heads * (head_dim + 1) * sizeof(float);
+  return partials + partials / 32 + 1024;
 }
 
 void check_write_kv_cache_args(const WriteKVCacheArgs& a) {

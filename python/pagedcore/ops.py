@@ -9,6 +9,12 @@ contiguous. One KV head's block is one contiguous run of ``block_size * head_dim
 decode streams long contiguous runs; block ``b`` of every head is one contiguous span, which is
 what ``copy_blocks`` / ``swap_blocks`` move. A ``[num_layers, 2, num_blocks, ...]`` tensor works:
 pass ``cache[layer, 0]`` and ``cache[layer, 1]``.
+
+On CUDA the 16-byte chunks inside each row are kept in a permuted order (chunk ``c`` of a row at
+offset ``r`` of its block sits at ``c ^ (r % 8)`` within each complete group of 8), so that the
+decode kernel can copy whole blocks to shared memory and still read them without bank conflicts.
+``write_kv_cache`` and the kernels handle it; to read or fill a CUDA cache by hand, go through
+``kv_cache_to_logical`` / ``kv_cache_from_logical``. CPU caches are in plain order.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pagedcore import _core
 
 __all__ = [
     "copy_blocks",
+    "kv_cache_from_logical",
+    "kv_cache_to_logical",
     "paged_attention",
     "paged_attention_workspace",
     "recommended_num_splits",
@@ -134,9 +142,42 @@ def recommended_num_splits(
 def paged_attention_workspace(
     num_seqs: int, num_heads: int, head_dim: int, num_splits: int, device: torch.device | str
 ) -> torch.Tensor:
-    """A workspace for paged_attention with num_splits (allocate once to capture CUDA graphs)."""
+    """A workspace for paged_attention with num_splits (allocate once to capture CUDA graphs).
+
+    Zero-filled: its split counters must start at zero, and every call leaves them at zero. Use
+    one workspace per stream."""
     nbytes = _core.paged_attention_workspace_bytes(num_seqs, num_heads, head_dim, num_splits)
-    return torch.empty(max(nbytes, 16), dtype=torch.uint8, device=device)
+    return torch.zeros(max(nbytes, 16), dtype=torch.uint8, device=device)
+
+
+def _permute_kv_chunks(cache: torch.Tensor) -> torch.Tensor:
+    """Copy of a [num_blocks, num_kv_heads, block_size, head_dim] cache with each row's 16-byte
+    chunks permuted between plain and CUDA order (the permutation is its own inverse)."""
+    if cache.dim() != 4:
+        raise ValueError(f"a KV cache is [num_blocks, num_kv_heads, block_size, head_dim], got {tuple(cache.shape)}")
+    num_blocks, num_kv_heads, block_size, head_dim = cache.shape
+    vec = 16 // cache.element_size()
+    if head_dim % vec:
+        raise ValueError(f"head_dim {head_dim} is not a whole number of 16-byte chunks")
+    chunks = head_dim // vec
+    rows = torch.arange(block_size, device=cache.device)[:, None]
+    c = torch.arange(chunks, device=cache.device)[None, :]
+    position = torch.where(c < (chunks & ~7), c ^ (rows & 7), c)  # [block_size, chunks]
+    index = position[None, None, :, :, None].expand(num_blocks, num_kv_heads, block_size, chunks, vec)
+    grouped = cache.reshape(num_blocks, num_kv_heads, block_size, chunks, vec)
+    return torch.gather(grouped, 3, index).reshape(cache.shape)
+
+
+def kv_cache_to_logical(cache: torch.Tensor) -> torch.Tensor:
+    """The cache's values in plain [num_blocks, num_kv_heads, block_size, head_dim] order: a
+    reordered copy for a CUDA cache, the cache itself on CPU."""
+    return _permute_kv_chunks(cache) if cache.is_cuda else cache
+
+
+def kv_cache_from_logical(values: torch.Tensor) -> torch.Tensor:
+    """A cache holding `values` (plain [num_blocks, num_kv_heads, block_size, head_dim] order) in the
+    order the kernels of its device read: a reordered copy on CUDA, `values` itself on CPU."""
+    return _permute_kv_chunks(values) if values.is_cuda else values
 
 
 def paged_attention(

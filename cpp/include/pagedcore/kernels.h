@@ -2,6 +2,9 @@
 //
 // KV cache layout (per layer, K and V in separate arrays):
 //   k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim], contiguous ("HND").
+//   On CUDA the 16-byte chunks inside each row are permuted (pagedcore/kv_layout.h) so that a
+//   block copied to shared memory as it is reads without bank conflicts; write_kv_cache and the
+//   attention kernels agree on it, and whole-block copies (copy_blocks, swap_blocks) ignore it.
 // One KV head's block is one contiguous run of block_size * head_dim elements, so a decode CTA
 // reading one KV head streams long contiguous runs (4 KiB for block 16, head_dim 128, bf16), and
 // a block of every head is one contiguous [num_kv_heads, block_size, head_dim] span (block_bytes),
@@ -76,12 +79,18 @@ struct PagedAttentionArgs {
   float scale;              // softmax scale, usually 1 / sqrt(head_dim)
   int max_query_len;        // host-side max of the query lengths (CUDA skips the prefill launch at 1)
   int num_splits;           // CUDA decode split-KV partitions (>= 1); CPU ignores it
-  void* workspace;          // CUDA: paged_attention_workspace_bytes(...) bytes when num_splits > 1
+  void* workspace;          // CUDA: paged_attention_workspace_bytes(...) zero-filled bytes when num_splits > 1
   size_t workspace_bytes;
 };
 
-// Split-KV partials: float [num_splits, num_seqs, num_heads, head_dim + 1] (outputs, then lse).
+// Split-KV workspace: int32 split counters (one per sequence and KV head) in the first
+// split_counter_region_bytes(workspace_bytes) bytes, then float [num_splits, num_seqs, num_heads,
+// head_dim + 1] partials (outputs, then lse). The counter region depends only on the buffer's size,
+// so calls of any shape that fit keep their partials off it. Zero-fill the workspace once when
+// allocating it: every launch leaves the counters at zero again, so one workspace serves any
+// number of launches on one stream (CUDA graphs included).
 size_t paged_attention_workspace_bytes(int num_seqs, int num_heads, int head_dim, int num_splits);
+inline constexpr size_t split_counter_region_bytes(size_t workspace_bytes) { return workspace_bytes / 33 / 16 * 16; }
 
 // Largest num_splits the CUDA decode kernel accepts.
 inline constexpr int kMaxAttentionSplits = 64;
