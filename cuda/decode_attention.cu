@@ -118,41 +118,64 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
     }
     __syncwarp();
   }
-  // Starts loading tile `tile` into stage `stage` of this warp.
-  auto load_tile = [&](int stage, int tile) {
+  // This warp's tiles: tile_begin + warp, + kDecodeWarps, ... ("local" tile i is the i-th of them).
+  const int first = tile_begin + warp;
+  const int num_local = first < tile_end ? (tile_end - first + kDecodeWarps - 1) / kDecodeWarps : 0;
+  // Bulk copies go by block pieces: one per tile for blocks >= 16 tokens, two for 8-token blocks.
+  const int piece_log2 = min(p.block_size_log2, 4);
+  const int piece_rows = 1 << piece_log2;
+  // Block ids of the warp's tiles, read 32 tiles at a time (lane l: local tile 32 * batch + l) and
+  // handed to lane 0 by shuffles: one coalesced table read per 32 tiles instead of a dependent
+  // global load in front of every copy, which ncu showed as the kernel's main stall.
+  int32_t piece_ids[2] = {0, 0};
+  int ids_batch = -1;
+  auto block_ids = [&](int local, int32_t ids[2]) {  // warp-uniform
+    if (local / 32 != ids_batch) {
+      ids_batch = local / 32;
+      const int mine = ids_batch * 32 + lane;
+      const int token = (first + mine * kDecodeWarps) * kTileTokens;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int piece_token = token + i * piece_rows;
+        const bool used = mine < num_local && piece_token < context_len && (i == 0 || piece_rows < kTileTokens);
+        piece_ids[i] = used ? block_table[piece_token >> p.block_size_log2] : 0;
+      }
+    }
+    ids[0] = __shfl_sync(0xffffffffu, piece_ids[0], local % 32);
+    ids[1] = __shfl_sync(0xffffffffu, piece_ids[1], local % 32);
+  };
+  // Starts loading local tile `local` into stage `stage` of this warp (warp-uniform call).
+  auto load_tile = [&](int stage, int local) {
     T* sk = warp_tiles + stage * 2 * kTile;
     T* sv = sk + kTile;
+    const int first_token = (first + local * kDecodeWarps) * kTileTokens;
     if constexpr (kBulk) {
-      // Lane 0 copies the tile's block pieces (one piece for blocks >= 16 tokens, two for 8); pieces
-      // past the context are not read.
+      int32_t ids[2];
+      block_ids(local, ids);
+      // Lane 0 copies the tile's pieces; pieces past the context are not read.
       if (lane == 0) {
-        const int piece_log2 = min(p.block_size_log2, 4);
-        const int piece_rows = 1 << piece_log2;
         const uint32_t piece_bytes = piece_rows * D * sizeof(T);
-        const int first_token = tile * kTileTokens;
         const int pieces = min(kTileTokens >> piece_log2, (context_len - first_token + piece_rows - 1) >> piece_log2);
         mbarrier_arrive_expect_tx(&warp_barriers[stage], 2 * pieces * piece_bytes);
-        for (int i = 0; i < pieces; ++i) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          if (i == pieces) break;
           const int token = first_token + i * piece_rows;
-          const int64_t block = block_table[token >> p.block_size_log2];
           const int offset = token & ((1 << p.block_size_log2) - 1);
-          const int64_t src = (((block * p.num_kv_heads + kv_head) << p.block_size_log2) + offset) * D;
+          const int64_t src = (((static_cast<int64_t>(ids[i]) * p.num_kv_heads + kv_head) << p.block_size_log2) + offset) * D;
           bulk_copy_g2s(sk + i * piece_rows * D, k_cache + src, piece_bytes, &warp_barriers[stage]);
           bulk_copy_g2s(sv + i * piece_rows * D, v_cache + src, piece_bytes, &warp_barriers[stage]);
         }
       }
     } else {
-      load_kv_tile<T, D, kTileTokens, 32>(sk, sv, k_cache, v_cache, block_table, tile * kTileTokens, context_len,
+      load_kv_tile<T, D, kTileTokens, 32>(sk, sv, k_cache, v_cache, block_table, first_token, context_len,
                                           p.block_size_log2, p.num_kv_heads, kv_head, lane);
     }
   };
 
-  // This warp's tiles: tile_begin + warp, + kDecodeWarps, ...
-  const int first = tile_begin + warp;
-  const int num_local = first < tile_end ? (tile_end - first + kDecodeWarps - 1) / kDecodeWarps : 0;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < num_local) load_tile(s, first + s * kDecodeWarps);
+    if (s < num_local) load_tile(s, s);
     if constexpr (!kBulk) cp_async_commit();
   }
   if constexpr (kBulk) cp_async_wait<0>();  // the query group
@@ -169,7 +192,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   const QueryFragments<D>* q_regs = kDecodeQueryInRegisters<D> ? &q_frags : nullptr;
   for (int i = 0; i < num_local; ++i) {
     const int next = i + kStages - 1;
-    if (next < num_local) load_tile(next % kStages, first + next * kDecodeWarps);
+    if (next < num_local) load_tile(next % kStages, next);
     const int stage = i % kStages;
     T* sk = warp_tiles + stage * 2 * kTile;
     T* sv = sk + kTile;
