@@ -162,34 +162,10 @@ int run_attention_bench(const Flags& flags) {
     }
 
     auto args_for = [&](int set) {
-      PagedAttentionArgs a{};
-      a.dtype = DType::kBFloat16;
-      a.num_seqs = s.batch;
-      a.num_tokens = s.batch;
-      a.num_heads = num_heads;
-      a.num_kv_heads = num_kv_heads;
-      a.head_dim = head_dim;
-      a.block_size = block_size;
-      a.num_blocks = num_blocks;
-      a.q = q + set * q_elems;
-      a.q_stride_token = int64_t{num_heads} * head_dim;
-      a.q_stride_head = head_dim;
-      a.k_cache = k_cache;
-      a.v_cache = v_cache;
-      a.block_tables = block_tables + int64_t{set} * s.batch * blocks_per_seq;
-      a.block_tables_stride = blocks_per_seq;
-      a.max_blocks_per_seq = blocks_per_seq;
-      a.context_lens = context_lens;
-      a.query_start_loc = query_start_loc;
-      a.out = out + set * q_elems;
-      a.out_stride_token = int64_t{num_heads} * head_dim;
-      a.out_stride_head = head_dim;
-      a.scale = 1.f / std::sqrt(static_cast<float>(head_dim));
-      a.max_query_len = 1;
-      a.num_splits = splits;
-      a.workspace = workspace;
-      a.workspace_bytes = ws_bytes;
-      return a;
+      const DecodeBatch batch{DType::kBFloat16, s.batch, s.context, num_heads, num_kv_heads, head_dim, block_size,
+                              num_blocks, q + set * q_elems, out + set * q_elems, k_cache, v_cache,
+                              block_tables + int64_t{set} * s.batch * blocks_per_seq, context_lens, query_start_loc};
+      return decode_args(batch, splits, workspace, ws_bytes);
     };
     const double sweep_ms = median_ms([&] {
       for (int set = 0; set < num_sets; ++set) paged_attention_cuda(args_for(set), stream);

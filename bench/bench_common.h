@@ -3,11 +3,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "pagedcore/kernels.h"
 
 namespace pagedcore::bench {
 
@@ -107,6 +110,54 @@ inline std::string fmt(double v, int precision = 1) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", precision, v);
   return buf;
+}
+
+// The decode batch of workload W4 as paged-attention arguments: batch sequences of one query token
+// each, all `context` tokens long; q and out [batch, num_heads, head_dim] contiguous; block tables
+// [batch, blocks_per_seq]. Shared by `bench_paged attention` and the decode lab.
+struct DecodeBatch {
+  DType dtype;
+  int batch, context, num_heads, num_kv_heads, head_dim, block_size;
+  int64_t num_blocks;
+  const void* q;
+  void* out;
+  const void* k_cache;
+  const void* v_cache;
+  const int32_t* block_tables;
+  const int32_t* context_lens;
+  const int32_t* query_start_loc;
+};
+
+inline PagedAttentionArgs decode_args(const DecodeBatch& b, int num_splits, void* workspace, size_t workspace_bytes) {
+  const int blocks_per_seq = (b.context + b.block_size - 1) / b.block_size;
+  PagedAttentionArgs a{};
+  a.dtype = b.dtype;
+  a.num_seqs = b.batch;
+  a.num_tokens = b.batch;
+  a.num_heads = b.num_heads;
+  a.num_kv_heads = b.num_kv_heads;
+  a.head_dim = b.head_dim;
+  a.block_size = b.block_size;
+  a.num_blocks = b.num_blocks;
+  a.q = b.q;
+  a.q_stride_token = int64_t{b.num_heads} * b.head_dim;
+  a.q_stride_head = b.head_dim;
+  a.k_cache = b.k_cache;
+  a.v_cache = b.v_cache;
+  a.block_tables = b.block_tables;
+  a.block_tables_stride = blocks_per_seq;
+  a.max_blocks_per_seq = blocks_per_seq;
+  a.context_lens = b.context_lens;
+  a.query_start_loc = b.query_start_loc;
+  a.out = b.out;
+  a.out_stride_token = int64_t{b.num_heads} * b.head_dim;
+  a.out_stride_head = b.head_dim;
+  a.scale = 1.f / std::sqrt(static_cast<float>(b.head_dim));
+  a.max_query_len = 1;
+  a.num_splits = num_splits;
+  a.workspace = workspace;
+  a.workspace_bytes = workspace_bytes;
+  return a;
 }
 
 int run_pool_bench(const Flags& flags);

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "../bench_common.h"
 #include "decode_attention.cu"  // production kernel (pagedcore::cuda::launch_decode_attention)
 
 using namespace pagedcore::cuda;
@@ -387,34 +388,11 @@ double time_loader(const Data& d, int splits) {
 double time_host_path(const Data& d, int splits) {
   return median_us([&] {
            for (int s = 0; s < d.sets; ++s) {
-             pagedcore::PagedAttentionArgs a{};
-             a.dtype = pagedcore::DType::kBFloat16;
-             a.num_seqs = d.batch;
-             a.num_tokens = d.batch;
-             a.num_heads = HQ;
-             a.num_kv_heads = HKV;
-             a.head_dim = D;
-             a.block_size = BS;
-             a.num_blocks = d.num_blocks;
-             a.q = d.q + int64_t{s} * d.batch * HQ * D;
-             a.q_stride_token = HQ * D;
-             a.q_stride_head = D;
-             a.k_cache = d.k;
-             a.v_cache = d.v;
-             a.block_tables = d.tables + int64_t{s} * d.batch * d.blocks_per_seq;
-             a.block_tables_stride = d.blocks_per_seq;
-             a.max_blocks_per_seq = d.blocks_per_seq;
-             a.context_lens = d.lens;
-             a.query_start_loc = d.starts;
-             a.out = d.out + int64_t{s} * d.batch * HQ * D;
-             a.out_stride_token = HQ * D;
-             a.out_stride_head = D;
-             a.scale = 0.088388f;
-             a.max_query_len = 1;
-             a.num_splits = splits;
-             a.workspace = d.ws;
-             a.workspace_bytes = d.ws_bytes;
-             pagedcore::paged_attention_cuda(a, nullptr);
+             const pagedcore::bench::DecodeBatch batch{
+                 pagedcore::DType::kBFloat16, d.batch, d.context, HQ, HKV, D, BS, d.num_blocks,
+                 d.q + int64_t{s} * d.batch * HQ * D, d.out + int64_t{s} * d.batch * HQ * D, d.k, d.v,
+                 d.tables + int64_t{s} * d.batch * d.blocks_per_seq, d.lens, d.starts};
+             pagedcore::paged_attention_cuda(pagedcore::bench::decode_args(batch, splits, d.ws, d.ws_bytes), nullptr);
            }
          }) /
          d.sets;
