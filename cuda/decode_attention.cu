@@ -34,7 +34,7 @@ constexpr int kDecodeWarps = PAGEDCORE_DECODE_WARPS;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kTileTokens = 16;
 
-// cp.async pipeline depth per warp (tiles in flight + the one being used).
+// Pipeline depth per warp (tiles in flight + the one being used).
 template <int D>
 inline constexpr int kDecodeStages = D >= 256 ? 2 : PAGEDCORE_DECODE_STAGES;
 // Query fragments stay in registers for head sizes up to 128 (64 more registers at 256 would spill).
