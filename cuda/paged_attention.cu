@@ -66,7 +66,7 @@ void paged_attention_cuda(const PagedAttentionArgs& a, cudaStream_t stream) {
   if (p.num_splits > 1) {
     const size_t need = paged_attention_workspace_bytes(a.num_seqs, a.num_heads, a.head_dim, p.num_splits);
     const size_t counters = split_counter_region_bytes(a.workspace_bytes);
-    const size_t partials = static_cast<size_t>(p.num_splits) * a.num_seqs * a.num_heads * (a.head_dim + 1) * sizeof(float);
+    const size_t partials = split_partials_bytes(a.num_seqs, a.num_heads, a.head_dim, p.num_splits);
     if (a.workspace == nullptr ||
         counters < static_cast<size_t>(a.num_seqs) * a.num_kv_heads * sizeof(int32_t) ||
         a.workspace_bytes - counters < partials) {

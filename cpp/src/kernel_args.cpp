@@ -37,7 +37,7 @@ size_t paged_attention_workspace_bytes(int num_seqs, int num_heads, int head_dim
   if (num_splits <= 1) return 0;
   // Partials plus enough slack that the counter region (1/33 of the total) holds one counter per
   // (sequence, head) and the rest still holds the partials (see split_counter_region_bytes).
-  const size_t partials = static_cast<size_t>(num_splits) * num_seqs * num_heads * (head_dim + 1) * sizeof(float);
+  const size_t partials = split_partials_bytes(num_seqs, num_heads, head_dim, num_splits);
   return partials + partials / 32 + 1024;
 }
 

@@ -91,6 +91,9 @@ struct PagedAttentionArgs {
 // number of launches on one stream (CUDA graphs included).
 size_t paged_attention_workspace_bytes(int num_seqs, int num_heads, int head_dim, int num_splits);
 inline constexpr size_t split_counter_region_bytes(size_t workspace_bytes) { return workspace_bytes / 33 / 16 * 16; }
+inline constexpr size_t split_partials_bytes(int num_seqs, int num_heads, int head_dim, int num_splits) {
+  return static_cast<size_t>(num_splits) * num_seqs * num_heads * (head_dim + 1) * sizeof(float);
+}
 
 // Largest num_splits the CUDA decode kernel accepts.
 inline constexpr int kMaxAttentionSplits = 64;
