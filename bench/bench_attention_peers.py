@@ -2,6 +2,7 @@
 K/V through torch.nn.attention.experimental._paged_attention), same shapes, same data, one run.
 
     python bench/bench_attention_peers.py [--reps 50] [--json out.json] [--flex-page-size 16]
+    python bench/bench_attention_peers.py --plot out.json      # draws out.png (no GPU needed)
 
 Llama-3-8B heads (32 q heads, 8 kv heads, head_dim 128), bf16, block 16, random non-contiguous
 block tables. Each implementation sweeps over rotated input sets that together exceed L2; the sweep is
@@ -129,12 +130,53 @@ class FlexPaged:
         self.q = s.q.unsqueeze(2)  # [B, Hq, 1, D]
 
 
+def plot(json_path: str) -> str:
+    """Bar chart of a run's JSON (GB/s of K/V + Q + O + tables per shape and implementation), written
+    next to it as .png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(json_path) as f:
+        run = json.load(f)
+    rows = run["rows"]
+    shapes = [r["shape"] for r in rows]
+    series = {
+        "pagedcore (paged)": [r["ours_gbps"] for r in rows],
+        "torch SDPA (contiguous K/V)": [r["ours_gbps"] * r["ours_us"] / r["sdpa_us"] for r in rows],
+        "torch FlexAttention (paged)": [r["ours_gbps"] * r["ours_us"] / r["flex_us"] for r in rows],
+    }
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.27
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + (i - 1) * width for j in range(len(shapes))]
+        bars = ax.bar(xs, values, width, label=name)
+        if i == 0:
+            for bar, r in zip(bars, rows):
+                ax.annotate(f"SDPA/ours {r['sdpa_over_ours']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(shapes)), [f"{s}\n(batch x context)" for s in shapes], fontsize=8)
+    ax.set_ylabel("GB/s (K, V, Q, O, block tables)")
+    ax.set_title(f"W4 decode attention, {run['device']}: Llama-3-8B heads, bf16, block 16", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    ax.margins(y=0.12)
+    fig.tight_layout()
+    png = json_path.rsplit(".", 1)[0] + ".png"
+    fig.savefig(png, dpi=120)
+    return png
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--json", type=str, default=None, help="write the rows to this file too")
     parser.add_argument("--flex-page-size", type=int, default=BLOCK_SIZE)
+    parser.add_argument("--plot", type=str, default=None, help="draw this run JSON as a PNG beside it and exit")
     args = parser.parse_args()
+    if args.plot:
+        print(f"wrote {plot(args.plot)}")
+        return
 
     from torch.nn.attention.flex_attention import flex_attention
 
