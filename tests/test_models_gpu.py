@@ -85,3 +85,20 @@ def test_prefix_caching_and_preemption_keep_outputs_close_on_gpu(tmp_path):
             reference = _reference_logprobs(hf_model, prompt, tokens)
             chosen = reference.gather(1, torch.tensor(tokens)[:, None])[:, 0]
             assert (reference.max(-1).values - chosen).max() <= TOLERANCE[torch.bfloat16], name
+
+
+def test_eager_decode_keeps_one_split_kv_workspace(tmp_path):
+    """Eager steps choose the split count once per step and share one zero-filled workspace across
+    layers and steps (not a fresh zeroed buffer per layer call); its split counters stay at zero."""
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512)
+    llm = LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16, kv_cache_memory_bytes=64 << 20, max_model_len=1024,
+              enforce_eager=True, verbose=False)
+    generator = torch.Generator().manual_seed(4)
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    llm.generate([torch.randint(3, 512, (900,), generator=generator).tolist()], params, use_tqdm=False)
+    workspace = llm.engine.runner.workspace
+    assert workspace is not None, "a 900-token decode of one sequence should run with split-KV"
+    llm.generate([torch.randint(3, 512, (800,), generator=generator).tolist()], params, use_tqdm=False)
+    assert llm.engine.runner.workspace is workspace
+    torch.cuda.synchronize()
+    assert not workspace[:workspace.numel() // 33 // 16 * 16].any()  # split_counter_region_bytes

@@ -26,6 +26,7 @@ class ModelRunner:
         self.device = device
         self.num_blocks_swapped_out = 0
         self.num_blocks_swapped_in = 0
+        self.workspace: torch.Tensor | None = None  # CUDA split-KV scratch of eager steps, grown on demand
         self.graphs = None
         if use_cuda_graphs and device.type == "cuda":
             self.graphs = DecodeGraphs(model, kv_caches, device, max_num_seqs=max_num_seqs,
@@ -62,17 +63,37 @@ class ModelRunner:
 
     def _run_eager(self, plan) -> torch.Tensor:
         query_start_loc = np.asarray(plan.query_start_loc)
+        max_context_len = int(np.asarray(plan.context_lens).max())
+        num_splits, workspace = self._split_kv(len(query_start_loc) - 1, max_context_len)
         meta = AttentionMetadata(
             slot_mapping=self._to_device(plan.slot_mapping),
             block_tables=self._to_device(plan.block_tables),
             context_lens=self._to_device(plan.context_lens),
             query_start_loc=self._to_device(query_start_loc),
             max_query_len=int(np.diff(query_start_loc).max()),
-            max_context_len=int(np.asarray(plan.context_lens).max()),
+            max_context_len=max_context_len,
+            num_splits=num_splits,
+            workspace=workspace,
         )
         input_ids = self._to_device(plan.input_ids).long()
         positions = self._to_device(plan.positions).long()
         return self.model(input_ids, positions, self.kv_caches, meta)
+
+    def _split_kv(self, num_seqs: int, max_context_len: int) -> tuple[int | None, torch.Tensor | None]:
+        """The step's CUDA split-KV count and workspace, chosen once for every layer (None on CPU).
+        One zero-filled workspace serves every step; it grows when a step needs more."""
+        if self.device.type != "cuda":
+            return None, None
+        config, cache = self.model.config, self.kv_caches[0].key
+        num_splits = ops.recommended_num_splits(num_seqs, config.num_key_value_heads, config.num_attention_heads,
+                                                config.head_dim, cache.dtype, max_context_len)
+        if num_splits == 1:
+            return 1, None
+        need = ops.paged_attention_workspace_bytes(num_seqs, config.num_attention_heads, config.head_dim, num_splits)
+        if self.workspace is None or self.workspace.numel() < need:
+            self.workspace = ops.paged_attention_workspace(num_seqs, config.num_attention_heads, config.head_dim,
+                                                           num_splits, self.device)
+        return num_splits, self.workspace
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         # The plan's arrays are read-only views of a buffer the scheduler reuses: copy them.

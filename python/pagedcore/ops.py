@@ -32,6 +32,7 @@ __all__ = [
     "kv_cache_to_logical",
     "paged_attention",
     "paged_attention_workspace",
+    "paged_attention_workspace_bytes",
     "recommended_num_splits",
     "swap_blocks",
     "write_kv_cache",
@@ -139,6 +140,11 @@ def recommended_num_splits(
     )
 
 
+def paged_attention_workspace_bytes(num_seqs: int, num_heads: int, head_dim: int, num_splits: int) -> int:
+    """Bytes of the workspace paged_attention needs for num_splits > 1 (0 for one split)."""
+    return _core.paged_attention_workspace_bytes(num_seqs, num_heads, head_dim, num_splits)
+
+
 def paged_attention_workspace(
     num_seqs: int, num_heads: int, head_dim: int, num_splits: int, device: torch.device | str
 ) -> torch.Tensor:
@@ -146,7 +152,7 @@ def paged_attention_workspace(
 
     Zero-filled: its split counters must start at zero, and every call leaves them at zero. Use
     one workspace per stream."""
-    nbytes = _core.paged_attention_workspace_bytes(num_seqs, num_heads, head_dim, num_splits)
+    nbytes = paged_attention_workspace_bytes(num_seqs, num_heads, head_dim, num_splits)
     return torch.zeros(max(nbytes, 16), dtype=torch.uint8, device=device)
 
 
