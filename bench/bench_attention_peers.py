@@ -17,31 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 
 import torch
 import torch.nn.functional as F
-
 from pagedcore import ops
+from pagedcore.bench.common import median_cuda_seconds
 
 SHAPES = [(1, 1024), (64, 1024), (8, 4096), (64, 4096), (16, 16384)]
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16
 
 
-def median_ms(fn, reps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+def median_ms(fn, reps: int) -> float:
+    return median_cuda_seconds(fn, reps) * 1e3
 
 
 def graphed(fn):

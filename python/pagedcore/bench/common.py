@@ -440,6 +440,19 @@ def report(payload: dict, stem: Path, print_report: Callable[[dict], None],
     try_plot(plot, payload, stem.with_suffix(".png"))
 
 
+def main_with_partial_saves(name: str, args: argparse.Namespace, presets: dict[str, dict],
+                            run: Callable[..., dict], print_report: Callable[[dict], None],
+                            plot: Callable[[dict, Path], None], argv: list[str] | None) -> int:
+    """main() of a long benchmark: run(args, command, save=...) writes its partial results to
+    results/NAME/NAME_<device>.json as it goes, then the table, JSON and plot are reported."""
+    apply_preset(args, presets)
+    stem = results_dir(name, args.out) / f"{name}_{resolve_device(args.device).type}"
+    payload = run(args, command_line(name, argv),
+                  save=lambda partial: write_json(partial, stem.with_suffix(".json"), quiet=True))
+    report(payload, stem, print_report, plot)
+    return 0
+
+
 def try_plot(plot: Callable[[dict, Path], None], payload: dict, path: Path) -> None:
     """Plots need matplotlib; where it is missing (the GPU machine) the JSON is plotted later with
     `python -m pagedcore.bench.plots <json>`."""

@@ -177,14 +177,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    common.apply_preset(args, PRESETS)
-    out = common.results_dir(NAME, args.out)
-    stem = out / f"{NAME}_{common.resolve_device(args.device).type}"
-    payload = run(args, common.command_line(NAME, argv),
-                  save=lambda partial: common.write_json(partial, stem.with_suffix(".json"), quiet=True))
-    common.report(payload, stem, print_report, plot)
-    return 0
+    return common.main_with_partial_saves(NAME, parser().parse_args(argv), PRESETS, run, print_report, plot, argv)
 
 
 if __name__ == "__main__":
