@@ -45,6 +45,12 @@ inline constexpr int kPrefillRowsPerCta = 64;
 
 void launch_decode_attention(const AttentionKernelParams& p, DType dtype, int head_dim, cudaStream_t stream);
 void launch_prefill_attention(const AttentionKernelParams& p, DType dtype, int head_dim, cudaStream_t stream);
-int decode_attention_ctas_per_sm(DType dtype, int head_dim);
+// Decode CTAs resident on the current device at once: the 4-warp variant, and the 8-warp one that a
+// launch takes when its whole grid fits in one wave of those (wide = 0: no such variant).
+struct DecodeSlots {
+  int64_t narrow;
+  int64_t wide;
+};
+DecodeSlots decode_attention_slots(DType dtype, int head_dim);
 
 }  // namespace pagedcore::cuda

@@ -162,6 +162,23 @@ struct QueryFragments {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(a[kk], q_lane + kk * 16);
   }
+
+  // Straight from global memory: query row r at q + r * row_stride for r < rows; rows >= rows are
+  // zero. (Lane holds rows g, g + 8 at columns 2t, 2t + 1 and 2t + 8, 2t + 9 of every 16-wide slice.)
+  template <typename T>
+  __device__ __forceinline__ void load_global(const T* q, int64_t row_stride, int rows, int lane) {
+    const int g = lane / 4, col = 2 * (lane % 4);
+    const uint32_t* lo = reinterpret_cast<const uint32_t*>(q + g * row_stride + col);
+    const uint32_t* hi = reinterpret_cast<const uint32_t*>(q + (g + 8) * row_stride + col);
+    const bool lo_used = g < rows, hi_used = g + 8 < rows;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {  // 2 elements per uint32: slice kk starts at word 8 kk
+      a[kk][0] = lo_used ? __ldg(lo + 8 * kk) : 0u;
+      a[kk][1] = hi_used ? __ldg(hi + 8 * kk) : 0u;
+      a[kk][2] = lo_used ? __ldg(lo + 8 * kk + 4) : 0u;
+      a[kk][3] = hi_used ? __ldg(hi + 8 * kk + 4) : 0u;
+    }
+  }
 };
 
 // One online-softmax step of a warp: 16 query rows x 16 keys.

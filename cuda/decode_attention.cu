@@ -1,6 +1,6 @@
 // Decode paged attention (one query token per sequence), split-KV merge included.
 //
-// CTA = (sequence, KV head, split), 4 warps. The CTA's query rows are the group_size query heads
+// CTA = (sequence, KV head, split), 4 or 8 warps (below). The CTA's query rows are the group_size query heads
 // of that KV head (padded to one 16-row mma tile), so every K/V byte is read once for all of
 // them. The split's key range is cut into 16-token tiles dealt round-robin to the warps; each warp
 // streams its tiles through a private kStages-deep pipeline and runs tensor-core flash attention
@@ -11,7 +11,8 @@
 // states are merged through shared memory. With several splits each CTA writes its partial result
 // to the workspace and the last split of a (sequence, KV head) to finish combines them (one
 // launch, no separate merge kernel; a thread-block-cluster merge through distributed shared
-// memory measured slower on an H200: clusters must be co-scheduled).
+// memory measured slower on an H200: clusters must be co-scheduled). A persistent grid (CTAs
+// looping over items, loading the next item's tiles during the merge) measured no faster.
 #include <algorithm>
 #include <atomic>
 #include <cuda/atomic>
@@ -24,14 +25,15 @@
 namespace pagedcore::cuda {
 namespace {
 
-#ifndef PAGEDCORE_DECODE_WARPS
-#define PAGEDCORE_DECODE_WARPS 4
-#endif
 #ifndef PAGEDCORE_DECODE_STAGES
 #define PAGEDCORE_DECODE_STAGES 3
 #endif
-constexpr int kDecodeWarps = PAGEDCORE_DECODE_WARPS;
-constexpr int kDecodeThreads = kDecodeWarps * 32;
+// Warps per CTA: 4 (two CTAs per SM) for batches that fill the device in waves; 8 (one CTA per SM,
+// its tiles spread over twice the warps) when the whole grid fits in one wave of such CTAs, which
+// is when the launch is short and latency-bound (H200, 1 x 1024: 7.7 us against 8.6; 8 x 4096 at
+// 2 splits: 40.6 against 41.5-43.0 for 4 warps; larger batches measured slower with 8).
+constexpr int kDecodeWarps = 4;
+constexpr int kWideDecodeWarps = 8;
 constexpr int kTileTokens = 16;
 
 // Pipeline depth per warp (tiles in flight + the one being used).
@@ -53,29 +55,42 @@ constexpr int decode_tile_elems() {  // one K or V tile of a stage
 }
 // Shared memory: the warps' tiles first (at the 1024-byte aligned base: bulk copies into
 // 16-byte-aligned destinations measured 7% slower than into 128-byte-aligned ones on an H200),
-// then the query tile, then the mbarriers and the split-merge flag.
-template <typename T, int D, bool kBulk>
+// then the query tile (head sizes over 128 only: the others load their query fragments from global
+// memory straight into registers), then the mbarriers and the split-merge flag.
+template <typename T, int D, bool kBulk, int W>
 constexpr size_t decode_tiles_bytes() {
-  return static_cast<size_t>(kDecodeWarps) * kDecodeStages<D> * 2 * decode_tile_elems<T, D, kBulk>() * sizeof(T);
+  return static_cast<size_t>(W) * kDecodeStages<D> * 2 * decode_tile_elems<T, D, kBulk>() * sizeof(T);
 }
-constexpr size_t kBarrierBytes = 128;  // mbarriers of all warps' stages (bulk loads), split-merge flag
+// mbarriers of all warps' stages (bulk loads) and the split-merge flag, in 128-byte units.
+template <int D, int W>
+constexpr size_t decode_barrier_bytes() {
+  return (W * kDecodeStages<D> * sizeof(uint64_t) + sizeof(int) + 127) / 128 * 128;
+}
+template <typename T, int D>
+constexpr size_t decode_query_tile_bytes() {
+  return kDecodeQueryInRegisters<D> ? 0 : static_cast<size_t>(16) * kRowPitch<D> * sizeof(T);
+}
 
-template <typename T, int D, bool kBulk>
+template <typename T, int D, bool kBulk, int W>
 constexpr size_t decode_smem_bytes() {
-  return decode_tiles_bytes<T, D, kBulk>() + static_cast<size_t>(16) * kRowPitch<D> * sizeof(T) + kBarrierBytes;
+  return decode_tiles_bytes<T, D, kBulk, W>() + decode_query_tile_bytes<T, D>() + decode_barrier_bytes<D, W>();
 }
-
+// The 8-warp variant exists where its shared memory fits one SM (not at head size 256).
 template <typename T, int D, bool kBulk>
-__global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const AttentionKernelParams p) {
+inline constexpr bool kDecodeWideFits = decode_smem_bytes<T, D, kBulk, kWideDecodeWarps>() <= 227 * 1024;
+
+template <typename T, int D, bool kBulk, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const AttentionKernelParams p) {
+  constexpr int kThreads = kWarps * 32;
   constexpr int kPitch = kRowPitch<D>;
   constexpr int kStages = kDecodeStages<D>;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int kTile = decode_tile_elems<T, D, kBulk>();
   static_assert(!kBulk || kDecodeBulkCapable<D>, "bulk loads need head_dim % 64 == 0");
-  static_assert(kDecodeWarps * 16 * (D + 2) * sizeof(float) <= decode_tiles_bytes<T, D, kBulk>(),
+  static_assert(kWarps * 16 * (D + 2) * sizeof(float) <= decode_tiles_bytes<T, D, kBulk, kWarps>(),
                 "the warp merge reuses the tile space");
-  static_assert(kDecodeWarps * kStages * sizeof(uint64_t) + sizeof(int) <= kBarrierBytes, "mbarrier space");
-  static_assert(decode_tiles_bytes<T, D, kBulk>() % 128 == 0 && 16 * kPitch * sizeof(T) % 16 == 0, "alignment");
+  static_assert(kWarps * kStages * sizeof(uint64_t) + sizeof(int) <= decode_barrier_bytes<D, kWarps>(), "mbarrier space");
+  static_assert(decode_tiles_bytes<T, D, kBulk, kWarps>() % 128 == 0 && 16 * kPitch * sizeof(T) % 16 == 0, "alignment");
   const int seq = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int split = blockIdx.z;
@@ -84,9 +99,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* all_tiles = reinterpret_cast<T*>(smem_raw);
-  T* sq = reinterpret_cast<T*>(smem_raw + decode_tiles_bytes<T, D, kBulk>());  // [16][pitch]
-  uint64_t* barriers = reinterpret_cast<uint64_t*>(sq + 16 * kPitch);         // [warps][stages] (bulk)
-  int* last_split = reinterpret_cast<int*>(barriers + kDecodeWarps * kStages);
+  T* sq = reinterpret_cast<T*>(smem_raw + decode_tiles_bytes<T, D, kBulk, kWarps>());  // [16][pitch] (D > 128)
+  uint64_t* barriers = reinterpret_cast<uint64_t*>(smem_raw + decode_tiles_bytes<T, D, kBulk, kWarps>() +
+                                                   decode_query_tile_bytes<T, D>());  // [warps][stages] (bulk)
+  int* last_split = reinterpret_cast<int*>(barriers + kWarps * kStages);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   T* warp_tiles = all_tiles + warp * kStages * 2 * kTile;  // [kStages][K|V][kTile]
@@ -99,8 +115,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   const int tile_end = min(num_tiles, tile_begin + tiles_per_split);
   const int G = p.group_size;
 
-  // Query rows: heads kv_head * G .. + G - 1 of this token; rows >= G are zero.
-  for (int c = threadIdx.x; c < 16 * kChunks; c += kDecodeThreads) {
+  // Query rows: heads kv_head * G .. + G - 1 of this token; rows >= G are zero. Head sizes over 128
+  // stage them in shared memory here; the others read them into registers below.
+  for (int c = threadIdx.x; c < (kDecodeQueryInRegisters<D> ? 0 : 16 * kChunks); c += kThreads) {
     const int r = c / kChunks, chunk = c % kChunks;
     const T* src = static_cast<const T*>(p.q) + q_row * p.q_stride_token +
                    (kv_head * G + min(r, G - 1)) * p.q_stride_head + chunk * 8;
@@ -118,9 +135,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
     }
     __syncwarp();
   }
-  // This warp's tiles: tile_begin + warp, + kDecodeWarps, ... ("local" tile i is the i-th of them).
+  // This warp's tiles: tile_begin + warp, + kWarps, ... ("local" tile i is the i-th of them).
   const int first = tile_begin + warp;
-  const int num_local = first < tile_end ? (tile_end - first + kDecodeWarps - 1) / kDecodeWarps : 0;
+  const int num_local = first < tile_end ? (tile_end - first + kWarps - 1) / kWarps : 0;
   // Bulk copies go by block pieces: one per tile for blocks >= 16 tokens, two for 8-token blocks.
   const int piece_log2 = min(p.block_size_log2, 4);
   const int piece_rows = 1 << piece_log2;
@@ -133,7 +150,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
     if (local / 32 != ids_batch) {
       ids_batch = local / 32;
       const int mine = ids_batch * 32 + lane;
-      const int token = (first + mine * kDecodeWarps) * kTileTokens;
+      const int token = (first + mine * kWarps) * kTileTokens;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int piece_token = token + i * piece_rows;
@@ -148,7 +165,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   auto load_tile = [&](int stage, int local) {
     T* sk = warp_tiles + stage * 2 * kTile;
     T* sv = sk + kTile;
-    const int first_token = (first + local * kDecodeWarps) * kTileTokens;
+    const int first_token = (first + local * kWarps) * kTileTokens;
     if constexpr (kBulk) {
       int32_t ids[2];
       block_ids(local, ids);
@@ -188,7 +205,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   WarpAttentionState<D> st;
   st.init();
   QueryFragments<D> q_frags;
-  if constexpr (kDecodeQueryInRegisters<D>) q_frags.load(sq, lane);
+  if constexpr (kDecodeQueryInRegisters<D>) {
+    q_frags.load_global(static_cast<const T*>(p.q) + q_row * p.q_stride_token + kv_head * G * p.q_stride_head,
+                        p.q_stride_head, G, lane);
+  }
   const QueryFragments<D>* q_regs = kDecodeQueryInRegisters<D> ? &q_frags : nullptr;
   for (int i = 0; i < num_local; ++i) {
     const int next = i + kStages - 1;
@@ -196,7 +216,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
     const int stage = i % kStages;
     T* sk = warp_tiles + stage * 2 * kTile;
     T* sv = sk + kTile;
-    const int token0 = (first + i * kDecodeWarps) * kTileTokens;
+    const int token0 = (first + i * kWarps) * kTileTokens;
     if constexpr (kBulk) {
       mbarrier_wait_parity(&warp_barriers[stage], (i / kStages) & 1);
       const int valid = context_len - token0;
@@ -219,8 +239,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
 
   // Merge the warps: float o [warps][16][D], m [warps][16], l [warps][16].
   float* merge_o = reinterpret_cast<float*>(all_tiles);
-  float* merge_m = merge_o + kDecodeWarps * 16 * D;
-  float* merge_l = merge_m + kDecodeWarps * 16;
+  float* merge_m = merge_o + kWarps * 16 * D;
+  float* merge_l = merge_m + kWarps * 16;
   {
     const int t = lane % 4;
     float* o_warp = merge_o + warp * 16 * D;
@@ -246,16 +266,16 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   __syncthreads();
 
   const int rows = min(G, 16);
-  for (int idx = threadIdx.x; idx < rows * (D / 2); idx += kDecodeThreads) {
+  for (int idx = threadIdx.x; idx < rows * (D / 2); idx += kThreads) {
     const int r = idx / (D / 2);
     const int d = (idx % (D / 2)) * 2;
     float m_max = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) m_max = fmaxf(m_max, merge_m[w * 16 + r]);
+    for (int w = 0; w < kWarps; ++w) m_max = fmaxf(m_max, merge_m[w * 16 + r]);
     float l_sum = 0.f, o0 = 0.f, o1 = 0.f;
     if (m_max != -INFINITY) {
 #pragma unroll
-      for (int w = 0; w < kDecodeWarps; ++w) {
+      for (int w = 0; w < kWarps; ++w) {
         const float scale = exp2f(merge_m[w * 16 + r] - m_max);
         l_sum += merge_l[w * 16 + r] * scale;
         const float2 o = *reinterpret_cast<const float2*>(merge_o + (w * 16 + r) * D + d);
@@ -290,31 +310,27 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   }
   __syncthreads();
   if (!*last_split) return;
-  // The splits' lse of this CTA's rows, read once into shared memory (the merge space is free).
+  // Online over the splits: each split's lse and o come in the same round of loads (reading all
+  // lse first cost one more L2 round trip on the launch's critical path).
   const int64_t split_stride = static_cast<int64_t>(p.num_seqs) * p.num_heads;
   const int64_t head0_row = static_cast<int64_t>(seq) * p.num_heads + kv_head * G;
-  float* split_lse = merge_o;  // [rows][num_splits]
-  for (int i = threadIdx.x; i < rows * p.num_splits; i += kDecodeThreads) {
-    const int r = i / p.num_splits, s = i % p.num_splits;
-    split_lse[i] = __ldcg(p.partial_lse + head0_row + r + s * split_stride);
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < rows * (D / 2); idx += kDecodeThreads) {
+  for (int idx = threadIdx.x; idx < rows * (D / 2); idx += kThreads) {
     const int r = idx / (D / 2);
     const int d = (idx % (D / 2)) * 2;
-    const float* lse = split_lse + r * p.num_splits;
-    float lse_max = -INFINITY;
-    for (int s = 0; s < p.num_splits; ++s) lse_max = fmaxf(lse_max, lse[s]);
-    float w_sum = 0.f, o0 = 0.f, o1 = 0.f;
-    if (lse_max != -INFINITY) {
+    float lse_max = -INFINITY, w_sum = 0.f, o0 = 0.f, o1 = 0.f;
 #pragma unroll 8
-      for (int s = 0; s < p.num_splits; ++s) {
-        const float w = exp2f(lse[s] - lse_max);  // 0 for an empty split (lse -inf): its zeros add nothing
-        const float2 o = __ldcg(reinterpret_cast<const float2*>(p.partial_out + (head0_row + r + s * split_stride) * D + d));
-        w_sum += w;
-        o0 += w * o.x;
-        o1 += w * o.y;
-      }
+    for (int s = 0; s < p.num_splits; ++s) {
+      const int64_t row = head0_row + r + s * split_stride;
+      const float lse = __ldcg(p.partial_lse + row);
+      const float2 o = __ldcg(reinterpret_cast<const float2*>(p.partial_out + row * D + d));
+      if (lse == -INFINITY) continue;  // an empty split: its zeros add nothing
+      const float new_max = fmaxf(lse_max, lse);
+      const float rescale = exp2f(lse_max - new_max);  // 0 until something was added
+      const float w = exp2f(lse - new_max);
+      w_sum = w_sum * rescale + w;
+      o0 = o0 * rescale + w * o.x;
+      o1 = o1 * rescale + w * o.y;
+      lse_max = new_max;
     }
     const float inv = w_sum > 0.f ? 1.f / w_sum : 0.f;
     T* dst = static_cast<T*>(p.out) + q_row * p.out_stride_token + (kv_head * G + r) * p.out_stride_head + d;
@@ -333,19 +349,47 @@ void raise_smem_limit(Kernel kernel, size_t bytes, std::atomic<uint64_t>& done_d
   done_devices.fetch_or(bit);
 }
 
-template <typename T, int D, bool kBulk>
+template <typename T, int D, bool kBulk, int W>
 auto prepared_decode_kernel() {
   static std::atomic<uint64_t> done{0};
-  auto kernel = decode_attention_kernel<T, D, kBulk>;
-  raise_smem_limit(kernel, decode_smem_bytes<T, D, kBulk>(), done);
+  auto kernel = decode_attention_kernel<T, D, kBulk, W>;
+  raise_smem_limit(kernel, decode_smem_bytes<T, D, kBulk, W>(), done);
   return kernel;
+}
+
+// CTAs of the W-warp variant resident on the current device at once (cached per device).
+template <typename T, int D, bool kBulk, int W>
+int64_t resident_decode_ctas() {
+  static std::atomic<int64_t> cached[64] = {};
+  int device = 0;
+  PAGEDCORE_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 64 && cached[device].load() > 0) return cached[device].load();
+  int num_sms = 0, per_sm = 0;
+  PAGEDCORE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  PAGEDCORE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, prepared_decode_kernel<T, D, kBulk, W>(),
+                                                                     W * 32, decode_smem_bytes<T, D, kBulk, W>()));
+  const int64_t ctas = std::max(static_cast<int64_t>(num_sms) * per_sm, int64_t{1});
+  if (device < 64) cached[device].store(ctas);
+  return ctas;
+}
+
+template <typename T, int D, bool kBulk, int W>
+void launch_decode_variant(const AttentionKernelParams& p, cudaStream_t stream) {
+  const dim3 grid(p.num_seqs, p.num_kv_heads, p.num_splits);
+  prepared_decode_kernel<T, D, kBulk, W>()<<<grid, W * 32, decode_smem_bytes<T, D, kBulk, W>(), stream>>>(p);
+  PAGEDCORE_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T, int D, bool kBulk>
 void launch_decode(const AttentionKernelParams& p, cudaStream_t stream) {
-  const dim3 grid(p.num_seqs, p.num_kv_heads, p.num_splits);
-  prepared_decode_kernel<T, D, kBulk>()<<<grid, kDecodeThreads, decode_smem_bytes<T, D, kBulk>(), stream>>>(p);
-  PAGEDCORE_CUDA_CHECK_LAUNCH();
+  if constexpr (kDecodeWideFits<T, D, kBulk>) {
+    const int64_t ctas = static_cast<int64_t>(p.num_seqs) * p.num_kv_heads * p.num_splits;
+    if (ctas <= resident_decode_ctas<T, D, kBulk, kWideDecodeWarps>()) {
+      launch_decode_variant<T, D, kBulk, kWideDecodeWarps>(p, stream);
+      return;
+    }
+  }
+  launch_decode_variant<T, D, kBulk, kDecodeWarps>(p, stream);
 }
 
 }  // namespace
@@ -365,15 +409,14 @@ void launch_decode_attention(const AttentionKernelParams& p, DType dtype, int he
   });
 }
 
-int decode_attention_ctas_per_sm(DType dtype, int head_dim) {
+DecodeSlots decode_attention_slots(DType dtype, int head_dim) {
   return dispatch_dtype_head_dim(dtype, head_dim, [&](auto type_tag, auto head) {
     using T = decltype(type_tag);
     constexpr int D = decltype(head)::value;
     constexpr bool kBulk = kDecodeBulkCapable<D>;
-    int ctas = 0;
-    PAGEDCORE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &ctas, prepared_decode_kernel<T, D, kBulk>(), kDecodeThreads, decode_smem_bytes<T, D, kBulk>()));
-    return std::max(ctas, 1);
+    DecodeSlots slots{resident_decode_ctas<T, D, kBulk, kDecodeWarps>(), 0};
+    if constexpr (kDecodeWideFits<T, D, kBulk>) slots.wide = resident_decode_ctas<T, D, kBulk, kWideDecodeWarps>();
+    return slots;
   });
 }
 

@@ -94,29 +94,35 @@ int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, i
   if (num_heads / num_kv_heads > cuda::kDecodeMaxGroupSize) return 1;
   constexpr int kMinTokensPerSplit = 128;  // 2 tiles per warp: below that, merging costs more than it saves
   const int max_splits = std::clamp((max_context_len + kMinTokensPerSplit - 1) / kMinTokensPerSplit, 1, kMaxAttentionSplits);
-  int device = 0, num_sms = 0;
-  PAGEDCORE_CUDA_CHECK(cudaGetDevice(&device));
-  PAGEDCORE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t slots = static_cast<int64_t>(num_sms) * cuda::decode_attention_ctas_per_sm(dtype, head_dim);
+  const cuda::DecodeSlots slots = cuda::decode_attention_slots(dtype, head_dim);
   const int64_t ctas = static_cast<int64_t>(num_seqs) * num_kv_heads;
-  // Fewest splits whose CTAs fill the device's resident slots in whole waves (>= 85% busy). While
-  // each split keeps long runs of keys (kLongSplitTokens), ask for two waves: with one, SMs that
-  // got a single CTA stay half idle (H200, 16 x 16384: 271 us at 1 wave, 263 us at 2).
-  constexpr int kLongSplitTokens = 2048;
-  int best = 1;
+  // Fewest splits whose 4-warp CTAs fill the device's resident slots in whole waves (>= 85% busy).
+  // (One wave of long splits is fine: on an H200, 16 x 16384 took 247.9 us at 2 splits, one wave,
+  // against 252.2 at 4; an earlier kernel, whose ramp was slower, preferred two waves.)
+  int narrow = 1;
   double best_efficiency = 0;
   for (int s = 1; s <= max_splits; ++s) {
     const int64_t total = ctas * s;
-    const int64_t waves = (total + slots - 1) / slots;
-    const double efficiency = static_cast<double>(total) / (static_cast<double>(waves) * slots);
-    const bool long_splits = max_context_len / s >= kLongSplitTokens;
-    if (efficiency >= 0.85 && (waves >= 2 || !long_splits)) return s;
+    const int64_t waves = (total + slots.narrow - 1) / slots.narrow;
+    const double efficiency = static_cast<double>(total) / (static_cast<double>(waves) * slots.narrow);
+    if (efficiency >= 0.85) {
+      narrow = s;
+      break;
+    }
     if (efficiency > best_efficiency + 1e-9) {
       best_efficiency = efficiency;
-      best = s;
+      narrow = s;
     }
   }
-  return best;
+  if (ctas * narrow <= slots.wide) return narrow;  // the launch takes 8-warp CTAs anyway
+  // A short launch (splits of at most kShortSplitTokens keys) does better as one wave of 8-warp
+  // CTAs (H200, 8 x 4096: 2 splits of 8 warps 40.6 us, 4 splits of 4 warps 43.0).
+  constexpr int kShortSplitTokens = 2048;
+  for (int s = 1; s <= max_splits && ctas * s <= slots.wide; ++s) {
+    const double efficiency = static_cast<double>(ctas * s) / static_cast<double>(slots.wide);
+    if (efficiency >= 0.85 && max_context_len <= static_cast<int64_t>(s) * kShortSplitTokens) return s;
+  }
+  return narrow;
 }
 
 }  // namespace pagedcore

@@ -164,6 +164,23 @@ def test_cuda_split_kv(dtype, num_splits, seed):
 
 
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_cuda_many_sequences(dtype, head_dim, num_splits, seed):
+    # Decode CTAs have 8 warps when the grid fits in one wave of those, else 4: the small batches of
+    # the other tests take the 8-warp kernel, these 160 sequences x 4 KV heads (more CTAs than any
+    # GPU keeps resident) the 4-warp one. Prefill rows sit between the decode rows; the lengths
+    # include warps with no tile (1 token) and last tiles with rows past the context.
+    lengths = [1, 15, 16, 17, 97] + torch.randint(1, 400, (155,)).tolist()
+    query_lens = [1] * len(lengths)
+    for i in range(7, len(lengths), 23):
+        query_lens[i] = min(lengths[i], 5)
+    batch = make_batch("cuda", dtype, query_lens=query_lens, context_lens=lengths, num_heads=16, num_kv_heads=4,
+                       head_dim=head_dim, block_size=16)
+    check(batch, seed=seed, dtype=dtype, num_splits=num_splits, max_query_len=5)
+
+
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
 def test_cuda_split_counters_rearm_between_calls(dtype, seed):
     # The split-merge counters live in the workspace: each call must leave them at zero for the
     # next one, and no call's partials may land on them, whatever its split count, batch size or

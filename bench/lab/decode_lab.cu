@@ -430,10 +430,17 @@ int main(int argc, char** argv) {
       std::printf("%6dx%-6d %-22s splits %2d  %8.1f us  %5.0f GB/s  %.3f of read\n", s.b, s.c, name, splits, us,
                   bytes / us / 1e3, bytes / us / 1e3 / read_gbps);
     };
-    std::vector<int> split_list = s.b * HKV >= 256 ? std::vector<int>{1, 2} : std::vector<int>{4, 8};
-    for (int sp : split_list) {
+    const bool big_batch = s.b * HKV >= 256;
+    for (int sp : big_batch ? std::vector<int>{1, 2} : std::vector<int>{2, 4, 8, 16}) {
       row("production", sp, time_host_path(d, sp));
+    }
+    for (int sp : big_batch ? std::vector<int>{1, 2} : std::vector<int>{4, 8}) {
       row("load blocks 4w x3", sp, time_loader<kBlocksHint, 4, 3>(d, sp));
+      // Tiles in flight per SM: 4w x3 (2 CTAs) and 2w x4 (3 CTAs) keep 24, 3w x3 (3 CTAs) and
+      // 9w x3 (1 CTA) 27.
+      row("load blocks 2w x4", sp, time_loader<kBlocksHint, 2, 4>(d, sp));
+      row("load blocks 3w x3", sp, time_loader<kBlocksHint, 3, 3>(d, sp));
+      row("load blocks 9w x3", sp, time_loader<kBlocksHint, 9, 3>(d, sp));
       if (all_loaders) {
         row("load cpasync 4w x3", sp, time_loader<kCpAsync, 4, 3>(d, sp));
         row("load tma2d 4w x3", sp, time_loader<kTma, 4, 3>(d, sp));

@@ -20,3 +20,5 @@ python3 bench/bench_attention_peers.py --reps 30 --json "$OUT/peers.json" 2>&1 |
 /tmp/decode_lab > "$OUT/lab.txt" 2>&1; grep -E "splits  (1|8) " "$OUT/lab.txt"
 timeout 300 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
   tests/test_kernels_attention.py tests/test_kernels_cache.py -k "cuda and (split or hostile or mixed or every_head_size or write or swap or copy)" 2>&1 | tail -3
+timeout 150 compute-sanitizer --tool racecheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
+  tests/test_kernels_attention.py -k "cuda and bf16 and ((many_sequences and 128) or split_kv)" 2>&1 | tail -2
