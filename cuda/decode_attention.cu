@@ -1,15 +1,15 @@
 // Decode paged attention (one query token per sequence), split-KV merge included.
 //
-// CTA = (sequence, KV head, split), 4 or 8 warps (below). The CTA's query rows are the group_size query heads
-// of that KV head (padded to one 16-row mma tile), so every K/V byte is read once for all of
-// them. The split's key range is cut into 16-token tiles dealt round-robin to the warps; each warp
-// streams its tiles through a private kStages-deep pipeline and runs tensor-core flash attention
-// on them. A tile arrives as one bulk copy (TMA) per block piece for K and one for V, completing
-// on the stage's mbarrier; its rows keep the cache's chunk order, which keeps the fragment loads
-// free of bank conflicts (head sizes 64, 128, 256 and blocks of 8+ tokens; other head sizes and
-// smaller blocks load 16-byte chunks by cp.async into padded tiles). The warps' partial softmax
-// states are merged through shared memory. With several splits each CTA writes its partial result
-// to the workspace and the last split of a (sequence, KV head) to finish combines them (one
+// CTA = (sequence, KV head, split), 4 or 8 warps (kDecodeWarps below). The CTA's query rows are the
+// group_size query heads of that KV head (padded to one 16-row mma tile), so every K/V byte is read
+// once for all of them. The split's key range is cut into 16-token tiles dealt round-robin to the
+// warps; each warp streams its tiles through a private kStages-deep pipeline and runs tensor-core
+// flash attention on them. A tile arrives as one bulk copy (TMA) per block piece for K and one for
+// V, completing on the stage's mbarrier; its rows keep the cache's chunk order, which keeps the
+// fragment loads free of bank conflicts (head sizes 64, 128, 256 and blocks of 8+ tokens; other head
+// sizes and smaller blocks load 16-byte chunks by cp.async into padded tiles). The warps' partial
+// softmax states are merged through shared memory. With several splits each CTA writes its partial
+// result to the workspace and the last split of a (sequence, KV head) to finish combines them (one
 // launch, no separate merge kernel; a thread-block-cluster merge through distributed shared
 // memory measured slower on an H200: clusters must be co-scheduled). A persistent grid (CTAs
 // looping over items, loading the next item's tiles during the merge) measured no faster.
