@@ -45,12 +45,15 @@ inline constexpr int kPrefillRowsPerCta = 64;
 
 void launch_decode_attention(const AttentionKernelParams& p, DType dtype, int head_dim, cudaStream_t stream);
 void launch_prefill_attention(const AttentionKernelParams& p, DType dtype, int head_dim, cudaStream_t stream);
-// Decode CTAs resident on the current device at once: the 4-warp variant, and the 8-warp one that a
-// launch takes when its whole grid fits in one wave of those (wide = 0: no such variant).
+// Decode CTAs resident on the current device at once for launches over blocks of 8+ tokens: the
+// narrow variant (4 warps, fewer where shared memory is small), and the 8-warp one that a launch
+// takes when its whole grid fits in one wave of those (wide = 0: none fits this device).
 struct DecodeSlots {
   int64_t narrow;
   int64_t wide;
 };
 DecodeSlots decode_attention_slots(DType dtype, int head_dim);
+// Whether decode launches of this shape take the Hopper path (bulk copies) on the current device.
+bool decode_attention_uses_bulk_copies(DType dtype, int head_dim, int block_size_log2);
 
 }  // namespace pagedcore::cuda

@@ -9,6 +9,7 @@
 //  - cache order: [rows][head_dim], each row's chunks permuted as in the CUDA cache
 //    (pagedcore/kv_layout.h), which is what one bulk copy of a block's rows produces; the
 //    permutation keeps ldmatrix conflict-free (head sizes that are multiples of 64).
+// Both run everywhere from sm_80 on; only the bulk copies that fill cache-order tiles need sm_90.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -42,17 +43,41 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 }
 // mbarrier and bulk-copy (TMA) helpers: one thread arms the barrier with the bytes to expect and
 // issues the copies; the copies complete the transaction; waiting threads spin on the phase parity.
+// These instructions exist from sm_90 on. Code compiled for an older target has none of them: the
+// helpers trap there, the kernels that use them compile to a trap, and the launchers take the
+// cp.async path wherever the loaded code's architecture is older (device_info.cuh).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define PAGEDCORE_ARCH_HAS_BULK_COPY 0
+#else
+#define PAGEDCORE_ARCH_HAS_BULK_COPY 1
+#endif
+// The first architecture (major * 10 + minor) that has them, for the host-side choice.
+inline constexpr int kBulkCopyMinArch = 90;
+
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int arrivals) {
+#if PAGEDCORE_ARCH_HAS_BULK_COPY
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(arrivals));
+#else
+  __trap();
+#endif
 }
 __device__ __forceinline__ void mbarrier_init_fence() {
+#if PAGEDCORE_ARCH_HAS_BULK_COPY
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#else
+  __trap();
+#endif
 }
 __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if PAGEDCORE_ARCH_HAS_BULK_COPY
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
                : "memory");
+#else
+  __trap();
+#endif
 }
 __device__ __forceinline__ void mbarrier_wait_parity(uint64_t* bar, uint32_t parity) {
+#if PAGEDCORE_ARCH_HAS_BULK_COPY
   asm volatile(
       "{\n"
       ".reg .pred done;\n"
@@ -62,10 +87,14 @@ __device__ __forceinline__ void mbarrier_wait_parity(uint64_t* bar, uint32_t par
       "}\n" ::"r"(smem_addr(bar)),
       "r"(parity)
       : "memory");
+#else
+  __trap();
+#endif
 }
 // Bulk global -> shared copy of `bytes` (multiple of 16, both addresses 16-byte aligned) that
 // completes on `bar`; streamed data is marked evict-first in L2.
 __device__ __forceinline__ void bulk_copy_g2s(void* smem, const void* gmem, uint32_t bytes, uint64_t* bar) {
+#if PAGEDCORE_ARCH_HAS_BULK_COPY
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
   asm volatile(
@@ -73,6 +102,9 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem, const void* gmem, uint
           smem_addr(smem)),
       "l"(gmem), "r"(bytes), "r"(smem_addr(bar)), "l"(policy)
       : "memory");
+#else
+  __trap();
+#endif
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -295,6 +327,7 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* k_cache, con
                                              const int32_t* block_table, int first_token, int context_len,
                                              int block_size_log2, int num_kv_heads, int kv_head, int thread) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static_assert(kRows * kChunks % kThreads == 0, "every thread copies the same number of chunks");
 #pragma unroll
   for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
     const int c = thread + i * kThreads;

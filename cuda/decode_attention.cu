@@ -1,50 +1,58 @@
 // Decode paged attention (one query token per sequence), split-KV merge included.
 //
-// CTA = (sequence, KV head, split), 4 or 8 warps (kDecodeWarps below). The CTA's query rows are the
+// CTA = (sequence, KV head, split), 2, 4 or 8 warps (DecodeConfig below). The CTA's query rows are the
 // group_size query heads of that KV head (padded to one 16-row mma tile), so every K/V byte is read
 // once for all of them. The split's key range is cut into 16-token tiles dealt round-robin to the
 // warps; each warp streams its tiles through a private kStages-deep pipeline and runs tensor-core
-// flash attention on them. A tile arrives as one bulk copy (TMA) per block piece for K and one for
-// V, completing on the stage's mbarrier; its rows keep the cache's chunk order, which keeps the
-// fragment loads free of bank conflicts (head sizes 64, 128, 256 and blocks of 8+ tokens; other head
-// sizes and smaller blocks load 16-byte chunks by cp.async into padded tiles). The warps' partial
+// flash attention on them. Two ways to load a tile:
+//  - Hopper path (sm_90 code on a 9.0+ device): one bulk copy (TMA) per block piece for K and one
+//    for V, completing on the stage's mbarrier; its rows keep the cache's chunk order, which keeps
+//    the fragment loads free of bank conflicts (head sizes 64, 128, 192, 256, blocks of 8+ tokens);
+//  - cp.async path (every supported GPU; Ampere and Ada always, Hopper for the other head sizes and
+//    block sizes): 16-byte cp.async copies into padded tiles.
+// The warps / stages of a launch are chosen at run time among the compiled configurations by the
+// device's shared memory (99 KiB per CTA on 8.6 / 8.9 parts, 163 KiB on 8.0, 227 KiB on 9.0)
+// and by whether the grid fits one wave. The warps' partial
 // softmax states are merged through shared memory. With several splits each CTA writes its partial
 // result to the workspace and the last split of a (sequence, KV head) to finish combines them (one
 // launch, no separate merge kernel; a thread-block-cluster merge through distributed shared
 // memory measured slower on an H200: clusters must be co-scheduled). A persistent grid (CTAs
 // looping over items, loading the next item's tiles during the merge) measured no faster.
-#include <algorithm>
-#include <atomic>
 #include <cuda/atomic>
+
+#include <stdexcept>
+#include <string>
 
 #include "attention_params.cuh"
 #include "attention_warp.cuh"
 #include "cuda_check.cuh"
+#include "device_info.cuh"
 #include "dispatch.cuh"
 
 namespace pagedcore::cuda {
 namespace {
 
-#ifndef PAGEDCORE_DECODE_STAGES
-#define PAGEDCORE_DECODE_STAGES 3
-#endif
 // Warps per CTA: 4 (two CTAs per SM) for batches that fill the device in waves; 8 (one CTA per SM,
 // its tiles spread over twice the warps) when the whole grid fits in one wave of such CTAs, which
-// is when the launch is short and latency-bound (H200, 1 x 1024: 7.7 us against 8.6; 8 x 4096 at
-// 2 splits: 40.6 against 41.5-43.0 for 4 warps; larger batches measured slower with 8).
+// is when the launch is short and latency-bound (bench/RESULTS.md, W4). Devices whose shared memory
+// does not hold 4 warps' pipelines (99 KiB parts at large head sizes) take 2 stages, then 2 warps.
 constexpr int kDecodeWarps = 4;
 constexpr int kWideDecodeWarps = 8;
+constexpr int kSmallDecodeWarps = 2;
 constexpr int kTileTokens = 16;
 
-// Pipeline depth per warp (tiles in flight + the one being used).
+// Pipeline depth per warp (tiles in flight + the one being used): 3, 2 at head size 256.
 template <int D>
-inline constexpr int kDecodeStages = D >= 256 ? 2 : PAGEDCORE_DECODE_STAGES;
+inline constexpr int kDecodeStages = D >= 256 ? 2 : 3;
+constexpr int kShallowDecodeStages = 2;
+// Shared memory per CTA of the largest part (sm_90): variants past it are not compiled.
+constexpr size_t kMaxSmemPerCta = 227 * 1024;
 // Query fragments stay in registers for head sizes up to 128 (64 more registers at 256 would spill).
 template <int D>
 inline constexpr bool kDecodeQueryInRegisters = D <= 128;
 
-// Bulk loads (one copy per block piece, tiles in cache order) need head sizes whose rows are whole
-// groups of 8 chunks and blocks of at least 8 tokens; the rest load 16-byte chunks by cp.async.
+// Bulk loads (one copy per block piece, tiles in cache order) need sm_90, head sizes whose rows are
+// whole groups of 8 chunks and blocks of at least 8 tokens; the rest load 16-byte chunks by cp.async.
 template <int D>
 inline constexpr bool kDecodeBulkCapable = D % 64 == 0;
 constexpr int kDecodeBulkMinBlockLog2 = 3;
@@ -57,40 +65,38 @@ constexpr int decode_tile_elems() {  // one K or V tile of a stage
 // 16-byte-aligned destinations measured 7% slower than into 128-byte-aligned ones on an H200),
 // then the query tile (head sizes over 128 only: the others load their query fragments from global
 // memory straight into registers), then the mbarriers and the split-merge flag.
-template <typename T, int D, bool kBulk, int W>
+template <typename T, int D, bool kBulk, int W, int S>
 constexpr size_t decode_tiles_bytes() {
-  return static_cast<size_t>(W) * kDecodeStages<D> * 2 * decode_tile_elems<T, D, kBulk>() * sizeof(T);
+  return static_cast<size_t>(W) * S * 2 * decode_tile_elems<T, D, kBulk>() * sizeof(T);
 }
 // mbarriers of all warps' stages (bulk loads) and the split-merge flag, in 128-byte units.
-template <int D, int W>
+template <int W, int S>
 constexpr size_t decode_barrier_bytes() {
-  return (W * kDecodeStages<D> * sizeof(uint64_t) + sizeof(int) + 127) / 128 * 128;
+  return (W * S * sizeof(uint64_t) + sizeof(int) + 127) / 128 * 128;
 }
 template <typename T, int D>
 constexpr size_t decode_query_tile_bytes() {
   return kDecodeQueryInRegisters<D> ? 0 : static_cast<size_t>(16) * kRowPitch<D> * sizeof(T);
 }
 
-template <typename T, int D, bool kBulk, int W>
+template <typename T, int D, bool kBulk, int W, int S>
 constexpr size_t decode_smem_bytes() {
-  return decode_tiles_bytes<T, D, kBulk, W>() + decode_query_tile_bytes<T, D>() + decode_barrier_bytes<D, W>();
+  return decode_tiles_bytes<T, D, kBulk, W, S>() + decode_query_tile_bytes<T, D>() + decode_barrier_bytes<W, S>();
 }
-// The 8-warp variant exists where its shared memory fits one SM (not at head size 256).
-template <typename T, int D, bool kBulk>
-inline constexpr bool kDecodeWideFits = decode_smem_bytes<T, D, kBulk, kWideDecodeWarps>() <= 227 * 1024;
 
-template <typename T, int D, bool kBulk, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const AttentionKernelParams p) {
+template <typename T, int D, bool kBulk, int kWarps, int kStages>
+__device__ __forceinline__ void decode_attention_body(const AttentionKernelParams& p) {
   constexpr int kThreads = kWarps * 32;
   constexpr int kPitch = kRowPitch<D>;
-  constexpr int kStages = kDecodeStages<D>;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int kTile = decode_tile_elems<T, D, kBulk>();
   static_assert(!kBulk || kDecodeBulkCapable<D>, "bulk loads need head_dim % 64 == 0");
-  static_assert(kWarps * 16 * (D + 2) * sizeof(float) <= decode_tiles_bytes<T, D, kBulk, kWarps>(),
+  static_assert(kWarps * 16 * (D + 2) * sizeof(float) <= decode_tiles_bytes<T, D, kBulk, kWarps, kStages>(),
                 "the warp merge reuses the tile space");
-  static_assert(kWarps * kStages * sizeof(uint64_t) + sizeof(int) <= decode_barrier_bytes<D, kWarps>(), "mbarrier space");
-  static_assert(decode_tiles_bytes<T, D, kBulk, kWarps>() % 128 == 0 && 16 * kPitch * sizeof(T) % 16 == 0, "alignment");
+  static_assert(kWarps * kStages * sizeof(uint64_t) + sizeof(int) <= decode_barrier_bytes<kWarps, kStages>(),
+                "mbarrier space");
+  static_assert(decode_tiles_bytes<T, D, kBulk, kWarps, kStages>() % 128 == 0 && 16 * kPitch * sizeof(T) % 16 == 0,
+                "alignment");
   const int seq = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int split = blockIdx.z;
@@ -99,8 +105,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* all_tiles = reinterpret_cast<T*>(smem_raw);
-  T* sq = reinterpret_cast<T*>(smem_raw + decode_tiles_bytes<T, D, kBulk, kWarps>());  // [16][pitch] (D > 128)
-  uint64_t* barriers = reinterpret_cast<uint64_t*>(smem_raw + decode_tiles_bytes<T, D, kBulk, kWarps>() +
+  T* sq = reinterpret_cast<T*>(smem_raw + decode_tiles_bytes<T, D, kBulk, kWarps, kStages>());  // [16][pitch] (D > 128)
+  uint64_t* barriers = reinterpret_cast<uint64_t*>(smem_raw + decode_tiles_bytes<T, D, kBulk, kWarps, kStages>() +
                                                    decode_query_tile_bytes<T, D>());  // [warps][stages] (bulk)
   int* last_split = reinterpret_cast<int*>(barriers + kWarps * kStages);
   const int warp = threadIdx.x / 32;
@@ -338,58 +344,98 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Att
   }
 }
 
-// cudaFuncSetAttribute once per kernel per device (bit i: device i done).
-template <typename Kernel>
-void raise_smem_limit(Kernel kernel, size_t bytes, std::atomic<uint64_t>& done_devices) {
-  int device = 0;
-  PAGEDCORE_CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
-  if (bit && (done_devices.load() & bit)) return;
-  PAGEDCORE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  done_devices.fetch_or(bit);
+template <typename T, int D, bool kBulk, int kWarps, int kStages>
+__global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const AttentionKernelParams p) {
+#if PAGEDCORE_ARCH_HAS_BULK_COPY
+  decode_attention_body<T, D, kBulk, kWarps, kStages>(p);
+#else
+  if constexpr (kBulk) __trap();  // never launched: the host checks the loaded code's architecture
+  else decode_attention_body<T, D, false, kWarps, kStages>(p);
+#endif
 }
 
-template <typename T, int D, bool kBulk, int W>
-auto prepared_decode_kernel() {
-  static std::atomic<uint64_t> done{0};
-  auto kernel = decode_attention_kernel<T, D, kBulk, W>;
-  raise_smem_limit(kernel, decode_smem_bytes<T, D, kBulk, W>(), done);
-  return kernel;
+// One compiled configuration of the decode kernel, with its per-device fit.
+template <typename T, int D, bool kBulk, int W, int S>
+struct DecodeConfig {
+  static constexpr size_t kSmem = decode_smem_bytes<T, D, kBulk, W, S>();
+  static constexpr bool kCompiled = kSmem <= kMaxSmemPerCta;
+
+  static const KernelFit& fit() {
+    static KernelFitCache cache;
+    return cache.get(reinterpret_cast<const void*>(decode_attention_kernel<T, D, kBulk, W, S>), kSmem, W * 32);
+  }
+  static void launch(const AttentionKernelParams& p, cudaStream_t stream) {
+    const dim3 grid(p.num_seqs, p.num_kv_heads, p.num_splits);
+    decode_attention_kernel<T, D, kBulk, W, S><<<grid, W * 32, kSmem, stream>>>(p);
+    PAGEDCORE_CUDA_CHECK_LAUNCH();
+  }
+};
+
+using DecodeLaunch = void (*)(const AttentionKernelParams&, cudaStream_t);
+struct DecodeChoice {
+  DecodeLaunch launch = nullptr;
+  int64_t resident_ctas = 0;
+};
+
+template <typename Config>
+bool take_if_fits(DecodeChoice& choice) {
+  if constexpr (Config::kCompiled) {
+    const KernelFit& fit = Config::fit();
+    if (fit.fits) {
+      choice = {&Config::launch, fit.resident_ctas};
+      return true;
+    }
+  }
+  return false;
 }
 
-// CTAs of the W-warp variant resident on the current device at once (cached per device).
-template <typename T, int D, bool kBulk, int W>
-int64_t resident_decode_ctas() {
-  static std::atomic<int64_t> cached[64] = {};
-  int device = 0;
-  PAGEDCORE_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < 64 && cached[device].load() > 0) return cached[device].load();
-  int num_sms = 0, per_sm = 0;
-  PAGEDCORE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
-  PAGEDCORE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, prepared_decode_kernel<T, D, kBulk, W>(),
-                                                                     W * 32, decode_smem_bytes<T, D, kBulk, W>()));
-  const int64_t ctas = std::max(static_cast<int64_t>(num_sms) * per_sm, int64_t{1});
-  if (device < 64) cached[device].store(ctas);
-  return ctas;
-}
+// The configurations of one (dtype, head size, load path) on the current device: the deepest
+// 4-warp pipeline whose shared memory fits (else 2 warps), and the 8-warp one where it fits.
+template <typename T, int D, bool kBulk>
+struct DecodeChoices {
+  DecodeChoice narrow;
+  DecodeChoice wide;  // launch == nullptr: none fits
 
-template <typename T, int D, bool kBulk, int W>
-void launch_decode_variant(const AttentionKernelParams& p, cudaStream_t stream) {
-  const dim3 grid(p.num_seqs, p.num_kv_heads, p.num_splits);
-  prepared_decode_kernel<T, D, kBulk, W>()<<<grid, W * 32, decode_smem_bytes<T, D, kBulk, W>(), stream>>>(p);
-  PAGEDCORE_CUDA_CHECK_LAUNCH();
+  static const DecodeChoices& current() {
+    static PerDevice<DecodeChoices> cache;
+    return cache.get(current_device(), &DecodeChoices::make);
+  }
+
+ private:
+  static DecodeChoices make() {
+    DecodeChoices c;
+    if (!take_if_fits<DecodeConfig<T, D, kBulk, kDecodeWarps, kDecodeStages<D>>>(c.narrow) &&
+        !take_if_fits<DecodeConfig<T, D, kBulk, kDecodeWarps, kShallowDecodeStages>>(c.narrow) &&
+        !take_if_fits<DecodeConfig<T, D, kBulk, kSmallDecodeWarps, kShallowDecodeStages>>(c.narrow)) {
+      const DeviceInfo& info = device_info(current_device());
+      throw std::runtime_error("decode attention at head size " + std::to_string(D) + " needs " +
+                               std::to_string(decode_smem_bytes<T, D, kBulk, kSmallDecodeWarps, kShallowDecodeStages>()) +
+                               " bytes of shared memory per CTA; " + info.name + " offers " +
+                               std::to_string(info.max_smem_per_block));
+    }
+    take_if_fits<DecodeConfig<T, D, kBulk, kWideDecodeWarps, kDecodeStages<D>>>(c.wide);
+    return c;
+  }
+};
+
+// Whether launches of this head size take the Hopper path on the current device: sm_90 code loaded
+// (not an older target's PTX compiled at load time) and not PAGEDCORE_KERNEL_PATH=ampere.
+template <typename T, int D>
+bool use_bulk_path(int block_size_log2) {
+  if constexpr (kDecodeBulkCapable<D>) {
+    if (block_size_log2 < kDecodeBulkMinBlockLog2 || requested_kernel_path() == KernelPath::kAmpere) return false;
+    using Probe = DecodeConfig<T, D, true, kDecodeWarps, kShallowDecodeStages>;
+    return Probe::fit().compiled_arch >= kBulkCopyMinArch;
+  }
+  return false;
 }
 
 template <typename T, int D, bool kBulk>
 void launch_decode(const AttentionKernelParams& p, cudaStream_t stream) {
-  if constexpr (kDecodeWideFits<T, D, kBulk>) {
-    const int64_t ctas = static_cast<int64_t>(p.num_seqs) * p.num_kv_heads * p.num_splits;
-    if (ctas <= resident_decode_ctas<T, D, kBulk, kWideDecodeWarps>()) {
-      launch_decode_variant<T, D, kBulk, kWideDecodeWarps>(p, stream);
-      return;
-    }
-  }
-  launch_decode_variant<T, D, kBulk, kDecodeWarps>(p, stream);
+  const DecodeChoices<T, D, kBulk>& choices = DecodeChoices<T, D, kBulk>::current();
+  const int64_t ctas = static_cast<int64_t>(p.num_seqs) * p.num_kv_heads * p.num_splits;
+  if (choices.wide.launch && ctas <= choices.wide.resident_ctas) choices.wide.launch(p, stream);
+  else choices.narrow.launch(p, stream);
 }
 
 }  // namespace
@@ -399,7 +445,7 @@ void launch_decode_attention(const AttentionKernelParams& p, DType dtype, int he
     using T = decltype(type_tag);
     constexpr int D = decltype(head)::value;
     if constexpr (kDecodeBulkCapable<D>) {
-      if (p.block_size_log2 >= kDecodeBulkMinBlockLog2) {
+      if (use_bulk_path<T, D>(p.block_size_log2)) {
         launch_decode<T, D, true>(p, stream);
         return 0;
       }
@@ -409,14 +455,23 @@ void launch_decode_attention(const AttentionKernelParams& p, DType dtype, int he
   });
 }
 
+bool decode_attention_uses_bulk_copies(DType dtype, int head_dim, int block_size_log2) {
+  return dispatch_dtype_head_dim(dtype, head_dim, [&](auto type_tag, auto head) {
+    return use_bulk_path<decltype(type_tag), decltype(head)::value>(block_size_log2);
+  });
+}
+
 DecodeSlots decode_attention_slots(DType dtype, int head_dim) {
   return dispatch_dtype_head_dim(dtype, head_dim, [&](auto type_tag, auto head) {
     using T = decltype(type_tag);
     constexpr int D = decltype(head)::value;
-    constexpr bool kBulk = kDecodeBulkCapable<D>;
-    DecodeSlots slots{resident_decode_ctas<T, D, kBulk, kDecodeWarps>(), 0};
-    if constexpr (kDecodeWideFits<T, D, kBulk>) slots.wide = resident_decode_ctas<T, D, kBulk, kWideDecodeWarps>();
-    return slots;
+    auto slots = [](const auto& choices) {
+      return DecodeSlots{choices.narrow.resident_ctas, choices.wide.launch ? choices.wide.resident_ctas : 0};
+    };
+    if constexpr (kDecodeBulkCapable<D>) {
+      if (use_bulk_path<T, D>(kDecodeBulkMinBlockLog2)) return slots(DecodeChoices<T, D, true>::current());
+    }
+    return slots(DecodeChoices<T, D, false>::current());
   });
 }
 

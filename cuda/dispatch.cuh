@@ -23,10 +23,13 @@ template <typename Fn>
 auto dispatch_dtype_head_dim(DType dtype, int head_dim, Fn&& fn) {
   auto by_head = [&](auto type_tag) {
     switch (head_dim) {
+      case 32: return fn(type_tag, HeadDim<32>{});
       case 64: return fn(type_tag, HeadDim<64>{});
       case 80: return fn(type_tag, HeadDim<80>{});
       case 96: return fn(type_tag, HeadDim<96>{});
+      case 112: return fn(type_tag, HeadDim<112>{});
       case 128: return fn(type_tag, HeadDim<128>{});
+      case 192: return fn(type_tag, HeadDim<192>{});
       case 256: return fn(type_tag, HeadDim<256>{});
     }
     throw std::invalid_argument("unsupported head_size " + std::to_string(head_dim) +

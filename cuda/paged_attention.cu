@@ -9,6 +9,7 @@
 #include "attention_params.cuh"
 #include "cuda_check.cuh"
 #include "pagedcore/kernels.h"
+#include "pagedcore/supported.h"
 
 namespace pagedcore {
 namespace {
@@ -86,6 +87,16 @@ void paged_attention_cuda(const PagedAttentionArgs& a, cudaStream_t stream) {
     cuda::launch_decode_attention(p, a.dtype, a.head_dim, stream);
   }
   if (a.max_query_len > 1 || p.prefill_takes_decode_rows) cuda::launch_prefill_attention(p, a.dtype, a.head_dim, stream);
+}
+
+std::string cuda_decode_attention_path(DType dtype, int head_dim, int block_size) {
+  check_block_size(block_size);
+  check_head_size(head_dim);
+  if (dtype != DType::kFloat16 && dtype != DType::kBFloat16) {
+    throw std::invalid_argument("CUDA paged_attention does not support " + dtype_name(dtype) +
+                                "; supported CUDA dtypes: float16, bfloat16");
+  }
+  return cuda::decode_attention_uses_bulk_copies(dtype, head_dim, log2_exact(block_size)) ? "hopper" : "ampere";
 }
 
 int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype,

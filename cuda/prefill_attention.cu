@@ -11,11 +11,13 @@
 // base_i .. base_i + ceil(rows_i / 64) - 1 with base_i = floor(query_start_loc[i] * G / 64) + i
 // (bases grow by at least the tile count), so the grid is floor(num_tokens * G / 64) + num_seqs
 // CTAs and each CTA finds its sequence by binary search; CTAs past a sequence's rows exit.
-#include <atomic>
+#include <stdexcept>
+#include <string>
 
 #include "attention_params.cuh"
 #include "attention_warp.cuh"
 #include "cuda_check.cuh"
+#include "device_info.cuh"
 #include "dispatch.cuh"
 
 namespace pagedcore::cuda {
@@ -24,8 +26,10 @@ namespace {
 constexpr int kPrefillWarps = kPrefillRowsPerCta / 16;
 constexpr int kPrefillThreads = kPrefillWarps * 32;
 
+// Keys per K/V tile: 32 above head size 128, so that the CTA's shared memory (query tile + two
+// stages of K and V) fits the 99 KiB of 8.6 / 8.9 parts at every head size.
 template <int D>
-inline constexpr int kBlockN = D >= 256 ? 32 : 64;
+inline constexpr int kBlockN = D > 128 ? 32 : 64;
 
 template <typename T, int D>
 constexpr size_t prefill_smem_bytes() {
@@ -141,17 +145,17 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_attention_kernel(cons
   }
 }
 
+// The kernel with its shared-memory limit raised on the current device; a device whose CTAs
+// cannot hold its shared memory gets a clear error instead of a failed launch.
 template <typename T, int D>
 auto prepared_prefill_kernel() {
-  static std::atomic<uint64_t> done{0};
+  static KernelFitCache cache;
   auto kernel = prefill_attention_kernel<T, D>;
-  int device = 0;
-  PAGEDCORE_CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
-  if (!bit || !(done.load() & bit)) {
-    PAGEDCORE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(prefill_smem_bytes<T, D>())));
-    done.fetch_or(bit);
+  if (!cache.get(reinterpret_cast<const void*>(kernel), prefill_smem_bytes<T, D>(), kPrefillThreads).fits) {
+    const DeviceInfo& info = device_info(current_device());
+    throw std::runtime_error("prefill attention at head size " + std::to_string(D) + " needs " +
+                             std::to_string(prefill_smem_bytes<T, D>()) + " bytes of shared memory per CTA; " +
+                             info.name + " offers " + std::to_string(info.max_smem_per_block));
   }
   return kernel;
 }

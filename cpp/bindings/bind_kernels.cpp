@@ -102,6 +102,13 @@ void bind_kernels(py::module_& m) {
         py::arg("num_heads"), py::arg("head_dim"), py::arg("num_splits"),
         "Bytes of the split-KV workspace paged_attention needs (0 for one split).");
 
+  m.def("check_cuda_device", &check_cuda_device, py::arg("device"),
+        "Raises RuntimeError naming the device when pagedcore's CUDA kernels cannot run on it.");
+  m.def("cuda_decode_attention_path", &cuda_decode_attention_path, py::arg("dtype"), py::arg("head_dim"),
+        py::arg("block_size"), "'hopper' or 'ampere': the kernel path decode attention takes on the current device.");
+  m.def("cuda_build_architectures", &cuda_build_architectures,
+        "CUDA architectures this build holds code for ('' without CUDA).");
+
   m.def(
       "cuda_recommended_num_splits",
       [](int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype, int max_context_len) {

@@ -20,6 +20,9 @@ void paged_attention_cuda(const PagedAttentionArgs&, cudaStream_t) { no_cuda(); 
 void copy_blocks_cuda(void* const*, int, int64_t, const int32_t*, int, cudaStream_t) { no_cuda(); }
 void swap_blocks_cuda(void* const*, void* const*, int, int64_t, const int32_t*, int, cudaStream_t) { no_cuda(); }
 int cuda_recommended_num_splits(int, int, int, int, DType, int) { no_cuda(); }
+void check_cuda_device(int) { no_cuda(); }
+std::string cuda_decode_attention_path(DType, int, int) { no_cuda(); }
+std::string cuda_build_architectures() { return ""; }
 
 }  // namespace pagedcore
 

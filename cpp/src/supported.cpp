@@ -30,6 +30,17 @@ bool is_supported_head_size(int head_size) {
 
 std::string supported_block_sizes_string() { return join(kSupportedBlockSizes); }
 std::string supported_head_sizes_string() { return join(kSupportedHeadSizes); }
+std::string supported_compute_capabilities_string() {
+  return std::to_string(kMinComputeCapability / 10) + "." + std::to_string(kMinComputeCapability % 10) +
+         " or newer (Ampere 8.0 / 8.6, Ada 8.9, Hopper 9.0 and later)";
+}
+
+std::string compute_capability_error(int device, const std::string& name, int cc) {
+  if (cc >= kMinComputeCapability) return "";
+  return "GPU " + std::to_string(device) + " (" + name + ", compute capability " + std::to_string(cc / 10) + "." +
+         std::to_string(cc % 10) + ") is not supported: pagedcore's CUDA kernels need compute capability " +
+         supported_compute_capabilities_string() + "; use device=\"cpu\" on this machine";
+}
 
 void check_block_size(int block_size) {
   if (!is_supported_block_size(block_size)) {

@@ -34,6 +34,7 @@ __all__ = [
     "paged_attention_workspace",
     "paged_attention_workspace_bytes",
     "recommended_num_splits",
+    "decode_attention_path",
     "swap_blocks",
     "write_kv_cache",
 ]
@@ -138,6 +139,13 @@ def recommended_num_splits(
     return _core.cuda_recommended_num_splits(
         num_seqs, num_kv_heads, num_heads, head_dim, _DTYPES[dtype], max_context_len
     )
+
+
+def decode_attention_path(dtype: torch.dtype, head_dim: int, block_size: int) -> str:
+    """'hopper' (bulk copies, sm_90 code on a 9.0+ GPU) or 'ampere' (cp.async, every supported GPU):
+    the kernel path CUDA decode attention of this shape takes on the current device.
+    PAGEDCORE_KERNEL_PATH=ampere (read once per process) makes every launch take the Ampere path."""
+    return _core.cuda_decode_attention_path(_DTYPES[dtype], head_dim, block_size)
 
 
 def paged_attention_workspace_bytes(num_seqs: int, num_heads: int, head_dim: int, num_splits: int) -> int:

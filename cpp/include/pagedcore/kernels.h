@@ -122,6 +122,14 @@ void copy_blocks_cuda(void* const* caches, int num_caches, int64_t block_bytes, 
 // pointers (each [num_blocks, block_bytes]); pairs: host array [num_pairs, 2] of (src, dst) ids.
 void swap_blocks_cuda(void* const* src_caches, void* const* dst_caches, int num_caches, int64_t block_bytes,
                       const int32_t* pairs, int num_pairs, cudaStream_t stream);
+// Throws a clear error when CUDA device `device` cannot run pagedcore's kernels: compute
+// capability below kMinComputeCapability (pagedcore/supported.h), or no code for it in this build.
+void check_cuda_device(int device);
+// The CUDA architectures this build holds code for ("80-real,86-real,89-real,90"), "" without CUDA.
+std::string cuda_build_architectures();
+// The kernel path decode attention of this shape takes on the current device: "hopper" (bulk
+// copies; sm_90 code on a 9.0+ GPU) or "ampere" (cp.async; every GPU, and PAGEDCORE_KERNEL_PATH=ampere).
+std::string cuda_decode_attention_path(DType dtype, int head_dim, int block_size);
 // Decode split count that fills the device (waves of CTAs) for this batch, in [1, kMaxAttentionSplits].
 int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype,
                                 int max_context_len);

@@ -11,8 +11,12 @@ namespace pagedcore {
 // (shift/mask), so every entry here is supported by every kernel.
 inline constexpr std::array<int, 9> kSupportedBlockSizes = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 
-// Attention head sizes the kernels are compiled for.
-inline constexpr std::array<int, 5> kSupportedHeadSizes = {64, 80, 96, 128, 256};
+// Attention head sizes the kernels are compiled for (vLLM's list but 120).
+inline constexpr std::array<int, 8> kSupportedHeadSizes = {32, 64, 80, 96, 112, 128, 192, 256};
+
+// CUDA GPUs the kernels run on: compute capability 8.0 (Ampere) and newer. The default build holds
+// code for 8.0, 8.6, 8.9 and 9.0 plus PTX of 9.0, which later GPUs compile at load time.
+inline constexpr int kMinComputeCapability = 80;  // major * 10 + minor
 
 bool is_supported_block_size(int block_size);
 bool is_supported_head_size(int head_size);
@@ -20,6 +24,12 @@ bool is_supported_head_size(int head_size);
 // "1, 2, 4, ..." for error messages.
 std::string supported_block_sizes_string();
 std::string supported_head_sizes_string();
+// "8.0 or newer (Ampere 8.0 / 8.6, Ada 8.9, Hopper 9.0, ...)" for error messages.
+std::string supported_compute_capabilities_string();
+
+// Why CUDA device `device` (`name`, compute capability `cc` = major * 10 + minor) cannot run the
+// kernels, or "" when it can.
+std::string compute_capability_error(int device, const std::string& name, int cc);
 
 // Throws std::invalid_argument naming the allowed values.
 void check_block_size(int block_size);
