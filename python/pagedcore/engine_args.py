@@ -15,6 +15,19 @@ _CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the CPU kernels support
 PREEMPTION_MODES = ("recompute", "swap")
 
 
+def check_cuda_device(device: torch.device) -> None:
+    """Refuses, with one clear error, a GPU the kernels cannot run on: compute capability below
+    8.0, or one this build holds no code for."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    major, minor = torch.cuda.get_device_capability(index)
+    error = _core.compute_capability_error(index, torch.cuda.get_device_name(index), major * 10 + minor)
+    if error:
+        raise RuntimeError(error)
+    _core.check_cuda_device(index)
+
+
 @dataclass
 class EngineArgs:
     dtype: str | torch.dtype = "auto"
@@ -63,11 +76,14 @@ class EngineArgs:
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
             use_cuda = torch.cuda.is_available() and _core.built_with_cuda()
-            return torch.device("cuda" if use_cuda else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not (torch.cuda.is_available() and _core.built_with_cuda()):
-            raise ValueError("device='cuda' needs a CUDA device and a pagedcore build with the CUDA kernels; "
-                             "use device='cpu'")
+            device = torch.device("cuda" if use_cuda else "cpu")
+        else:
+            device = torch.device(self.device)
+            if device.type == "cuda" and not (torch.cuda.is_available() and _core.built_with_cuda()):
+                raise ValueError("device='cuda' needs a CUDA device and a pagedcore build with the CUDA kernels; "
+                                 "use device='cpu'")
+        if device.type == "cuda":
+            check_cuda_device(device)
         return device
 
     def resolve_preemption(self, device: torch.device, bytes_per_block: int) -> tuple[_core.PreemptionMode, int]:
