@@ -142,16 +142,20 @@ def test_strided_out_and_explicit_scale(device, dtype, seed):
     assert torch.isnan(big[:, 0]).all() and torch.isnan(big[:, 5]).all(), "wrote outside the out view"
 
 
-@pytest.mark.parametrize("dtype", CUDA_DTYPES)
-@pytest.mark.parametrize("head_dim", [64, 80, 96, 128, 256])
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("head_dim", pagedcore.SUPPORTED_HEAD_SIZES)
 @pytest.mark.parametrize("block_size", [2, 16, 64, 256])
-def test_cuda_every_head_size(dtype, head_dim, block_size, seed):
+def test_every_head_size(device, dtype, head_dim, block_size, seed):
     lengths = hostile_lengths(block_size) + [300]
     qlens = [1] * len(lengths)
     qlens[-1] = 33
-    batch = make_batch("cuda", dtype, query_lens=qlens, context_lens=lengths, num_heads=8, num_kv_heads=2,
+    batch = make_batch(device, dtype, query_lens=qlens, context_lens=lengths, num_heads=8, num_kv_heads=2,
                        head_dim=head_dim, block_size=block_size)
     check(batch, seed=seed, dtype=dtype)
+
+
+def test_supported_head_sizes_are_vllms_but_120():
+    assert pagedcore.SUPPORTED_HEAD_SIZES == (32, 64, 80, 96, 112, 128, 192, 256)
 
 
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
@@ -164,7 +168,7 @@ def test_cuda_split_kv(dtype, num_splits, seed):
 
 
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
-@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
+@pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 192, 256])
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_cuda_many_sequences(dtype, head_dim, num_splits, seed):
     # Decode CTAs have 8 warps when the grid fits in one wave of those, else 4: the small batches of
@@ -261,7 +265,7 @@ def call(batch):
 
 
 def test_refuses_unsupported_head_size():
-    with pytest.raises(ValueError, match="supported head sizes: 64, 80, 96, 128, 256"):
+    with pytest.raises(ValueError, match="supported head sizes: 32, 64, 80, 96, 112, 128, 192, 256"):
         call(small_batch(head_dim=72))
 
 

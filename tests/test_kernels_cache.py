@@ -26,7 +26,7 @@ def nan_cache(num_blocks, num_kv_heads, block_size, head_dim, dtype, device):
 
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("block_size", [1, 16, 256])
-@pytest.mark.parametrize("head_dim", [64, 80, 128])
+@pytest.mark.parametrize("head_dim", [32, 64, 80, 112, 128, 192])
 def test_write_kv_cache_from_fused_qkv_view(device, dtype, block_size, head_dim):
     num_heads, num_kv_heads, num_tokens = 6, 2, 37
     num_blocks = max(11, 2 * num_tokens // block_size)
