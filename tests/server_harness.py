@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from pagedcore.llm import LLM
+from pagedcore.engine.llm import LLM
 from pagedcore.server.app import ServerConfig, build_app
 
 # A ChatML template (SmolLM2's shape) for tiny test models, which ship only tokenizer.json.

@@ -5,7 +5,7 @@ import pytest
 
 from pagedcore.bench import common
 from pagedcore.bench.memory import simulate
-from pagedcore.config import ModelConfig
+from pagedcore.loaders.config import ModelConfig
 
 
 def test_w1_draw_has_the_published_totals():

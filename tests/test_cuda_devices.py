@@ -13,7 +13,7 @@ import torch
 
 import pagedcore
 from pagedcore import _core, ops
-from pagedcore.engine_args import EngineArgs
+from pagedcore.engine.engine_args import EngineArgs
 
 HAS_CUDA = torch.cuda.is_available() and pagedcore.built_with_cuda()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of pagedcore")

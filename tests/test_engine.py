@@ -5,8 +5,8 @@ prompt's blocks, stop strings / stop tokens, chat, and the errors of the API bou
 import pytest
 from tiny_models import save_tiny_model
 
-from pagedcore.llm import LLM
-from pagedcore.sampling_params import SamplingParams
+from pagedcore.engine.llm import LLM
+from pagedcore.engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 PREFIX = "You are a helpful assistant. Answer briefly and precisely, in one sentence. " * 3

@@ -6,10 +6,10 @@ import pytest
 import torch
 from tiny_models import hf_greedy, save_tiny_model
 
-from pagedcore.chat_template import render_chat
-from pagedcore.llm import LLM
-from pagedcore.model_loader import default_model_path
-from pagedcore.sampling_params import SamplingParams
+from pagedcore.tokenizers.chat_template import render_chat
+from pagedcore.engine.llm import LLM
+from pagedcore.loaders.model_loader import default_model_path
+from pagedcore.engine.sampling_params import SamplingParams
 
 NUM_TOKENS = 32
 LOGPROB_ATOL = 2e-3

@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_models import save_tiny_model
 
-from pagedcore.llm import LLM
-from pagedcore.sampling_params import SamplingParams
+from pagedcore.engine.llm import LLM
+from pagedcore.engine.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

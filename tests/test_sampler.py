@@ -2,8 +2,8 @@
 
 import torch
 
-from pagedcore.sampler import Sampler, SequenceSamplingState
-from pagedcore.sampling_params import SamplingParams
+from pagedcore.model_executor.sampler import Sampler, SequenceSamplingState
+from pagedcore.engine.sampling_params import SamplingParams
 
 VOCAB = 50
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pagedcore.sampling_params import MAX_LOGPROBS, SamplingParams
+from pagedcore.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 
 
 def test_defaults_match_vllm():

@@ -15,8 +15,8 @@ import openai
 import pytest
 from server_harness import RunningServer, free_port, start_tiny_server, write_chat_template
 
-from pagedcore.llm import LLM
-from pagedcore.model_loader import DEFAULT_MODEL
+from pagedcore.engine.llm import LLM
+from pagedcore.loaders.model_loader import DEFAULT_MODEL
 from pagedcore.server.app import ServerConfig
 
 

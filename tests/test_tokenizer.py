@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from pagedcore.chat_template import TemplateError, render_chat
-from pagedcore.detokenizer import IncrementalDetokenizer
-from pagedcore.model_loader import default_model_path
-from pagedcore.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer
+from pagedcore.tokenizers.chat_template import TemplateError, render_chat
+from pagedcore.tokenizers.detokenizer import IncrementalDetokenizer
+from pagedcore.loaders.model_loader import default_model_path
+from pagedcore.tokenizers.loader import load_tokenizer
+from pagedcore.tokenizers.tokenizer import HFTokenizer, SentencePieceTokenizer
 
 TEXTS = ["Hello world", "The year 2024 has 12345 digits", "héllo 東京 🙂 naïve café", "  spaces\n\nnewlines\t tab",
          "<|im_start|>user\nhi<|im_end|>", "emoji 👩‍👩‍👧 and ✨ sparkles", "mixed: x=3.14159; y='ok'"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from pagedcore.model_loader import default_model_path
-from pagedcore.tokenizer import load_tokenizer
+from pagedcore.loaders.model_loader import default_model_path
+from pagedcore.tokenizers.loader import load_tokenizer
 
 SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=64, max_position_embeddings=1024, initializer_range=0.08)

@@ -15,10 +15,10 @@ from pagedcore._core import (
 
 # The engine API imports torch; load it on first use so `import pagedcore` stays light.
 _ENGINE_EXPORTS = {
-    "LLM": "pagedcore.llm",
-    "SamplingParams": "pagedcore.sampling_params",
-    "RequestOutput": "pagedcore.outputs",
-    "CompletionOutput": "pagedcore.outputs",
+    "LLM": "pagedcore.engine.llm",
+    "SamplingParams": "pagedcore.engine.sampling_params",
+    "RequestOutput": "pagedcore.engine.outputs",
+    "CompletionOutput": "pagedcore.engine.outputs",
 }
 
 

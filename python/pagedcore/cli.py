@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pagedcore.model_loader import DEFAULT_MODEL
+from pagedcore.loaders.model_loader import DEFAULT_MODEL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as error:
             print(f"pagedcore: error: {error}", file=sys.stderr)
             return 2
-    from pagedcore.llm import LLM
-    from pagedcore.sampling_params import SamplingParams
+    from pagedcore.engine.llm import LLM
+    from pagedcore.engine.sampling_params import SamplingParams
 
     try:
         params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,

@@ -112,7 +112,7 @@ class ModelShape:
     vocab_size: int
 
     @classmethod
-    def from_config(cls, config) -> ModelShape:  # pagedcore.config.ModelConfig
+    def from_config(cls, config) -> ModelShape:  # pagedcore.loaders.config.ModelConfig
         return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size,
                    config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.vocab_size)
 
@@ -313,7 +313,7 @@ class PassResult:
 
 def run_pagedcore(llm, requests: Sequence[Request], *, temperature: float, seed: int | None = None) -> PassResult:
     """One pass of `requests` through llm.generate (ignore_eos, each request's max_tokens)."""
-    from pagedcore.sampling_params import SamplingParams
+    from pagedcore.engine.sampling_params import SamplingParams
 
     params = [SamplingParams(temperature=temperature, max_tokens=r.max_tokens, ignore_eos=True, seed=seed)
               for r in requests]
@@ -343,7 +343,7 @@ def build_llm(preset: str, *, device, enable_prefix_caching: bool = True, kv_cac
               block_size: int = 16, model: str | None = None):
     """preset 'gpu': the Qwen3-0.6B shape, random bf16 weights; 'cpu': the default model, fp32.
     `model` overrides the preset's model (an HF directory, a .gguf, or the default model's name)."""
-    from pagedcore.llm import LLM
+    from pagedcore.engine.llm import LLM
 
     if model is None and preset == "gpu":
         model, load_format, dtype = str(write_model_dir(QWEN3_0_6B)), "dummy", "bfloat16"

@@ -29,8 +29,8 @@ PRESETS = {
 
 
 def model_shape(name: str) -> common.ModelShape:
-    from pagedcore.config import ModelConfig
-    from pagedcore.model_loader import resolve_model
+    from pagedcore.loaders.config import ModelConfig
+    from pagedcore.loaders.model_loader import resolve_model
 
     if name == "qwen3-0.6b":
         return common.ModelShape.from_config(ModelConfig.from_hf_dict(common.QWEN3_0_6B))

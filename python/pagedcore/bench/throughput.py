@@ -58,7 +58,7 @@ def build_hf_model(preset: str, device):
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
                                                                   attn_implementation="sdpa")
     else:
-        from pagedcore.model_loader import default_model_path
+        from pagedcore.loaders.model_loader import default_model_path
 
         path = default_model_path()
         model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
@@ -170,7 +170,7 @@ def run(args, argv, save) -> dict:
     if peers:
         model = build_hf_model(args.preset, device)
         if shape is None:
-            from pagedcore.config import ModelConfig
+            from pagedcore.loaders.config import ModelConfig
             shape = common.ModelShape.from_config(ModelConfig.from_hf_dict(model.config.to_dict()))
     # Rounds run every engine in turn, so a shared machine's slow spells fall on all of them.
     for _ in range(args.rounds):

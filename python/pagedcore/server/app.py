@@ -19,12 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pagedcore.engine import LLMEngine
+from pagedcore.engine.engine import LLMEngine
 from pagedcore.server.async_engine import AsyncEngine
 from pagedcore.server.errors import APIError
 from pagedcore.server.handlers import OpenAIHandlers
 from pagedcore.server.metrics import ServerMetrics
-from pagedcore.tokenizer import Tokenizer
+from pagedcore.tokenizers.tokenizer import Tokenizer
 
 logger = logging.getLogger("pagedcore.server")
 

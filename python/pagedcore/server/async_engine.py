@@ -17,9 +17,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from pagedcore.engine import LLMEngine
-from pagedcore.request_state import RequestState
-from pagedcore.sampling_params import SamplingParams
+from pagedcore.engine.engine import LLMEngine
+from pagedcore.engine.request_state import RequestState
+from pagedcore.engine.sampling_params import SamplingParams
 from pagedcore.server.metrics import ServerMetrics
 
 logger = logging.getLogger("pagedcore.server")

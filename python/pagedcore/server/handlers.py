@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from pagedcore.chat_template import render_chat
+from pagedcore.tokenizers.chat_template import render_chat
 from pagedcore.server.async_engine import (AsyncEngine, EngineDeadError, EngineRequest, GenerationHandle, QueueFullError,
                                            RequestDelta)
 from pagedcore.server.errors import APIError, bad_request
 from pagedcore.server.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 from pagedcore.server.responses import (ChoiceAccumulator, TokenText, Usage, chat_logprobs, completion_logprobs,
                                         new_id, response_base, sse)
-from pagedcore.tokenizer import Tokenizer
+from pagedcore.tokenizers.tokenizer import Tokenizer
 
 _DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 _CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away (never reaches the client)

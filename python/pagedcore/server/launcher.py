@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from pagedcore.model_loader import DEFAULT_MODEL
+from pagedcore.loaders.model_loader import DEFAULT_MODEL
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pagedcore.llm import LLM
+    from pagedcore.engine.llm import LLM
     from pagedcore.server.app import ServerConfig, build_app
 
     for name in ("max_queued_requests", "max_body_bytes"):

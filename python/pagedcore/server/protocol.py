@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pagedcore.sampling_params import MAX_LOGPROBS, SamplingParams
+from pagedcore.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from pagedcore.server.errors import APIError, bad_request, from_validation_error
 
 MAX_PROMPTS = 64  # prompts in one /v1/completions request

@@ -13,7 +13,7 @@ import time
 import uuid
 
 from pagedcore.server.async_engine import RequestDelta, SequenceDelta
-from pagedcore.tokenizer import Tokenizer
+from pagedcore.tokenizers.tokenizer import Tokenizer
 
 _MIN_LOGPROB = -9999.0
 

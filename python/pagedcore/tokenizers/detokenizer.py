@@ -9,7 +9,7 @@ leading space), and emits the difference once it no longer ends in an incomplete
 
 from __future__ import annotations
 
-from pagedcore.tokenizer import Tokenizer
+from pagedcore.tokenizers.tokenizer import Tokenizer
 
 _INCOMPLETE = "\ufffd"
 _PROMPT_CONTEXT_TOKENS = 5  # prompt tokens decoded before the first output token, for its leading space

@@ -12,11 +12,11 @@ import time
 import numpy as np
 
 from pagedcore import _core
-from pagedcore.model_runner import ModelRunner
-from pagedcore.request_state import RequestState, SequenceState
-from pagedcore.sampler import Sampler, SamplerOutput
-from pagedcore.sampling_params import SamplingParams
-from pagedcore.tokenizer import Tokenizer
+from pagedcore.model_executor.model_runner import ModelRunner
+from pagedcore.engine.request_state import RequestState, SequenceState
+from pagedcore.model_executor.sampler import Sampler, SamplerOutput
+from pagedcore.engine.sampling_params import SamplingParams
+from pagedcore.tokenizers.tokenizer import Tokenizer
 
 _FINISH_REASONS = {_core.FinishReason.STOP: "stop", _core.FinishReason.LENGTH: "length",
                    _core.FinishReason.ABORT: "abort"}

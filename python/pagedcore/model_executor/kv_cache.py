@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from pagedcore import _core
-from pagedcore.attention import LayerKVCache
-from pagedcore.config import ModelConfig
+from pagedcore.model_executor.attention import LayerKVCache
+from pagedcore.loaders.config import ModelConfig
 
 CPU_DEFAULT_KV_BYTES = 2 << 30  # CPU budget when kv_cache_memory_bytes is not given
 

@@ -10,16 +10,17 @@ from pathlib import Path
 import torch
 
 from pagedcore import _core
-from pagedcore.chat_template import Message, render_chat
-from pagedcore.engine import LLMEngine
-from pagedcore.engine_args import EngineArgs
-from pagedcore.kv_cache import allocate_kv_cache, blocks_per_seq, kv_budget_bytes, plan_kv_cache
-from pagedcore.model_loader import DEFAULT_MODEL, build_model, resolve_model
-from pagedcore.model_runner import ModelRunner
-from pagedcore.outputs import RequestOutput
-from pagedcore.sampler import Sampler
-from pagedcore.sampling_params import SamplingParams
-from pagedcore.tokenizer import Tokenizer, load_tokenizer
+from pagedcore.tokenizers.chat_template import Message, render_chat
+from pagedcore.engine.engine import LLMEngine
+from pagedcore.engine.engine_args import EngineArgs
+from pagedcore.model_executor.kv_cache import allocate_kv_cache, blocks_per_seq, kv_budget_bytes, plan_kv_cache
+from pagedcore.loaders.model_loader import DEFAULT_MODEL, build_model, resolve_model
+from pagedcore.model_executor.model_runner import ModelRunner
+from pagedcore.engine.outputs import RequestOutput
+from pagedcore.model_executor.sampler import Sampler
+from pagedcore.engine.sampling_params import SamplingParams
+from pagedcore.tokenizers.loader import load_tokenizer
+from pagedcore.tokenizers.tokenizer import Tokenizer
 
 Prompt = str | list[int]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pagedcore.sampling_params import SamplingParams
+from pagedcore.engine.sampling_params import SamplingParams
 
 
 @dataclass

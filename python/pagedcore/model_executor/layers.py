@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from pagedcore.config import RopeConfig
+from pagedcore.loaders.config import RopeConfig
 
 
 class RMSNorm(nn.Module):

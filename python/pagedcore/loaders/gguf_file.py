@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pagedcore.config import ModelConfig, RopeConfig
+from pagedcore.loaders.config import ModelConfig, RopeConfig
 
 # general.architecture -> HF model_type
 _ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from pagedcore import ops
-from pagedcore.attention import AttentionMetadata, LayerKVCache
-from pagedcore.cuda_graphs import DecodeGraphs
-from pagedcore.model import LlamaForCausalLM
+from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache
+from pagedcore.model_executor.cuda_graphs import DecodeGraphs
+from pagedcore.model_executor.model import LlamaForCausalLM
 
 
 class ModelRunner:

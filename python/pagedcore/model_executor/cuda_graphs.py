@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from pagedcore import ops
-from pagedcore.attention import AttentionMetadata, LayerKVCache
-from pagedcore.model import LlamaForCausalLM
+from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache
+from pagedcore.model_executor.model import LlamaForCausalLM
 
 
 _MAX_GRAPH_BATCH = 512  # larger decode batches run eagerly

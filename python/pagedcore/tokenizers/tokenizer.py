@@ -1,5 +1,5 @@
 """Tokenizers behind one small interface: HF `tokenizer.json`, sentencepiece `tokenizer.model`, and
-the vocabulary inside a GGUF file (pagedcore.gguf_tokenizer builds that one).
+the vocabulary inside a GGUF file (pagedcore.tokenizers.gguf_tokenizer builds that one).
 
 `load_tokenizer(path)` picks the right one for a model directory or a .gguf file.
 """
@@ -126,22 +126,6 @@ class SentencePieceTokenizer(Tokenizer):
         eos_ids = _eos_ids(model_dir, [processor.eos_id()] if processor.eos_id() >= 0 else [])
         return cls(processor, add_bos=settings["add_bos_token"], bos_token=bos, eos_token=eos,
                    eos_token_ids=eos_ids, chat_template=settings["chat_template"])
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A model directory (tokenizer.json preferred over tokenizer.model) or a .gguf file."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
-        from pagedcore.gguf_tokenizer import tokenizer_from_gguf
-
-        return tokenizer_from_gguf(path)
-    if (path / "tokenizer.json").is_file():
-        return HFTokenizer.from_dir(path)
-    if (path / "tokenizer.model").is_file():
-        return SentencePieceTokenizer.from_dir(path)
-    raise FileNotFoundError(
-        f"no tokenizer found for {path}: expected tokenizer.json or tokenizer.model in the directory, "
-        "or a .gguf file; pass tokenizer=... or give token ids instead of text")
 
 
 def _token_text(value) -> str | None:

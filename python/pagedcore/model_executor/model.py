@@ -1,7 +1,7 @@
 """The Llama-family model: Llama 2/3, Mistral, Qwen2 (qkv bias), Qwen3 (qk-norm), SmolLM2.
 
 Dense math in torch over a flat token batch (no padding, no batch dimension); attention through
-the paged KV cache (pagedcore.attention). q/k/v and gate/up projections are fused into one
+the paged KV cache (pagedcore.model_executor.attention). q/k/v and gate/up projections are fused into one
 matmul each; load_weights() takes HF parameter names and fills the fused slices.
 """
 
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedcore.attention import AttentionMetadata, LayerKVCache, PagedAttention
-from pagedcore.config import ModelConfig
-from pagedcore.layers import RMSNorm, RotaryEmbedding
+from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache, PagedAttention
+from pagedcore.loaders.config import ModelConfig
+from pagedcore.model_executor.layers import RMSNorm, RotaryEmbedding
 
 
 class Attention(nn.Module):

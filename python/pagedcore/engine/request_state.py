@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pagedcore.detokenizer import IncrementalDetokenizer
-from pagedcore.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from pagedcore.sampler import SequenceSamplingState
-from pagedcore.sampling_params import SamplingParams
-from pagedcore.tokenizer import Tokenizer
+from pagedcore.tokenizers.detokenizer import IncrementalDetokenizer
+from pagedcore.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from pagedcore.model_executor.sampler import SequenceSamplingState
+from pagedcore.engine.sampling_params import SamplingParams
+from pagedcore.tokenizers.tokenizer import Tokenizer
 
 
 @dataclass

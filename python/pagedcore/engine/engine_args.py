@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from pagedcore import _core
-from pagedcore.model_loader import LOAD_FORMATS
+from pagedcore.loaders.model_loader import LOAD_FORMATS
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
            "float16": torch.float16, "half": torch.float16}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pagedcore.gguf_file import GGUFFile
-from pagedcore.tokenizer import HFTokenizer
+from pagedcore.loaders.gguf_file import GGUFFile
+from pagedcore.tokenizers.tokenizer import HFTokenizer
 
 _CONTROL, _USER_DEFINED = 3, 4  # gguf.TokenType values
 

@@ -1,0 +1,1 @@
+"""Tokenizers (HF tokenizers, sentencepiece, GGUF vocabularies), the incremental detokenizer and chat templates."""
