@@ -10,6 +10,7 @@
 #include "cuda_check.cuh"
 #include "pagedcore/kernels.h"
 #include "pagedcore/kv_layout.h"
+#include "pagedcore/supported.h"
 #include "pagedcore/types.h"
 
 namespace pagedcore {
@@ -55,9 +56,7 @@ __global__ void copy_blocks_kernel(void* const* __restrict__ caches, const int32
 
 void write_kv_cache_cuda(const WriteKVCacheArgs& a, cudaStream_t stream) {
   check_write_kv_cache_args(a);
-  if (a.dtype != DType::kFloat16 && a.dtype != DType::kBFloat16 && a.dtype != DType::kFloat32) {
-    throw std::invalid_argument("write_kv_cache: unsupported dtype " + dtype_name(a.dtype));
-  }
+  check_cuda_dtype(a.dtype, "write_kv_cache");  // the attention kernels read no other dtype
   const int elem = dtype_bytes(a.dtype);
   const int vec = 16 / elem;
   for (const auto& [ptr, st, sh, name] :

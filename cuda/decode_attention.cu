@@ -16,8 +16,8 @@
 // softmax states are merged through shared memory. With several splits each CTA writes its partial
 // result to the workspace and the last split of a (sequence, KV head) to finish combines them (one
 // launch, no separate merge kernel; a thread-block-cluster merge through distributed shared
-// memory measured slower on an H200: clusters must be co-scheduled). A persistent grid (CTAs
-// looping over items, loading the next item's tiles during the merge) measured no faster.
+// memory was slower, clusters having to be co-scheduled). A persistent grid (CTAs looping over
+// items, loading the next item's tiles during the merge) was no faster (bench/RESULTS.md, W4).
 #include <cuda/atomic>
 
 #include <stdexcept>
@@ -28,6 +28,7 @@
 #include "cuda_check.cuh"
 #include "device_info.cuh"
 #include "dispatch.cuh"
+#include "softmax_merge.cuh"
 
 namespace pagedcore::cuda {
 namespace {
@@ -62,7 +63,7 @@ constexpr int decode_tile_elems() {  // one K or V tile of a stage
   return kTileTokens * (kBulk ? D : kRowPitch<D>);
 }
 // Shared memory: the warps' tiles first (at the 1024-byte aligned base: bulk copies into
-// 16-byte-aligned destinations measured 7% slower than into 128-byte-aligned ones on an H200),
+// 16-byte-aligned destinations are slower than into 128-byte-aligned ones, bench/RESULTS.md),
 // then the query tile (head sizes over 128 only: the others load their query fragments from global
 // memory straight into registers), then the mbarriers and the split-merge flag.
 template <typename T, int D, bool kBulk, int W, int S>
@@ -275,29 +276,17 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   for (int idx = threadIdx.x; idx < rows * (D / 2); idx += kThreads) {
     const int r = idx / (D / 2);
     const int d = (idx % (D / 2)) * 2;
-    float m_max = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) m_max = fmaxf(m_max, merge_m[w * 16 + r]);
-    float l_sum = 0.f, o0 = 0.f, o1 = 0.f;
-    if (m_max != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float scale = exp2f(merge_m[w * 16 + r] - m_max);
-        l_sum += merge_l[w * 16 + r] * scale;
-        const float2 o = *reinterpret_cast<const float2*>(merge_o + (w * 16 + r) * D + d);
-        o0 += o.x * scale;
-        o1 += o.y * scale;
-      }
-    }
-    const float inv = l_sum > 0.f ? 1.f / l_sum : 0.f;
+    SoftmaxMerge merge;
+    merge.add_parts<kWarps>(merge_m + r, merge_l + r, merge_o + r * D + d, 16, 16 * D);
+    const float inv = merge.inv_sum();
     const int head = kv_head * G + r;
     if (p.num_splits == 1) {
       T* dst = static_cast<T*>(p.out) + q_row * p.out_stride_token + head * p.out_stride_head + d;
-      *reinterpret_cast<uint32_t*>(dst) = MmaTraits<T>::pack(o0 * inv, o1 * inv);
+      *reinterpret_cast<uint32_t*>(dst) = MmaTraits<T>::pack(merge.o0 * inv, merge.o1 * inv);
     } else {
       const int64_t row = (static_cast<int64_t>(split) * p.num_seqs + seq) * p.num_heads + head;
-      *reinterpret_cast<float2*>(p.partial_out + row * D + d) = make_float2(o0 * inv, o1 * inv);
-      if (d == 0) p.partial_lse[row] = l_sum > 0.f ? m_max + log2f(l_sum) : -INFINITY;
+      *reinterpret_cast<float2*>(p.partial_out + row * D + d) = make_float2(merge.o0 * inv, merge.o1 * inv);
+      if (d == 0) p.partial_lse[row] = merge.lse();
     }
   }
   if (p.num_splits == 1) return;
@@ -307,7 +296,7 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   // Thread 0 takes the ticket with acquire-release semantics at device scope: its release covers
   // the partials the CTA wrote before the barrier, and the last CTA's acquire (then its barrier)
   // makes every split's partials visible to all its threads (one release instead of a full fence
-  // in every thread; with the smaller warp-merge writes above, 1-3 us less per launch on an H200).
+  // in every thread: shorter launches at split shapes, bench/RESULTS.md, W4).
   __syncthreads();
   if (threadIdx.x == 0) {
     ::cuda::atomic_ref<int, ::cuda::thread_scope_device> counter(p.split_counters[seq * p.num_kv_heads + kv_head]);
@@ -323,24 +312,17 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   for (int idx = threadIdx.x; idx < rows * (D / 2); idx += kThreads) {
     const int r = idx / (D / 2);
     const int d = (idx % (D / 2)) * 2;
-    float lse_max = -INFINITY, w_sum = 0.f, o0 = 0.f, o1 = 0.f;
+    SoftmaxMerge merge;
 #pragma unroll 8
     for (int s = 0; s < p.num_splits; ++s) {
       const int64_t row = head0_row + r + s * split_stride;
-      const float lse = __ldcg(p.partial_lse + row);
+      const float lse = __ldcg(p.partial_lse + row);  // -INFINITY: an empty split, skipped
       const float2 o = __ldcg(reinterpret_cast<const float2*>(p.partial_out + row * D + d));
-      if (lse == -INFINITY) continue;  // an empty split: its zeros add nothing
-      const float new_max = fmaxf(lse_max, lse);
-      const float rescale = exp2f(lse_max - new_max);  // 0 until something was added
-      const float w = exp2f(lse - new_max);
-      w_sum = w_sum * rescale + w;
-      o0 = o0 * rescale + w * o.x;
-      o1 = o1 * rescale + w * o.y;
-      lse_max = new_max;
+      merge.add(lse, 1.f, o);  // partials are normalized: weight exp2(lse - max)
     }
-    const float inv = w_sum > 0.f ? 1.f / w_sum : 0.f;
+    const float inv = merge.inv_sum();
     T* dst = static_cast<T*>(p.out) + q_row * p.out_stride_token + (kv_head * G + r) * p.out_stride_head + d;
-    *reinterpret_cast<uint32_t*>(dst) = MmaTraits<T>::pack(o0 * inv, o1 * inv);
+    *reinterpret_cast<uint32_t*>(dst) = MmaTraits<T>::pack(merge.o0 * inv, merge.o1 * inv);
   }
 }
 

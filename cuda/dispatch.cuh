@@ -1,5 +1,6 @@
 // Maps the run-time (dtype, head size) pair to a compile-time instantiation. The cases mirror
-// kSupportedHeadSizes of pagedcore/supported.h; the launchers validate before dispatching.
+// kSupportedCudaDTypes and kSupportedHeadSizes of pagedcore/supported.h; the launchers validate
+// before dispatching.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -35,13 +36,16 @@ auto dispatch_dtype_head_dim(DType dtype, int head_dim, Fn&& fn) {
     throw std::invalid_argument("unsupported head_size " + std::to_string(head_dim) +
                                 "; supported head sizes: " + supported_head_sizes_string());
   };
+  static_assert(kSupportedCudaDTypes.size() == 2 && kSupportedCudaDTypes[0] == DType::kFloat16 &&
+                    kSupportedCudaDTypes[1] == DType::kBFloat16,
+                "one case below per entry of kSupportedCudaDTypes");
   switch (dtype) {
     case DType::kFloat16: return by_head(__half{});
     case DType::kBFloat16: return by_head(__nv_bfloat16{});
     default: break;
   }
-  throw std::invalid_argument("CUDA kernels do not support " + dtype_name(dtype) +
-                              "; supported CUDA dtypes: float16, bfloat16");
+  check_cuda_dtype(dtype, "paged_attention");  // throws: every supported dtype has its case above
+  throw std::logic_error("dispatch_dtype_head_dim: no case for " + dtype_name(dtype));
 }
 
 }  // namespace pagedcore::cuda

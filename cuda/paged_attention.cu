@@ -32,10 +32,7 @@ void require_aligned(const void* ptr, int64_t stride_a, int64_t stride_b, const 
 
 void paged_attention_cuda(const PagedAttentionArgs& a, cudaStream_t stream) {
   check_paged_attention_args(a);
-  if (a.dtype != DType::kFloat16 && a.dtype != DType::kBFloat16) {
-    throw std::invalid_argument("CUDA paged_attention does not support " + dtype_name(a.dtype) +
-                                "; supported CUDA dtypes: float16, bfloat16");
-  }
+  check_cuda_dtype(a.dtype, "paged_attention");
   require_aligned(a.q, a.q_stride_token, a.q_stride_head, "q");
   require_aligned(a.out, a.out_stride_token, a.out_stride_head, "out");
   require_aligned(a.k_cache, 0, 0, "k_cache");
@@ -92,10 +89,7 @@ void paged_attention_cuda(const PagedAttentionArgs& a, cudaStream_t stream) {
 std::string cuda_decode_attention_path(DType dtype, int head_dim, int block_size) {
   check_block_size(block_size);
   check_head_size(head_dim);
-  if (dtype != DType::kFloat16 && dtype != DType::kBFloat16) {
-    throw std::invalid_argument("CUDA paged_attention does not support " + dtype_name(dtype) +
-                                "; supported CUDA dtypes: float16, bfloat16");
-  }
+  check_cuda_dtype(dtype, "paged_attention");
   return cuda::decode_attention_uses_bulk_copies(dtype, head_dim, log2_exact(block_size)) ? "hopper" : "ampere";
 }
 
@@ -108,8 +102,8 @@ int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, i
   const cuda::DecodeSlots slots = cuda::decode_attention_slots(dtype, head_dim);
   const int64_t ctas = static_cast<int64_t>(num_seqs) * num_kv_heads;
   // Fewest splits whose 4-warp CTAs fill the device's resident slots in whole waves (>= 85% busy).
-  // (One wave of long splits is fine: on an H200, 16 x 16384 took 247.9 us at 2 splits, one wave,
-  // against 252.2 at 4; an earlier kernel, whose ramp was slower, preferred two waves.)
+  // (One wave of long splits is fine: 16 x 16384 runs faster at 2 splits, one wave, than at 4;
+  // an earlier kernel, whose ramp was slower, preferred two waves. bench/RESULTS.md, W4.)
   int narrow = 1;
   double best_efficiency = 0;
   for (int s = 1; s <= max_splits; ++s) {
@@ -127,7 +121,7 @@ int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, i
   }
   if (ctas * narrow <= slots.wide) return narrow;  // the launch takes 8-warp CTAs anyway
   // A short launch (splits of at most kShortSplitTokens keys) does better as one wave of 8-warp
-  // CTAs (H200, 8 x 4096: 2 splits of 8 warps 40.6 us, 4 splits of 4 warps 43.0).
+  // CTAs than as more splits of 4-warp ones (bench/RESULTS.md, W4: 8 x 4096).
   constexpr int kShortSplitTokens = 2048;
   for (int s = 1; s <= max_splits && ctas * s <= slots.wide; ++s) {
     const double efficiency = static_cast<double>(ctas * s) / static_cast<double>(slots.wide);

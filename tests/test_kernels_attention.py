@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pagedcore
-from pagedcore import ops
+from pagedcore import _core, ops
 from kernel_reference import paged_attention_reference
 
 HAS_CUDA = torch.cuda.is_available() and pagedcore.built_with_cuda()
@@ -284,6 +284,13 @@ def test_refuses_cpu_float16():
     batch = {k: (v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in batch.items()}
     with pytest.raises(TypeError, match="supported on cpu: float32, bfloat16"):
         call(batch)
+
+
+def test_dtype_checks_come_from_the_native_table():
+    assert _core.SUPPORTED_CUDA_DTYPES == (_core.DType.float16, _core.DType.bfloat16)
+    assert _core.SUPPORTED_CPU_DTYPES == (_core.DType.float32, _core.DType.bfloat16)
+    assert ops.CUDA_DTYPES == (torch.float16, torch.bfloat16)
+    assert ops.CPU_DTYPES == (torch.float32, torch.bfloat16)
 
 
 def test_refuses_block_id_out_of_range_on_cpu():

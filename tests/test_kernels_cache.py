@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pagedcore
-from pagedcore import ops
+from pagedcore import _core, ops
 
 HAS_CUDA = torch.cuda.is_available() and pagedcore.built_with_cuda()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of pagedcore")
@@ -84,6 +84,32 @@ def test_write_kv_cache_refuses_wrong_shapes():
     with pytest.raises(TypeError, match="int32"):
         ops.write_kv_cache(torch.randn(3, 2, 64), torch.randn(3, 2, 64), cache, cache.clone(),
                            torch.zeros(3, dtype=torch.int64))
+
+
+CUDA_FLOAT32_REFUSAL = "CUDA write_kv_cache does not support float32; supported CUDA dtypes: float16, bfloat16"
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_write_kv_cache_refuses_float32_on_cuda():
+    # The CUDA attention kernels read float16 / bfloat16 only, so a float32 CUDA cache is refused
+    # when it is written, naming the dtypes the CUDA kernels take.
+    k = torch.randn(2, 1, 64, device="cuda")
+    cache = torch.zeros(2, 1, 16, 64, device="cuda")
+    with pytest.raises(ValueError, match=CUDA_FLOAT32_REFUSAL):
+        ops.write_kv_cache(k, k, cache, cache.clone(), torch.tensor([0, 1], dtype=torch.int32, device="cuda"))
+
+
+@pytest.mark.skipif(not pagedcore.built_with_cuda(), reason="needs a CUDA build of pagedcore (not a device)")
+def test_cuda_write_kv_cache_checks_the_dtype_on_the_host():
+    # The native CUDA entry refuses float32 before any CUDA call, so it runs without a GPU: CPU
+    # pointers and the default stream never reach a kernel.
+    k = torch.randn(2, 1, 64)
+    cache = torch.zeros(2, 1, 16, 64)
+    slots = torch.tensor([0, 1], dtype=torch.int32)
+    with pytest.raises(ValueError, match=CUDA_FLOAT32_REFUSAL):
+        _core.write_kv_cache(_core.DType.float32, k.data_ptr(), 64, 64, k.data_ptr(), 64, 64, cache.data_ptr(),
+                             cache.data_ptr(), slots.data_ptr(), 2, 1, 64, 16, 2, 0)
 
 
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)

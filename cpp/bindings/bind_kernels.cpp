@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "pagedcore/kernels.h"
+#include "pagedcore/supported.h"
 
 namespace py = pybind11;
 
@@ -31,6 +32,11 @@ void bind_kernels(py::module_& m) {
       .value("float16", DType::kFloat16)
       .value("bfloat16", DType::kBFloat16);
 
+  // The dtypes each device's kernels take (pagedcore/supported.h); ops.py derives its checks from them.
+  m.attr("SUPPORTED_CUDA_DTYPES") =
+      py::tuple(py::cast(std::vector<DType>(kSupportedCudaDTypes.begin(), kSupportedCudaDTypes.end())));
+  m.attr("SUPPORTED_CPU_DTYPES") =
+      py::tuple(py::cast(std::vector<DType>(kSupportedCpuDTypes.begin(), kSupportedCpuDTypes.end())));
   m.attr("MAX_ATTENTION_SPLITS") = kMaxAttentionSplits;
 
   m.def(

@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "pagedcore/prefix_hash.h"
 
@@ -28,34 +29,36 @@ void BlockTables::add_sequence(SeqId seq, std::string extra_key) {
   seqs_.emplace(seq, std::move(s));
 }
 
-BlockKey BlockTables::key_for(const Sequence& s, int block_index, uint64_t parent_hash,
+BlockKey BlockTables::key_for(std::string_view extra_key, int block_index, uint64_t parent_hash,
                               uint64_t parent_cache_id, std::span<const int32_t> tokens) const {
   const int bs = pool_.block_size();
   const int32_t* first = tokens.data() + static_cast<size_t>(block_index) * bs;
   BlockKey key;
-  key.hash = hash_block_tokens(parent_hash, first, bs, s.extra_key) & pool_.hash_mask();
+  key.hash = hash_block_tokens(parent_hash, first, bs, extra_key) & pool_.hash_mask();
   key.parent_cache_id = parent_cache_id;
   key.tokens.assign(first, first + bs);
-  key.extra_key = s.extra_key;
+  key.extra_key = std::string(extra_key);
   return key;
 }
 
-int BlockTables::cached_prefix_length(std::span<const int32_t> prompt, std::string_view extra_key) const {
-  if (!enable_prefix_caching_ || prompt.empty()) return 0;
-  const int bs = pool_.block_size();
-  const int max_blocks = static_cast<int>((prompt.size() - 1) / bs);
-  Sequence probe;
-  probe.extra_key = std::string(extra_key);
-  uint64_t parent_hash = kRootBlockHash, parent_cache_id = 0;
-  int num_hit = 0;
-  for (; num_hit < max_blocks; ++num_hit) {
-    BlockKey key = key_for(probe, num_hit, parent_hash, parent_cache_id, prompt);
-    std::optional<BlockId> hit = pool_.find_cached(key);
+BlockTables::CachedPrefix BlockTables::find_cached_prefix(std::span<const int32_t> prompt,
+                                                          std::string_view extra_key) const {
+  CachedPrefix prefix{{}, kRootBlockHash, 0};
+  if (!enable_prefix_caching_ || prompt.empty()) return prefix;
+  const int max_blocks = static_cast<int>((prompt.size() - 1) / pool_.block_size());
+  for (int i = 0; i < max_blocks; ++i) {
+    const BlockKey key = key_for(extra_key, i, prefix.last_hash, prefix.last_cache_id, prompt);
+    const std::optional<BlockId> hit = pool_.find_cached(key);
     if (!hit) break;
-    parent_hash = key.hash;
-    parent_cache_id = pool_.cache_id(*hit);
+    prefix.blocks.push_back(*hit);
+    prefix.last_hash = key.hash;
+    prefix.last_cache_id = pool_.cache_id(*hit);
   }
-  return num_hit * bs;
+  return prefix;
+}
+
+int BlockTables::cached_prefix_length(std::span<const int32_t> prompt, std::string_view extra_key) const {
+  return static_cast<int>(find_cached_prefix(prompt, extra_key).blocks.size()) * pool_.block_size();
 }
 
 void BlockTables::record_prefix_query(int num_query_tokens, int num_hit_tokens) {
@@ -68,22 +71,17 @@ int BlockTables::match_prefix(SeqId seq, std::span<const int32_t> prompt, bool r
   Sequence& s = get(seq);
   if (!s.tokens.empty()) throw std::invalid_argument("match_prefix needs an empty sequence; sequence " + std::to_string(seq) + " already holds tokens");
   if (!enable_prefix_caching_ || prompt.empty()) return 0;
-  const int bs = pool_.block_size();
-  const int max_blocks = static_cast<int>((prompt.size() - 1) / bs);
-  for (int i = 0; i < max_blocks; ++i) {
-    BlockKey key = key_for(s, i, s.last_hash, s.last_cache_id, prompt);
-    std::optional<BlockId> hit = pool_.find_cached(key);
-    if (!hit) break;
-    pool_.acquire_cached(*hit);
-    s.blocks.push_back(*hit);
-    s.tokens.insert(s.tokens.end(), key.tokens.begin(), key.tokens.end());
-    s.num_hashed_blocks = i + 1;
-    s.last_hash = key.hash;
-    s.last_cache_id = pool_.cache_id(*hit);
-  }
-  const int num_cached = static_cast<int>(s.tokens.size());
-  if (record_stats) record_prefix_query(static_cast<int>(prompt.size()), num_cached);
-  return num_cached;
+  // An empty sequence's chain state is the root (add_sequence), where the walk starts.
+  CachedPrefix prefix = find_cached_prefix(prompt, s.extra_key);
+  for (BlockId block : prefix.blocks) pool_.acquire_cached(block);
+  const size_t num_cached = prefix.blocks.size() * static_cast<size_t>(pool_.block_size());
+  s.num_hashed_blocks = static_cast<int>(prefix.blocks.size());
+  s.blocks = std::move(prefix.blocks);
+  s.tokens.assign(prompt.begin(), prompt.begin() + num_cached);
+  s.last_hash = prefix.last_hash;
+  s.last_cache_id = prefix.last_cache_id;
+  if (record_stats) record_prefix_query(static_cast<int>(prompt.size()), static_cast<int>(num_cached));
+  return static_cast<int>(num_cached);
 }
 
 int BlockTables::num_blocks_needed(SeqId seq, int num_new_tokens) const {
@@ -122,7 +120,7 @@ void BlockTables::register_full_blocks(Sequence& s) {
   const int bs = pool_.block_size();
   const int num_full = static_cast<int>(s.tokens.size() / bs);
   for (int i = s.num_hashed_blocks; i < num_full; ++i) {
-    BlockKey key = key_for(s, i, s.last_hash, s.last_cache_id, s.tokens);
+    BlockKey key = key_for(s.extra_key, i, s.last_hash, s.last_cache_id, s.tokens);
     const BlockId block = s.blocks[i];
     const uint64_t hash = key.hash;
     if (pool_.is_cached(block)) {

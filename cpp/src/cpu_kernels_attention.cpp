@@ -11,6 +11,7 @@
 #include "cpu_dtype.h"
 #include "cpu_thread_pool.h"
 #include "pagedcore/kernels.h"
+#include "pagedcore/supported.h"
 
 namespace pagedcore {
 namespace {
@@ -148,10 +149,7 @@ void run(const PagedAttentionArgs& a) {
 
 void paged_attention_cpu(const PagedAttentionArgs& a) {
   check_paged_attention_args(a);
-  if (a.dtype != DType::kFloat32 && a.dtype != DType::kBFloat16) {
-    throw std::invalid_argument("CPU paged_attention does not support " + dtype_name(a.dtype) +
-                                "; supported CPU dtypes: float32, bfloat16");
-  }
+  check_cpu_dtype(a.dtype, "paged_attention");
   check_batch(a);
   if (a.dtype == DType::kFloat32) run<float>(a);
   else run<cpu::BFloat16>(a);

@@ -16,20 +16,32 @@ std::string join(const Array& values) {
   return out;
 }
 
+template <size_t N>
+std::string join_names(const std::array<DType, N>& dtypes) {
+  std::string out;
+  for (DType d : dtypes) {
+    if (!out.empty()) out += ", ";
+    out += dtype_name(d);
+  }
+  return out;
+}
+
+template <typename Array, typename Value>
+bool contains(const Array& values, Value v) {
+  return std::find(values.begin(), values.end(), v) != values.end();
+}
+
 }  // namespace
 
-bool is_supported_block_size(int block_size) {
-  return std::find(kSupportedBlockSizes.begin(), kSupportedBlockSizes.end(), block_size) !=
-         kSupportedBlockSizes.end();
-}
-
-bool is_supported_head_size(int head_size) {
-  return std::find(kSupportedHeadSizes.begin(), kSupportedHeadSizes.end(), head_size) !=
-         kSupportedHeadSizes.end();
-}
+bool is_supported_block_size(int block_size) { return contains(kSupportedBlockSizes, block_size); }
+bool is_supported_head_size(int head_size) { return contains(kSupportedHeadSizes, head_size); }
+bool is_supported_cuda_dtype(DType dtype) { return contains(kSupportedCudaDTypes, dtype); }
+bool is_supported_cpu_dtype(DType dtype) { return contains(kSupportedCpuDTypes, dtype); }
 
 std::string supported_block_sizes_string() { return join(kSupportedBlockSizes); }
 std::string supported_head_sizes_string() { return join(kSupportedHeadSizes); }
+std::string supported_cuda_dtypes_string() { return join_names(kSupportedCudaDTypes); }
+std::string supported_cpu_dtypes_string() { return join_names(kSupportedCpuDTypes); }
 std::string supported_compute_capabilities_string() {
   return std::to_string(kMinComputeCapability / 10) + "." + std::to_string(kMinComputeCapability % 10) +
          " or newer (Ampere 8.0 / 8.6, Ada 8.9, Hopper 9.0 and later)";
@@ -53,6 +65,20 @@ void check_head_size(int head_size) {
   if (!is_supported_head_size(head_size)) {
     throw std::invalid_argument("unsupported head_size " + std::to_string(head_size) +
                                 "; supported head sizes: " + supported_head_sizes_string());
+  }
+}
+
+void check_cuda_dtype(DType dtype, const std::string& op) {
+  if (!is_supported_cuda_dtype(dtype)) {
+    throw std::invalid_argument("CUDA " + op + " does not support " + dtype_name(dtype) +
+                                "; supported CUDA dtypes: " + supported_cuda_dtypes_string());
+  }
+}
+
+void check_cpu_dtype(DType dtype, const std::string& op) {
+  if (!is_supported_cpu_dtype(dtype)) {
+    throw std::invalid_argument("CPU " + op + " does not support " + dtype_name(dtype) +
+                                "; supported CPU dtypes: " + supported_cpu_dtypes_string());
   }
 }
 

@@ -44,8 +44,10 @@ _DTYPES = {
     torch.float16: _core.DType.float16,
     torch.bfloat16: _core.DType.bfloat16,
 }
-_CUDA_DTYPES = (torch.float16, torch.bfloat16)
-_CPU_DTYPES = (torch.float32, torch.bfloat16)
+_TORCH_DTYPES = {native: dtype for dtype, native in _DTYPES.items()}
+# What each device's kernels take: the native table (pagedcore/supported.h) is the one source.
+CUDA_DTYPES = tuple(_TORCH_DTYPES[d] for d in _core.SUPPORTED_CUDA_DTYPES)  # what the kernels take, by device
+CPU_DTYPES = tuple(_TORCH_DTYPES[d] for d in _core.SUPPORTED_CPU_DTYPES)
 
 
 def _stream(device: torch.device) -> int | None:
@@ -67,7 +69,7 @@ def _check_same_device(named: dict[str, torch.Tensor]) -> torch.device:
 
 
 def _check_dtype(name: str, t: torch.Tensor, device: torch.device) -> None:
-    allowed = _CUDA_DTYPES if device.type == "cuda" else _CPU_DTYPES
+    allowed = CUDA_DTYPES if device.type == "cuda" else CPU_DTYPES
     if t.dtype not in allowed:
         names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
         raise TypeError(f"{name} has dtype {t.dtype}; supported on {device.type}: {names}")
@@ -113,6 +115,7 @@ def write_kv_cache(
     k, v: [num_tokens, num_kv_heads, head_dim] (views with strided tokens/heads allowed, e.g. slices
     of a fused qkv tensor); k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim];
     slot_mapping: int32 [num_tokens], slot = block_id * block_size + offset, -1 skips the token.
+    CPU caches take any dtype; CUDA caches one the CUDA kernels read (``_core.SUPPORTED_CUDA_DTYPES``).
     """
     device = _check_same_device({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache, "slot_mapping": slot_mapping})
     num_blocks, num_kv_heads, block_size, head_dim = _check_cache(k_cache, v_cache)

@@ -6,6 +6,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -91,10 +92,21 @@ class BlockTables {
     uint64_t last_cache_id = 0;
   };
 
+  // The cached blocks holding the leading whole blocks of a prompt, found by walking the hash
+  // chain from the root, and the chain state after the last of them.
+  struct CachedPrefix {
+    std::vector<BlockId> blocks;  // [num hit blocks], in prompt order
+    uint64_t last_hash;
+    uint64_t last_cache_id;
+  };
+
   const Sequence& get(SeqId seq) const;
   Sequence& get(SeqId seq);
-  BlockKey key_for(const Sequence& s, int block_index, uint64_t parent_hash, uint64_t parent_cache_id,
+  BlockKey key_for(std::string_view extra_key, int block_index, uint64_t parent_hash, uint64_t parent_cache_id,
                    std::span<const int32_t> tokens) const;
+  // Stops at the first miss and before the block holding the prompt's last token (at least that
+  // token is left to compute). Changes no state.
+  CachedPrefix find_cached_prefix(std::span<const int32_t> prompt, std::string_view extra_key) const;
   void register_full_blocks(Sequence& s);
 
   BlockPool pool_;
