@@ -1,6 +1,6 @@
 """Engine behaviour on a tiny random Llama with the SmolLM2 vocabulary (CPU, fp32): prefix caching
 and preemption leave greedy outputs unchanged, seeded sampling reproduces, n > 1 shares the
-prompt's blocks, stop strings / stop tokens, chat, and the errors of the API boundary."""
+prompt's blocks, stop strings / stop tokens, request metrics, chat, and the errors of the API boundary."""
 
 import pytest
 from tiny_models import save_tiny_model
@@ -48,6 +48,8 @@ def test_preemption_gives_identical_greedy_outputs(model_dir):
     tight = _llm(model_dir, kv_cache_memory_bytes=12 * 16 * 2048, max_model_len=96, enable_prefix_caching=False)
     outputs = tight.generate(PROMPTS, GREEDY, use_tqdm=False)
     assert tight.scheduler.stats().num_preemptions > 0
+    # Each request counts the PREEMPTED events of its sequences: together, every preemption.
+    assert sum(o.metrics.num_preemptions for o in outputs) == tight.scheduler.stats().num_preemptions
     assert _token_ids(outputs) == _token_ids(roomy)
 
 
@@ -135,6 +137,19 @@ def test_outputs_keep_input_order_and_report_metrics(model_dir):
     assert [o.prompt for o in outputs] == PROMPTS[:3]
     assert all(o.finished and o.metrics.time_to_first_token is not None for o in outputs)
     assert all(o.outputs[0].cumulative_logprob < 0 for o in outputs)
+
+
+def test_metrics_times_are_set_in_order_and_scheduling_waits_for_a_free_slot(model_dir):
+    # One running sequence at a time and 16-token prefill chunks: the second request is scheduled only
+    # after the first finished, and a prompt takes several steps between scheduling and its first token.
+    llm = _llm(model_dir, max_num_seqs=1, max_num_batched_tokens=16)
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    first, second = llm.generate(PROMPTS[:2], params, use_tqdm=False)
+    for output in (first, second):
+        m = output.metrics
+        assert None not in (m.first_scheduled_time, m.first_token_time, m.finished_time)
+        assert m.arrival_time <= m.first_scheduled_time < m.first_token_time <= m.finished_time
+    assert second.metrics.first_scheduled_time > first.metrics.finished_time
 
 
 def test_chat_applies_the_template(model_dir):

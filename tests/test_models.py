@@ -1,6 +1,7 @@
 """Model equivalence with HF transformers on CPU in float32: tiny random Llama, Llama 3 RoPE
 scaling with tied embeddings, Mistral, Qwen2 (qkv bias), Qwen3 (qk-norm), and SmolLM2 from its GGUF.
-Greedy tokens must be identical and per-token log-probabilities within tolerance."""
+Greedy tokens must be identical and per-token log-probabilities within tolerance. A GGUF file is
+parsed once for the model and its tokenizer."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from tiny_models import hf_greedy, save_tiny_model
 
 from pagedcore.tokenizers.chat_template import render_chat
 from pagedcore.engine.llm import LLM
+from pagedcore.loaders.gguf_file import GGUFFile
 from pagedcore.loaders.model_loader import default_model_path
 from pagedcore.engine.sampling_params import SamplingParams
 
@@ -61,3 +63,17 @@ def test_smollm2_gguf_matches_transformers_loading_the_same_gguf():
     chat_prompt = llm.tokenizer.encode(chat_text, add_special_tokens=False)
     prompts = [chat_prompt, llm.tokenizer.encode("The three laws of robotics are")]
     _check_against_hf(llm, hf_model, prompts, NUM_TOKENS)
+
+
+def test_a_gguf_file_is_parsed_once_for_the_model_and_its_tokenizer(monkeypatch):
+    opened = []
+    parse = GGUFFile.__init__
+
+    def counting_parse(self, path):
+        opened.append(str(path))
+        parse(self, path)
+
+    monkeypatch.setattr(GGUFFile, "__init__", counting_parse)
+    llm = LLM(device="cpu", max_model_len=64, kv_cache_memory_bytes=8 << 20, load_format="dummy", verbose=False)
+    assert llm.tokenizer is not None
+    assert opened == [str(default_model_path())]

@@ -6,9 +6,14 @@ import pytest
 from pagedcore import _core
 
 
+def config(**kw):
+    settings = dict(block_size=4, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=128,
+                    enable_prefix_caching=True, preemption_mode=_core.PreemptionMode.RECOMPUTE)
+    return _core.SchedulerConfig(**{**settings, **kw})
+
+
 def make(num_blocks=32, **kw):
-    cfg = _core.SchedulerConfig(num_blocks=num_blocks, block_size=4, max_num_seqs=8,
-                                max_num_batched_tokens=64, max_model_len=128, **kw)
+    cfg = config(num_blocks=num_blocks, **kw)
     return _core.Scheduler(cfg)
 
 
@@ -25,6 +30,7 @@ def test_plan_arrays_are_read_only_zero_copy_views_with_documented_shapes():
     assert plan.slot_mapping.tolist() == [0, 1, 2, 3, 4, 5]
     assert plan.copy_pairs.shape == (0, 2)
     assert plan.sample_request_ids.dtype == np.int64
+    assert plan.seq_request_ids.dtype == np.int64 and plan.seq_request_ids.tolist() == [3]
     events = s.commit(np.array([11], dtype=np.int32))
     assert [(e.kind, e.token) for e in events] == [(_core.EventKind.TOKEN, 11)]
     del plan  # the view keeps the plan alive on its own
@@ -45,7 +51,7 @@ def test_admission_errors_are_value_errors_naming_the_limits():
     with pytest.raises(ValueError, match="can never fit the KV cache of 4 blocks x 4 = 16 tokens"):
         s.add_request(1, list(range(12)), _core.RequestParams(max_tokens=10))
     with pytest.raises(ValueError, match="unsupported block_size 6"):
-        _core.Scheduler(_core.SchedulerConfig(num_blocks=4, block_size=6, max_model_len=16))
+        _core.Scheduler(config(num_blocks=4, block_size=6, max_model_len=16))
     with pytest.raises(ValueError, match="expected 0, got 1"):
         s.step()
         s.commit([1])

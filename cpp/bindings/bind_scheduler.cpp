@@ -62,14 +62,14 @@ void bind_scheduler(py::module_& m) {
   py::class_<SchedulerConfig>(m, "SchedulerConfig")
       .def(py::init([](int num_blocks, int block_size, int max_num_seqs, int max_num_batched_tokens,
                        int max_model_len, bool enable_prefix_caching, PreemptionMode preemption_mode,
-                       int num_host_blocks, int hash_bits) {
+                       int num_host_blocks) {
              return SchedulerConfig{num_blocks, block_size, max_num_seqs, max_num_batched_tokens, max_model_len,
-                                    enable_prefix_caching, preemption_mode, num_host_blocks, hash_bits};
+                                    enable_prefix_caching, preemption_mode, num_host_blocks};
            }),
-           py::kw_only(), py::arg("num_blocks"), py::arg("block_size") = 16, py::arg("max_num_seqs") = 256,
-           py::arg("max_num_batched_tokens") = 8192, py::arg("max_model_len"),
-           py::arg("enable_prefix_caching") = true, py::arg("preemption_mode") = PreemptionMode::kRecompute,
-           py::arg("num_host_blocks") = 0, py::arg("hash_bits") = 64)
+           // No defaults: Python passes every setting from EngineArgs, the one place they live.
+           py::kw_only(), py::arg("num_blocks"), py::arg("block_size"), py::arg("max_num_seqs"),
+           py::arg("max_num_batched_tokens"), py::arg("max_model_len"), py::arg("enable_prefix_caching"),
+           py::arg("preemption_mode"), py::arg("num_host_blocks") = 0)
       .def_readonly("num_blocks", &SchedulerConfig::num_blocks)
       .def_readonly("block_size", &SchedulerConfig::block_size)
       .def_readonly("max_num_seqs", &SchedulerConfig::max_num_seqs)
@@ -107,7 +107,6 @@ void bind_scheduler(py::module_& m) {
       .def_readonly("token", &SchedulerEvent::token)
       .def_readonly("finish_reason", &SchedulerEvent::finish_reason)
       .def_readonly("num_cached_tokens", &SchedulerEvent::num_cached_tokens)
-      .def_readonly("num_preemptions", &SchedulerEvent::num_preemptions)
       .def("__repr__", [](const SchedulerEvent& e) {
         return "SchedulerEvent(kind=" + std::to_string(static_cast<int>(e.kind)) + ", request_id=" +
                std::to_string(e.request_id) + ", seq_index=" + std::to_string(e.seq_index) +
@@ -146,10 +145,10 @@ void bind_scheduler(py::module_& m) {
                              "[num_seqs, max_blocks_per_seq], padded with -1")
       .def_property_readonly("context_lens", flat(&StepPlan::context_lens), "[num_seqs]")
       .def_property_readonly("query_start_loc", flat(&StepPlan::query_start_loc), "[num_seqs + 1]")
+      .def_property_readonly("seq_request_ids", flat(&StepPlan::seq_request_ids), "[num_seqs] int64")
       .def_property_readonly("logits_indices", flat(&StepPlan::logits_indices), "[num_samples]")
       .def_property_readonly("sample_request_ids", flat(&StepPlan::sample_request_ids), "[num_samples] int64")
       .def_property_readonly("sample_seq_indices", flat(&StepPlan::sample_seq_indices), "[num_samples]")
-      .def_property_readonly("sample_output_lens", flat(&StepPlan::sample_output_lens), "[num_samples]")
       .def_property_readonly("copy_pairs", pairs(&StepPlan::copy_pairs), "[num_copies, 2] (src, dst)")
       .def_property_readonly("swap_out_pairs", pairs(&StepPlan::swap_out_pairs), "[n, 2] (device, host)")
       .def_property_readonly("swap_in_pairs", pairs(&StepPlan::swap_in_pairs), "[n, 2] (host, device)");

@@ -15,7 +15,7 @@ bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.beg
 
 Scheduler::Scheduler(const SchedulerConfig& config)
     : config_(config),
-      tables_(config.num_blocks, config.block_size, config.enable_prefix_caching, config.hash_bits),
+      tables_(config.num_blocks, config.block_size, config.enable_prefix_caching),
       plan_(std::make_shared<StepPlan>()) {
   if (config.max_num_seqs < 1) throw bad("max_num_seqs must be >= 1, got " + std::to_string(config.max_num_seqs));
   if (config.max_num_batched_tokens < 1) {
@@ -67,7 +67,6 @@ void Scheduler::add_request(RequestId id, std::span<const int32_t> prompt, const
   s.num_prompt_tokens = static_cast<int>(prompt.size());
   s.order = next_order_++;
   s.priority = params.priority;
-  s.forked = params.n == 1;
   seqs_.emplace(sid, std::move(s));
   requests_.emplace(id, Request{params, {sid}});
   insert_sorted(waiting_, sid);
@@ -293,11 +292,11 @@ void Scheduler::build_plan(StepPlan& plan) {
     row += x.num_new_tokens;
     plan.context_lens.push_back(s.num_computed + x.num_new_tokens);
     plan.query_start_loc.push_back(row);
+    plan.seq_request_ids.push_back(s.request_id);
     for (int k = 0; k < x.num_samples; ++k) {
       plan.logits_indices.push_back(row - 1);
       plan.sample_request_ids.push_back(s.request_id);
       plan.sample_seq_indices.push_back(x.num_samples > 1 ? k : s.seq_index);
-      plan.sample_output_lens.push_back(static_cast<int32_t>(s.tokens.size()) - s.num_prompt_tokens);
     }
   }
   plan.num_tokens = row;
@@ -362,7 +361,7 @@ void Scheduler::append_token(SeqId sid, int32_t token, std::vector<SchedulerEven
     finish_sequence(sid, reason, token, &events);
   } else {
     events.push_back({EventKind::kToken, s.request_id, s.seq_index, token, FinishReason::kNone,
-                      std::max(s.num_cached_tokens, 0), s.num_preemptions});
+                      std::max(s.num_cached_tokens, 0)});
   }
 }
 
@@ -396,7 +395,7 @@ void Scheduler::finish_sequence(SeqId sid, FinishReason reason, int32_t token, s
   const Sequence& s = seq(sid);
   if (events) {
     events->push_back({EventKind::kFinished, s.request_id, s.seq_index, token, reason,
-                       std::max(s.num_cached_tokens, 0), s.num_preemptions});
+                       std::max(s.num_cached_tokens, 0)});
   }
   free_sequence(sid);
 }
@@ -476,6 +475,13 @@ void Scheduler::check_invariants() const {
     if (req.seqs.empty()) fail("request without sequences");
     for (SeqId sid : req.seqs) {
       if (!seqs_.count(sid) || seq(sid).request_id != rid) fail("request lists a foreign sequence");
+      // Forked exactly when an n > 1 prompt has been split into its n sequences (its first tokens).
+      const Sequence& s = seq(sid);
+      const bool has_output = static_cast<int>(s.tokens.size()) > s.num_prompt_tokens;
+      if (s.forked != (req.params.n > 1 && has_output)) {
+        fail(std::string("sequence ") + (s.forked ? "marked forked" : "not marked forked") + " with n = " +
+             std::to_string(req.params.n) + " and " + (has_output ? "" : "no ") + "generated tokens");
+      }
     }
     num_seqs += req.seqs.size();
   }

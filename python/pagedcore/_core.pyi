@@ -10,6 +10,8 @@ __version__: str
 SUPPORTED_BLOCK_SIZES: tuple[int, ...]
 SUPPORTED_HEAD_SIZES: tuple[int, ...]
 MIN_COMPUTE_CAPABILITY: int
+SUPPORTED_CUDA_DTYPES: tuple[DType, ...]
+SUPPORTED_CPU_DTYPES: tuple[DType, ...]
 
 def compute_capability_error(device: int, name: str, capability: int) -> str: ...
 MAX_ATTENTION_SPLITS: int
@@ -116,9 +118,9 @@ class EventKind(enum.Enum):
     RESUMED = ...
 
 class SchedulerConfig:
-    def __init__(self, *, num_blocks: int, block_size: int = 16, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int = 8192, max_model_len: int, enable_prefix_caching: bool = True,
-                 preemption_mode: PreemptionMode = ..., num_host_blocks: int = 0, hash_bits: int = 64) -> None: ...
+    def __init__(self, *, num_blocks: int, block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int, enable_prefix_caching: bool, preemption_mode: PreemptionMode,
+                 num_host_blocks: int = 0) -> None: ...
     num_blocks: int
     block_size: int
     max_num_seqs: int
@@ -149,7 +151,6 @@ class SchedulerEvent:
     token: int
     finish_reason: FinishReason
     num_cached_tokens: int
-    num_preemptions: int
 
 class SchedulerStats:
     num_running: int
@@ -178,10 +179,10 @@ class StepPlan:
     block_tables: npt.NDArray[np.int32]       # [num_seqs, max_blocks_per_seq]
     context_lens: npt.NDArray[np.int32]       # [num_seqs]
     query_start_loc: npt.NDArray[np.int32]    # [num_seqs + 1]
+    seq_request_ids: npt.NDArray[np.int64]    # [num_seqs]
     logits_indices: npt.NDArray[np.int32]     # [num_samples]
     sample_request_ids: npt.NDArray[np.int64] # [num_samples]
     sample_seq_indices: npt.NDArray[np.int32] # [num_samples]
-    sample_output_lens: npt.NDArray[np.int32] # [num_samples]
     copy_pairs: npt.NDArray[np.int32]         # [num_copies, 2]
     swap_out_pairs: npt.NDArray[np.int32]     # [n, 2]
     swap_in_pairs: npt.NDArray[np.int32]      # [n, 2]

@@ -78,7 +78,7 @@ TEST(Scheduler, PrefillThenDecodePlanArrays) {
   EXPECT_EQ(plan->positions, (std::vector<int32_t>{6}));
   EXPECT_EQ(plan->slot_mapping, (std::vector<int32_t>{6}));
   EXPECT_EQ(plan->context_lens, (std::vector<int32_t>{7}));
-  EXPECT_EQ(plan->sample_output_lens, (std::vector<int32_t>{1}));
+  EXPECT_EQ(plan->seq_request_ids, (std::vector<int64_t>{7}));
   s.commit(std::vector<int32_t>{43});
   plan = s.step();
   events = s.commit(std::vector<int32_t>{44});
@@ -334,6 +334,32 @@ TEST(Scheduler, ParallelSamplingForksAndSharesThePrompt) {
   run_step(s);
   EXPECT_FALSE(s.has_unfinished());
   EXPECT_EQ(s.stats().num_used_blocks, 0);
+}
+
+// check_invariants() requires `forked` to be set exactly when an n > 1 prompt has been split into
+// its n sequences: never for n == 1, not during the chunked prefill of an n > 1 prompt.
+TEST(Scheduler, OnlyAnNGreaterThanOnePromptIsForked) {
+  SchedulerConfig c = small_config(32);
+  c.max_num_seqs = 4;
+  c.max_num_batched_tokens = 4;
+  Scheduler s(c);
+  s.add_request(1, prompt_of(3), params(2));        // n == 1: never forked
+  s.add_request(2, prompt_of(6, 50), params(2, 3));  // n == 3: prefilled in three chunks, then forked
+  s.check_invariants();
+  auto events = run_step(s);  // request 1's prompt and 1 token of request 2's
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].request_id, 1);
+  EXPECT_EQ(s.stats().num_running, 2);  // request 2 still one unforked sequence, holding 3 slots
+  events = run_step(s);  // request 1's last token, 3 more prompt tokens of request 2
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].kind, EventKind::kFinished);
+  events = run_step(s);  // request 2's last 2 prompt tokens: forked into 3 sequences
+  ASSERT_EQ(events.size(), 3u);
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(events[k].request_id, 2);
+  EXPECT_EQ(s.stats().num_running, 3);
+  events = run_step(s);
+  EXPECT_EQ(events.size(), 3u);
+  EXPECT_FALSE(s.has_unfinished());
 }
 
 TEST(Scheduler, StepTwiceWithoutCommitIsRefused) {

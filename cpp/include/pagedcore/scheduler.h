@@ -26,6 +26,8 @@ using RequestId = int64_t;
 
 enum class PreemptionMode { kRecompute, kSwap };
 
+// The defaults serve C++ callers; the Python engine passes every field from EngineArgs
+// (python/pagedcore/engine/engine_args.py), whose defaults are the product's.
 struct SchedulerConfig {
   int num_blocks = 0;                    // device KV blocks
   int block_size = 16;                   // tokens per block (kSupportedBlockSizes)
@@ -35,7 +37,6 @@ struct SchedulerConfig {
   bool enable_prefix_caching = true;
   PreemptionMode preemption_mode = PreemptionMode::kRecompute;
   int num_host_blocks = 0;               // swap space in blocks (kSwap only)
-  int hash_bits = 64;                    // prefix hash width (tests force collisions with fewer)
 };
 
 struct RequestParams {
@@ -60,7 +61,6 @@ struct SchedulerEvent {
   int32_t token = -1;                    // kToken / kFinished: the token appended (-1 when none)
   FinishReason finish_reason = FinishReason::kNone;
   int32_t num_cached_tokens = 0;         // kToken / kFinished: prompt tokens served by the prefix cache
-  int32_t num_preemptions = 0;           // kToken / kFinished: times this sequence was preempted
 };
 
 struct SchedulerStats {
@@ -120,7 +120,7 @@ class Scheduler {
     int num_computed = 0;                // tokens whose KV is in the cache (or scheduled and committed)
     uint64_t order = 0;                  // FCFS order of the request (ties: seq_index)
     int priority = 0;
-    bool forked = false;                 // n > 1 children created (or n == 1)
+    bool forked = false;                 // its n > 1 prompt was forked into n sequences (false for n == 1)
     int num_cached_tokens = -1;          // prefix-cache hit of the first admission (-1 = not yet)
     int num_preemptions = 0;
     std::vector<int32_t> host_blocks;    // kSwapped: where its KV lives on the host
@@ -141,7 +141,7 @@ class Scheduler {
   bool sorts_before(SeqId a, SeqId b) const;
   void insert_sorted(std::deque<SeqId>& queue, SeqId seq);
   void remove_from(std::deque<SeqId>& queue, SeqId seq);
-  int seq_cost(const Sequence& s) const;  // running slots the sequence will take (n before forking)
+  int seq_cost(const Sequence& s) const;  // running slots the sequence will take (n before forking, else 1)
   bool schedule_running(SeqId seq, int& budget);
   std::optional<SeqId> pick_victim(SeqId current) const;
   void schedule_tokens(SeqId seq, int num_new_tokens);

@@ -22,10 +22,10 @@ struct StepPlan {
   std::vector<int32_t> block_tables;     // [num_seqs, max_blocks_per_seq], rows padded with kNullBlock
   std::vector<int32_t> context_lens;     // [num_seqs] tokens in the cache after this step, new ones included
   std::vector<int32_t> query_start_loc;  // [num_seqs + 1] first token row of each sequence; last = num_tokens
+  std::vector<int64_t> seq_request_ids;  // [num_seqs] request of each sequence row
   std::vector<int32_t> logits_indices;   // [num_samples] token row whose logits are sampled
   std::vector<int64_t> sample_request_ids;  // [num_samples] request of each sampled row
   std::vector<int32_t> sample_seq_indices;  // [num_samples] which of the request's n sequences
-  std::vector<int32_t> sample_output_lens;  // [num_samples] tokens generated so far by that sequence
   std::vector<int32_t> copy_pairs;       // [num_copies, 2] (src, dst) device blocks: copy-on-write
   std::vector<int32_t> swap_out_pairs;   // [num_swap_out, 2] (device block, host block)
   std::vector<int32_t> swap_in_pairs;    // [num_swap_in, 2] (host block, device block)
@@ -41,10 +41,10 @@ struct StepPlan {
     block_tables.clear();
     context_lens.clear();
     query_start_loc.clear();
+    seq_request_ids.clear();
     logits_indices.clear();
     sample_request_ids.clear();
     sample_seq_indices.clear();
-    sample_output_lens.clear();
     copy_pairs.clear();
     swap_out_pairs.clear();
     swap_in_pairs.clear();

@@ -32,6 +32,7 @@ class LLMEngine:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.requests: dict[int, RequestState] = {}
+        self._unscheduled: set[int] = set()  # requests no step has computed tokens of yet
         self._next_request_id = 0
 
     def add_request(self, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams) -> int:
@@ -58,6 +59,7 @@ class LLMEngine:
         self.requests[request_id] = RequestState.create(
             request_id, prompt, list(prompt_token_ids), params, self.tokenizer, self.runner.device, arrival,
             tuple(self.eos_token_ids))
+        self._unscheduled.add(request_id)
         return request_id
 
     def has_unfinished(self) -> bool:
@@ -66,10 +68,13 @@ class LLMEngine:
     def abort(self, request_id: int) -> None:
         self.scheduler.abort(request_id)
         self.requests.pop(request_id, None)
+        self._unscheduled.discard(request_id)
 
     def step(self) -> list[RequestState]:
         """Runs one scheduler step; returns the requests that finished in it."""
         plan = self.scheduler.step()
+        if self._unscheduled and plan.num_seqs:
+            self._record_first_scheduled(plan.seq_request_ids.tolist())
         if plan.num_tokens == 0:
             events = self.scheduler.commit(np.empty(0, dtype=np.int32))
             return self._apply_events(events, {}, None)
@@ -79,6 +84,12 @@ class LLMEngine:
         sampled = self.sampler(logits, states)
         events = self.scheduler.commit(np.asarray(sampled.token_ids, dtype=np.int32))
         return self._apply_events(events, rows, sampled)
+
+    def _record_first_scheduled(self, request_ids: list[int]) -> None:
+        now = time.perf_counter()
+        for request_id in self._unscheduled.intersection(request_ids):
+            self.requests[request_id].metrics.first_scheduled_time = now
+        self._unscheduled.difference_update(request_ids)
 
     def _apply_events(self, events, rows: dict[tuple[int, int], int],
                       sampled: SamplerOutput | None) -> list[RequestState]:

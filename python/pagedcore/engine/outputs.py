@@ -25,7 +25,7 @@ class CompletionOutput:
 @dataclass
 class RequestMetrics:
     arrival_time: float  # time.perf_counter() seconds
-    first_scheduled_time: float | None = None
+    first_scheduled_time: float | None = None  # after the scheduler step that first computed its tokens
     first_token_time: float | None = None
     finished_time: float | None = None
     num_preemptions: int = 0

@@ -30,10 +30,6 @@ class ModelSource:
     config: ModelConfig
     gguf: GGUFFile | None = None  # set for GGUF sources
 
-    @property
-    def is_gguf(self) -> bool:
-        return self.gguf is not None
-
     def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         if self.gguf is not None:
             return self.gguf.iter_weights(self.config)
