@@ -8,7 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pagedcore.loaders.model_loader import DEFAULT_MODEL
+from pagedcore.engine.engine_args import EngineArgs
+
+
+# `pagedcore generate --seed` is the requests' sampling seed, not the engine's.
+GENERATE_SKIPS = ("seed",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,15 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="complete one or more prompts and print the completions")
     gen.add_argument("prompts", nargs="+", help="prompt text (several prompts run as one batch)")
-    gen.add_argument("--model", default=DEFAULT_MODEL,
-                     help=f"HF model directory, .gguf file, or {DEFAULT_MODEL} (default)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                      help="wrap each prompt as a user message in the chat template (default: on when the model "
                           "has one)")
-    gen.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    gen.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    gen.add_argument("--max-model-len", type=int, default=None)
-    gen.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    EngineArgs.add_cli_arguments(gen.add_argument_group("engine"), skip=GENERATE_SKIPS)
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -71,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                 min_p=args.min_p, seed=args.seed, stop=args.stop, max_tokens=args.max_tokens,
                                 ignore_eos=args.ignore_eos, repetition_penalty=args.repetition_penalty,
                                 presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
-        llm = LLM(args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
-                  kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+        llm = LLM(**EngineArgs.from_cli(args, skip=GENERATE_SKIPS).to_kwargs())
         use_chat = args.chat if args.chat is not None else bool(llm.tokenizer and llm.tokenizer.chat_template)
         if use_chat:
             conversations = [[{"role": "user", "content": p}] for p in args.prompts]

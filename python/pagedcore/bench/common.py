@@ -1,4 +1,4 @@
-"""Shared pieces of the Python benchmarks: the workloads of ../shared/BENCHMARKS.md, the model
+"""Shared pieces of the Python benchmarks: the workloads of docs/benchmarks.md, the model
 shapes they run on, measured hardware ceilings, the floor model, timing helpers, the pagedcore pass
 runner, and result files.
 
@@ -27,7 +27,7 @@ RESULTS_ROOT = Path("results")  # git-ignored; JSON + PNG per benchmark under re
 
 
 # ----------------------------------------------------------------------------------------------
-# Workloads (BENCHMARKS.md). A Request is a prompt and how many tokens to generate for it.
+# Workloads (docs/benchmarks.md). A Request is a prompt and how many tokens to generate for it.
 
 @dataclass
 class Request:
@@ -150,7 +150,7 @@ class Floor:
 
 def workload_floor(shape: ModelShape, requests: Sequence[Request], *, matmul_flops_per_s: float,
                    bandwidth_bytes_per_s: float | None, dtype_bytes: int) -> Floor:
-    """W1's floor (BENCHMARKS.md): every request runs in one batch from the start; prefill costs its
+    """W1's floor (docs/benchmarks.md): every request runs in one batch from the start; prefill costs its
     FLOPs (causal attention included, lm_head only on the sampled row); decode step t (all sequences
     still generating) costs max((weights + KV read) / bandwidth, FLOPs / matmul rate).
     bandwidth_bytes_per_s=None gives W5's CPU floor: FLOPs alone at the measured matmul rate."""
@@ -338,21 +338,17 @@ def run_pagedcore(llm, requests: Sequence[Request], *, temperature: float, seed:
         num_preemptions=after.num_preemptions - before.num_preemptions)
 
 
-def build_llm(preset: str, *, device, enable_prefix_caching: bool = True, kv_cache_memory_bytes: int | None = None,
-              max_model_len: int | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
-              block_size: int = 16, model: str | None = None):
+def build_llm(preset: str, *, device, model: str | None = None, **engine_args):
     """preset 'gpu': the Qwen3-0.6B shape, random bf16 weights; 'cpu': the default model, fp32.
-    `model` overrides the preset's model (an HF directory, a .gguf, or the default model's name)."""
+    `model` overrides the preset's model (an HF directory, a .gguf, or the default model's name);
+    engine_args: any other EngineArgs field (their defaults apply otherwise)."""
     from pagedcore.engine.llm import LLM
 
     if model is None and preset == "gpu":
         model, load_format, dtype = str(write_model_dir(QWEN3_0_6B)), "dummy", "bfloat16"
     else:
         load_format, dtype = "auto", "auto"
-    llm = LLM(model, device=str(device), dtype=dtype, load_format=load_format,
-              kv_cache_memory_bytes=kv_cache_memory_bytes, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-              max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
-              enable_prefix_caching=enable_prefix_caching, verbose=True)
+    llm = LLM(model, device=str(device), dtype=dtype, load_format=load_format, verbose=True, **engine_args)
     # The cache is allocated uninitialized: touch every page now, so that the first timed pass does
     # not pay the page faults (on CPU they cost seconds per GiB) that later passes do not.
     for cache in llm.engine.runner.kv_caches:

@@ -43,7 +43,8 @@ def simulate(requests: list[common.Request], *, num_blocks: int, block_size: int
     use, or reserved_slots_per_seq per running sequence (contiguous buffers)."""
     scheduler = _core.Scheduler(_core.SchedulerConfig(
         num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len, enable_prefix_caching=False))
+        max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len, enable_prefix_caching=False,
+        preemption_mode=_core.PreemptionMode.RECOMPUTE))
     for request_id, request in enumerate(requests):
         scheduler.add_request(request_id, request.prompt_token_ids,
                               _core.RequestParams(max_tokens=request.max_tokens, ignore_eos=True))

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import difflib
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from pagedcore import _core
-from pagedcore.loaders.model_loader import LOAD_FORMATS
+from pagedcore import _core, ops
+from pagedcore.loaders.model_loader import DEFAULT_MODEL, LOAD_FORMATS
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
            "float16": torch.float16, "half": torch.float16}
-_CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the CPU kernels support
 PREEMPTION_MODES = ("recompute", "swap")
+# Flag types of the fields whose default (None) does not say it.
+_CLI_TYPES = {"kv_cache_memory_bytes": int, "max_model_len": int}
+# vLLM engine arguments that pagedcore has no setting for yet: LLM(...) names them in its error.
+VLLM_ENGINE_ARGUMENTS = frozenset({
+    "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code", "download_dir", "kv_cache_dtype",
+    "calculate_kv_scales", "distributed_executor_backend", "pipeline_parallel_size", "tensor_parallel_size",
+    "data_parallel_size", "enable_expert_parallel", "max_parallel_loading_workers", "prefix_caching_hash_algo",
+    "disable_sliding_window", "cpu_offload_gb", "num_gpu_blocks_override", "max_num_partial_prefills",
+    "max_logprobs", "disable_log_stats", "revision", "code_revision", "tokenizer_revision", "rope_scaling",
+    "rope_theta", "hf_token", "hf_overrides", "quantization", "max_seq_len_to_capture",
+    "disable_custom_all_reduce", "limit_mm_per_prompt", "enable_lora", "max_loras", "max_lora_rank",
+    "max_cpu_loras", "speculative_config", "served_model_name", "scheduling_policy", "enable_chunked_prefill",
+    "compilation_config", "async_scheduling", "structured_outputs_config", "guided_decoding_backend",
+    "logits_processors", "generation_config", "override_generation_config", "enable_sleep_mode", "model_impl",
+    "worker_cls", "kv_transfer_config", "mm_processor_kwargs", "task", "runner", "convert", "pooler_config",
+    "allowed_local_media_path", "max_seq_len", "num_scheduler_steps", "long_prefill_token_threshold",
+})
 
 
 def check_cuda_device(device: torch.device) -> None:
@@ -28,24 +46,39 @@ def check_cuda_device(device: torch.device) -> None:
     _core.check_cuda_device(index)
 
 
-@dataclass
+def _setting(default, help: str, **extra):
+    """A field of EngineArgs: its default, its --help text, and extra argparse settings."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(kw_only=True)
 class EngineArgs:
-    dtype: str | torch.dtype = "auto"
-    device: str = "auto"
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    kv_cache_memory_bytes: int | None = None
-    max_model_len: int | None = None
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    load_format: str = "auto"
-    enforce_eager: bool = False  # True: never capture CUDA graphs
-    preemption_mode: str = "recompute"  # "recompute" or "swap" (KV blocks to pinned host memory; CUDA only)
-    swap_space: float = 4.0  # GiB of pinned host memory for preemption_mode="swap"
+    """Every engine setting, its default and its check, in one place. `LLM(model, **kwargs)`,
+    `pagedcore generate`, `pagedcore serve` and the benchmarks build from it; the command-line flags
+    are generated from these fields (add_cli_arguments), so a new setting is one edit here. Names
+    follow vLLM's engine arguments."""
+
+    model: str | None = _setting(DEFAULT_MODEL, f"HF model directory, .gguf file, or {DEFAULT_MODEL} (default)")
+    tokenizer: str | None = _setting(None, "tokenizer directory or .gguf file (default: the model's)")
+    dtype: str | torch.dtype = _setting("auto", "auto | float32 | bfloat16 | float16")
+    device: str = _setting("auto", "auto | cpu | cuda | cuda:N")
+    block_size: int = _setting(16, "token slots per KV block")
+    gpu_memory_utilization: float = _setting(0.9, "share of the GPU for weights, activations and the KV cache")
+    kv_cache_memory_bytes: int | None = _setting(None, "absolute KV cache budget in bytes (overrides the share)")
+    max_model_len: int | None = _setting(None, "longest prompt + output (default: the model's limit)")
+    max_num_seqs: int = _setting(256, "sequences running at once")
+    max_num_batched_tokens: int = _setting(8192, "tokens per step (decode tokens + prefill chunks)")
+    enable_prefix_caching: bool = _setting(True, "reuse the KV blocks of cached prompt prefixes")
+    seed: int = _setting(0, "seed of the engine's sampling generator and of dummy weights")
+    load_format: str = _setting("auto", "auto | dummy (random weights at the config's shape)")
+    enforce_eager: bool = _setting(False, "never capture CUDA graphs")
+    preemption_mode: str = _setting("recompute", "recompute | swap (KV blocks to pinned host memory; CUDA)")
+    swap_space: float = _setting(4.0, "GiB of pinned host memory for preemption_mode=swap")
+    verbose: bool = _setting(True, "print the KV memory plan", cli=False)
 
     def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = DEFAULT_MODEL
         if self.block_size not in _core.SUPPORTED_BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {', '.join(map(str, _core.SUPPORTED_BLOCK_SIZES))}, "
                              f"got {self.block_size!r}")
@@ -72,6 +105,50 @@ class EngineArgs:
             raise ValueError(f"swap_space must be a number of GiB in [0, 1024], got {self.swap_space!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        for name in ("enable_prefix_caching", "enforce_eager", "verbose"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> EngineArgs:
+        """EngineArgs from keyword arguments, refusing names it does not know: a vLLM engine argument
+        pagedcore does not support yet says so; any other name gets the nearest valid one."""
+        names = [f.name for f in fields(cls)]
+        for key in kwargs:
+            if key in names:
+                continue
+            if key in VLLM_ENGINE_ARGUMENTS:
+                raise ValueError(f"{key} is a vLLM engine argument that pagedcore does not support yet; supported "
+                                 f"engine arguments: {', '.join(names)}")
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; engine arguments: {', '.join(names)}"
+            raise TypeError(f"unknown engine argument {key!r}{hint}")
+        return cls(**kwargs)
+
+    @classmethod
+    def add_cli_arguments(cls, parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                          skip: tuple[str, ...] = ()) -> None:
+        """One --flag per field (--max-num-seqs, --enable-prefix-caching / --no-enable-prefix-caching)."""
+        for f in fields(cls):
+            if f.name in skip or not f.metadata.get("cli", True):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            default, help_text = f.default, f.metadata["help"]
+            if isinstance(default, bool):
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            else:
+                kind = _CLI_TYPES.get(f.name, type(default) if default is not None else str)
+                parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+
+    def to_kwargs(self) -> dict:
+        """The fields as keyword arguments of LLM(...)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_cli(cls, namespace: argparse.Namespace, skip: tuple[str, ...] = ()) -> EngineArgs:
+        """EngineArgs from parsed add_cli_arguments(parser, skip) flags (the others keep their defaults)."""
+        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls)
+                      if f.name not in skip and hasattr(namespace, f.name)})
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -108,8 +185,9 @@ class EngineArgs:
         dtype = self.dtype if isinstance(self.dtype, torch.dtype) else _DTYPES.get(str(self.dtype))
         if dtype not in _DTYPES.values():
             raise ValueError(f"dtype must be 'auto' or one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if device.type == "cpu" and dtype not in _CPU_DTYPES:
-            raise ValueError(f"dtype {dtype} is not supported on CPU; supported: float32, bfloat16")
+        if device.type == "cpu" and dtype not in ops.CPU_DTYPES:
+            raise ValueError(f"dtype {dtype} is not supported on CPU; supported: "
+                             f"{', '.join(str(d).removeprefix('torch.') for d in ops.CPU_DTYPES)}")
         return dtype
 
     def resolve_max_model_len(self, model_max_len: int) -> int:

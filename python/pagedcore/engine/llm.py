@@ -26,17 +26,12 @@ Prompt = str | list[int]
 
 
 class LLM:
-    def __init__(self, model: str | Path | None = DEFAULT_MODEL, *, tokenizer: str | Path | None = None,
-                 dtype: str | torch.dtype = "auto", device: str = "auto", block_size: int = 16,
-                 gpu_memory_utilization: float = 0.9, kv_cache_memory_bytes: int | None = None,
-                 max_model_len: int | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
-                 enable_prefix_caching: bool = True, seed: int = 0, load_format: str = "auto",
-                 enforce_eager: bool = False, preemption_mode: str = "recompute", swap_space: float = 4.0,
-                 verbose: bool = True):
-        args = EngineArgs(dtype, device, block_size, gpu_memory_utilization, kv_cache_memory_bytes, max_model_len,
-                          max_num_seqs, max_num_batched_tokens, enable_prefix_caching, seed, load_format,
-                          enforce_eager, preemption_mode, swap_space)
-        source = resolve_model(model)
+    def __init__(self, model: str | Path | None = DEFAULT_MODEL, **kwargs):
+        """kwargs: the engine arguments of EngineArgs (vLLM's names); an unknown one is refused with the
+        nearest valid name."""
+        args = EngineArgs.from_kwargs(model=None if model is None else str(model), **kwargs)
+        self.args = args
+        source = resolve_model(args.model)
         config = source.config
         self.device = args.resolve_device()
         self.dtype = args.resolve_dtype(config.dtype, self.device)
@@ -44,7 +39,7 @@ class LLM:
         if config.head_dim not in _core.SUPPORTED_HEAD_SIZES:
             raise ValueError(f"head_dim {config.head_dim} is not supported by the kernels; supported: "
                              f"{', '.join(map(str, _core.SUPPORTED_HEAD_SIZES))}")
-        self.tokenizer = self._load_tokenizer(tokenizer, source)
+        self.tokenizer = self._load_tokenizer(args.tokenizer, source)
         self.model = build_model(source, dtype=self.dtype, device=self.device, max_positions=self.max_model_len,
                                  load_format=args.load_format, seed=args.seed)
 
@@ -52,23 +47,24 @@ class LLM:
                                  gpu_memory_utilization=args.gpu_memory_utilization,
                                  kv_cache_memory_bytes=args.kv_cache_memory_bytes,
                                  max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
-        self.kv_plan = plan_kv_cache(config, block_size=block_size, dtype=self.dtype, budget_bytes=budget,
+        self.kv_plan = plan_kv_cache(config, block_size=args.block_size, dtype=self.dtype, budget_bytes=budget,
                                      max_model_len=self.max_model_len)
-        if verbose:
+        if args.verbose:
             print(f"[pagedcore] {self.kv_plan.summary()}", file=sys.stderr)
-        kv_caches = allocate_kv_cache(config, self.kv_plan.num_blocks, block_size, self.dtype, self.device)
+        kv_caches = allocate_kv_cache(config, self.kv_plan.num_blocks, args.block_size, self.dtype, self.device)
         mode, num_host_blocks = args.resolve_preemption(self.device, self.kv_plan.plan.bytes_per_block)
-        host_kv_caches = (allocate_kv_cache(config, num_host_blocks, block_size, self.dtype, torch.device("cpu"),
+        host_kv_caches = (allocate_kv_cache(config, num_host_blocks, args.block_size, self.dtype, torch.device("cpu"),
                                             pin_memory=True) if num_host_blocks else None)
 
         scheduler = _core.Scheduler(_core.SchedulerConfig(
-            num_blocks=self.kv_plan.num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens, max_model_len=self.max_model_len,
-            enable_prefix_caching=enable_prefix_caching, preemption_mode=mode, num_host_blocks=num_host_blocks))
+            num_blocks=self.kv_plan.num_blocks, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=self.max_model_len,
+            enable_prefix_caching=args.enable_prefix_caching, preemption_mode=mode, num_host_blocks=num_host_blocks))
         runner = ModelRunner(self.model, kv_caches, self.device, host_kv_caches=host_kv_caches,
-                             max_num_seqs=max_num_seqs, max_blocks_per_seq=blocks_per_seq(self.max_model_len, block_size),
-                             use_cuda_graphs=not enforce_eager)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+                             max_num_seqs=args.max_num_seqs,
+                             max_blocks_per_seq=blocks_per_seq(self.max_model_len, args.block_size),
+                             use_cuda_graphs=not args.enforce_eager)
+        generator = torch.Generator(device=self.device).manual_seed(args.seed)
         eos_ids = self.tokenizer.eos_token_ids if self.tokenizer is not None else config.eos_token_ids
         self.engine = LLMEngine(scheduler, runner, Sampler(config.vocab_size, generator), self.tokenizer,
                                 list(eos_ids), self.max_model_len)
@@ -137,7 +133,7 @@ class LLM:
         if tokenizer is not None:
             return load_tokenizer(tokenizer)
         try:
-            return load_tokenizer(source.path)
+            return load_tokenizer(source.path, source.gguf)
         except FileNotFoundError:
             return None  # token-id prompts still work (tiny test models, dummy benchmarks)
 
