@@ -1,4 +1,4 @@
-// bench_paged attention: workload W4 of BENCHMARKS.md (decode paged attention, Llama-3-8B heads:
+// bench_paged attention: workload W4 of docs/benchmarks.md (decode paged attention, Llama-3-8B heads:
 // 32 query heads, 8 KV heads, head_dim 128, bf16, block 16, random non-contiguous block tables).
 // CUDA events around sweeps over rotated input sets (together larger than L2), warm-up, median of
 // many sweeps. Bytes = K and V read + Q read + O written + block tables. The device's read

@@ -114,7 +114,7 @@ inline std::string fmt(double v, int precision = 1) {
 
 // The decode batch of workload W4 as paged-attention arguments: batch sequences of one query token
 // each, all `context` tokens long; q and out [batch, num_heads, head_dim] contiguous; block tables
-// [batch, blocks_per_seq]. Shared by `bench_paged attention` and the decode lab.
+// [batch, blocks_per_seq]. Used by `bench_paged attention`.
 struct DecodeBatch {
   DType dtype;
   int batch, context, num_heads, num_kv_heads, head_dim, block_size;

@@ -29,21 +29,29 @@ have_cuda_pagedcore() {
   python3 -c "import sys, pagedcore; sys.exit(0 if pagedcore.built_with_cuda() else 1)" 2>/dev/null
 }
 
+# The package the benchmarks import: a copy of python/pagedcore under /tmp plus the module built
+# into build/gpu-py (when there is one yet), so nothing is written into python/. build/ is
+# git-ignored, so on a warm machine an earlier call's module is still there; the copy is made
+# afresh from the current tree each call.
+PACKAGE=/tmp/pagedcore-gpu-suite
+package() {
+  rm -rf "$PACKAGE" && mkdir -p "$PACKAGE" && cp -r python/pagedcore "$PACKAGE/" || return 1
+  if ls build/gpu-py/_core*.so >/dev/null 2>&1; then cp build/gpu-py/_core*.so "$PACKAGE/pagedcore/"; fi
+}
+
 build() {
-  # In-tree build of the _core module (sm_90), no pip: python/ then goes on PYTHONPATH.
+  # Build of the _core module (sm_90) in build/gpu-py, no pip; package() then puts it in the copy.
   local pybind11_dir
   pybind11_dir=$(python3 -c "import pybind11; print(pybind11.get_cmake_dir())") || return 1
   cmake -S . -B build/gpu-py -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DPAGEDCORE_BUILD_PYTHON=ON -DPAGEDCORE_BUILD_BENCH=OFF -DPAGEDCORE_BUILD_TESTS=OFF \
     -Dpybind11_DIR="$pybind11_dir" -DPython_EXECUTABLE="$(command -v python3)" >/dev/null \
     && cmake --build build/gpu-py --target _core \
-    && cp build/gpu-py/_core*.so python/pagedcore/
+    && package
 }
 
-# build/ is git-ignored, so it stays on a warm machine between calls, but python/pagedcore/_core*.so
-# is not: put the built module back in the package each time.
-ls build/gpu-py/_core*.so >/dev/null 2>&1 && cp build/gpu-py/_core*.so python/pagedcore/
-export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+package || { echo "[gpu_suite] cannot copy python/pagedcore to $PACKAGE" | tee -a "$LOG"; exit 1; }
+export PYTHONPATH=$PACKAGE${PYTHONPATH:+:$PYTHONPATH}
 if [ "$MODE" != run ] && ! have_cuda_pagedcore; then
   echo "[gpu_suite] building pagedcore._core with CUDA (sm_90)" | tee -a "$LOG"
   time build 2>&1 | tee -a "$LOG" || { echo "[gpu_suite] build failed" | tee -a "$LOG"; exit 1; }

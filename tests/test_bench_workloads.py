@@ -1,4 +1,4 @@
-"""The benchmark workloads and floors match ../shared/BENCHMARKS.md (the figures it quotes), and
+"""The benchmark workloads and floors match docs/benchmarks.md (the figures it quotes), and
 the W3 simulation counts what it says. CPU only, seconds."""
 
 import pytest

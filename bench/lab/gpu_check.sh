@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
-# One device call: build, GPU tests, the W4 benchmarks (native and peers), the decode lab and a
-# compute-sanitizer pass. Run from the repository root on the GPU machine; results go to $OUT.
+# One device call: build, GPU tests, the W4 benchmarks (native and peers) and a compute-sanitizer
+# pass. Run from the repository root on the GPU machine; results go to $OUT. The tests and
+# benchmarks import a package copy under /tmp (python/pagedcore plus the built module), so nothing
+# is written into python/.
 set -uo pipefail
 OUT=${OUT:-results/gpu_check}
 mkdir -p "$OUT"
-nvcc -O3 -std=c++20 -arch=sm_90 --expt-relaxed-constexpr -Icpp/include -Icuda bench/lab/decode_lab.cu \
-  cpp/src/kernel_args.cpp cpp/src/supported.cpp cuda/paged_attention.cu cuda/prefill_attention.cu -o /tmp/decode_lab 2>/dev/null &
 cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DPAGEDCORE_BUILD_PYTHON=ON \
   -DPAGEDCORE_BUILD_TESTS=OFF -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python3)" \
   > "$OUT/cmake.txt" 2>&1 && cmake --build build/gpu --target _core bench_paged > "$OUT/build.txt" 2>&1 || tail -30 "$OUT/build.txt"
-wait
-cp build/gpu/_core*.so python/pagedcore/
-export PYTHONPATH=$PWD/python:$PWD/tests
+PACKAGE=/tmp/pagedcore-gpu-check  # the package copy: $PACKAGE/pagedcore
+rm -rf "$PACKAGE" && mkdir -p "$PACKAGE" && cp -r python/pagedcore "$PACKAGE/" && cp build/gpu/_core*.so "$PACKAGE/pagedcore/"
+export PYTHONPATH=$PACKAGE:$PWD/tests
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_models_gpu.py \
   > "$OUT/pytest.txt" 2>&1; tail -2 "$OUT/pytest.txt"; grep -E "^(FAILED|E  )" "$OUT/pytest.txt" | head -10
 ./build/gpu/bench_paged attention --reps 30 | tee "$OUT/bench_paged.txt" | tail -7
 python3 bench/bench_attention_peers.py --reps 30 --json "$OUT/peers.json" 2>&1 | tail -7
-/tmp/decode_lab > "$OUT/lab.txt" 2>&1; grep -E "splits  (1|8) " "$OUT/lab.txt"
 timeout 300 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
   tests/test_kernels_attention.py tests/test_kernels_cache.py -k "cuda and (split or hostile or mixed or every_head_size or write or swap or copy)" 2>&1 | tail -3
 timeout 150 compute-sanitizer --tool racecheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \

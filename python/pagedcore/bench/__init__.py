@@ -1,4 +1,4 @@
-"""`pagedcore bench <name>`: the Python benchmarks of ../shared/BENCHMARKS.md (also bench/bench_<name>.py).
+"""`pagedcore bench <name>`: the Python benchmarks of docs/benchmarks.md (also bench/bench_<name>.py).
 
   prefix      W2: prefix caching on vs off, cold and warm, the S sweep
   throughput  W1 (GPU) / W5 (CPU) against HF transformers generate and continuous batching
