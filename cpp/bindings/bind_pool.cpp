@@ -72,7 +72,8 @@ void bind_pool(py::module_& m) {
       .def_property_readonly("block_size", &BlockTables::block_size)
       .def_property_readonly("prefix_caching_enabled", &BlockTables::prefix_caching_enabled)
       .def_property_readonly("pool", &BlockTables::pool, py::return_value_policy::reference_internal)
-      .def("add_sequence", &BlockTables::add_sequence, py::arg("seq_id"), py::arg("extra_key") = "")
+      .def("add_sequence", &BlockTables::add_sequence, py::arg("seq_id"), py::arg("extra_key") = "",
+           py::arg("max_num_tokens") = 0)
       .def("has_sequence", &BlockTables::has_sequence, py::arg("seq_id"))
       .def("__contains__", &BlockTables::has_sequence)
       .def("__len__", &BlockTables::num_sequences)

@@ -1,5 +1,7 @@
 #include "pagedcore/block_pool.h"
 
+#include <algorithm>
+
 #include <stdexcept>
 #include <string>
 
@@ -11,9 +13,12 @@ BlockPool::BlockPool(int num_blocks, int block_size, int hash_bits)
     : block_size_(block_size),
       ref_counts_(num_blocks > 0 ? num_blocks : 0, 0),
       cache_ids_(num_blocks > 0 ? num_blocks : 0, 0),
-      keys_(num_blocks > 0 ? num_blocks : 0),
+      hashes_(num_blocks > 0 ? num_blocks : 0, 0),
+      parent_ids_(num_blocks > 0 ? num_blocks : 0, 0),
+      extra_keys_(num_blocks > 0 ? num_blocks : 0),
       uncached_free_(num_blocks > 0 ? num_blocks : 0),
-      cached_free_(num_blocks > 0 ? num_blocks : 0) {
+      cached_free_(num_blocks > 0 ? num_blocks : 0),
+      cache_(num_blocks > 0 ? num_blocks : 0) {
   check_block_size(block_size);
   if (num_blocks <= 0) {
     throw std::invalid_argument("num_blocks must be positive, got " + std::to_string(num_blocks));
@@ -22,6 +27,7 @@ BlockPool::BlockPool(int num_blocks, int block_size, int hash_bits)
     throw std::invalid_argument("hash_bits must be in [0, 64], got " + std::to_string(hash_bits));
   }
   hash_mask_ = hash_bits == 64 ? ~0ULL : ((1ULL << hash_bits) - 1);
+  block_tokens_.assign(static_cast<size_t>(num_blocks) * block_size, 0);  // sizes checked above
   for (BlockId id = 0; id < num_blocks; ++id) uncached_free_.push_back(id);
 }
 
@@ -37,15 +43,9 @@ std::optional<BlockId> BlockPool::allocate() {
 }
 
 void BlockPool::evict(BlockId id) {
-  auto [first, last] = cache_.equal_range(keys_[id].hash);
-  for (auto it = first; it != last; ++it) {
-    if (it->second == id) {
-      cache_.erase(it);
-      break;
-    }
-  }
+  cache_.erase(hashes_[id], id);
   cache_ids_[id] = 0;
-  keys_[id] = BlockKey{};
+  extra_keys_[id].clear();
 }
 
 void BlockPool::check_id(BlockId id) const {
@@ -70,16 +70,11 @@ void BlockPool::release(BlockId id) {
 }
 
 std::optional<BlockId> BlockPool::find_cached(const BlockKey& key) const {
-  auto [first, last] = cache_.equal_range(key.hash);
-  for (auto it = first; it != last; ++it) {
-    const BlockKey& held = keys_[it->second];
-    // The hash only narrows the search; equality of the whole key is what allows sharing.
-    if (held.parent_cache_id == key.parent_cache_id && held.tokens == key.tokens &&
-        held.extra_key == key.extra_key) {
-      return it->second;
-    }
-  }
-  return std::nullopt;
+  // The hash only narrows the search; equality of the whole key is what allows sharing.
+  return cache_.find(key.hash, [&](BlockId id) {
+    return parent_ids_[id] == key.parent_cache_id && std::ranges::equal(tokens_of(id), key.tokens) &&
+           extra_keys_[id] == key.extra_key;
+  });
 }
 
 void BlockPool::acquire_cached(BlockId id) {
@@ -89,7 +84,7 @@ void BlockPool::acquire_cached(BlockId id) {
   ++ref_counts_[id];
 }
 
-uint64_t BlockPool::cache_block(BlockId id, BlockKey key) {
+uint64_t BlockPool::cache_block(BlockId id, const BlockKey& key) {
   check_id(id);
   if (ref_counts_[id] <= 0) throw std::invalid_argument("cache_block of free block " + std::to_string(id));
   if (cache_ids_[id] != 0) throw std::invalid_argument("cache_block of already cached block " + std::to_string(id));
@@ -97,9 +92,11 @@ uint64_t BlockPool::cache_block(BlockId id, BlockKey key) {
     throw std::invalid_argument("cache_block needs exactly block_size (" + std::to_string(block_size_) +
                                 ") token ids, got " + std::to_string(key.tokens.size()));
   }
-  key.hash &= hash_mask_;
-  cache_.emplace(key.hash, id);
-  keys_[id] = std::move(key);
+  hashes_[id] = key.hash & hash_mask_;
+  parent_ids_[id] = key.parent_cache_id;
+  std::ranges::copy(key.tokens, block_tokens_.begin() + static_cast<ptrdiff_t>(id) * block_size_);
+  extra_keys_[id].assign(key.extra_key);
+  cache_.insert(hashes_[id], id);
   cache_ids_[id] = next_cache_id_++;
   return cache_ids_[id];
 }
@@ -125,11 +122,10 @@ void BlockPool::check_invariants() const {
   }
   size_t num_cached = 0;
   for (BlockId id = 0; id < num_blocks(); ++id) num_cached += cache_ids_[id] != 0;
-  if (num_cached != cache_.size()) fail("hash map size differs from the number of cached blocks");
-  for (const auto& [hash, id] : cache_) {
-    if (cache_ids_[id] == 0 || keys_[id].hash != hash) fail("hash map entry for a block not cached under it");
-    if (static_cast<int>(keys_[id].tokens.size()) != block_size_) fail("cached block key is not one full block");
-  }
+  if (static_cast<int>(num_cached) != cache_.size()) fail("hash map size differs from the number of cached blocks");
+  cache_.for_each([&](uint64_t hash, BlockId id) {
+    if (cache_ids_[id] == 0 || hashes_[id] != hash) fail("hash map entry for a block not cached under it");
+  });
 }
 
 }  // namespace pagedcore

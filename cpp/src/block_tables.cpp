@@ -21,10 +21,14 @@ BlockTables::Sequence& BlockTables::get(SeqId seq) {
   return const_cast<Sequence&>(static_cast<const BlockTables*>(this)->get(seq));
 }
 
-void BlockTables::add_sequence(SeqId seq, std::string extra_key) {
+void BlockTables::add_sequence(SeqId seq, std::string extra_key, int max_num_tokens) {
   if (seqs_.count(seq)) throw std::invalid_argument("sequence " + std::to_string(seq) + " already exists");
   Sequence s;
   s.extra_key = std::move(extra_key);
+  if (max_num_tokens > 0) {
+    s.tokens.reserve(max_num_tokens);
+    s.blocks.reserve((max_num_tokens + pool_.block_size() - 1) / pool_.block_size());
+  }
   s.last_hash = kRootBlockHash;
   seqs_.emplace(seq, std::move(s));
 }
@@ -36,8 +40,8 @@ BlockKey BlockTables::key_for(std::string_view extra_key, int block_index, uint6
   BlockKey key;
   key.hash = hash_block_tokens(parent_hash, first, bs, extra_key) & pool_.hash_mask();
   key.parent_cache_id = parent_cache_id;
-  key.tokens.assign(first, first + bs);
-  key.extra_key = std::string(extra_key);
+  key.tokens = std::span<const int32_t>(first, bs);
+  key.extra_key = extra_key;
   return key;
 }
 
@@ -130,7 +134,7 @@ void BlockTables::register_full_blocks(Sequence& s) {
       // find it also find our children; ours stays uncached and is recycled when freed.
       s.last_cache_id = pool_.cache_id(*twin);
     } else {
-      s.last_cache_id = pool_.cache_block(block, std::move(key));
+      s.last_cache_id = pool_.cache_block(block, key);
     }
     s.last_hash = hash;
     s.num_hashed_blocks = i + 1;
@@ -139,7 +143,10 @@ void BlockTables::register_full_blocks(Sequence& s) {
 
 void BlockTables::fork(SeqId parent, SeqId child) {
   if (seqs_.count(child)) throw std::invalid_argument("sequence " + std::to_string(child) + " already exists");
-  Sequence copy = get(parent);
+  const Sequence& original = get(parent);
+  Sequence copy = original;
+  copy.tokens.reserve(original.tokens.capacity());  // a copy holds only the size: keep the room
+  copy.blocks.reserve(original.blocks.capacity());
   for (BlockId b : copy.blocks) pool_.retain(b);
   seqs_.emplace(child, std::move(copy));
 }

@@ -63,6 +63,7 @@ void Scheduler::add_request(RequestId id, std::span<const int32_t> prompt, const
   Sequence s;
   s.request_id = id;
   s.seq_index = 0;
+  s.tokens.reserve(total);  // prompt + max_tokens: appends never reallocate inside a commit
   s.tokens.assign(prompt.begin(), prompt.end());
   s.num_prompt_tokens = static_cast<int>(prompt.size());
   s.order = next_order_++;
@@ -222,7 +223,7 @@ bool Scheduler::try_swap_in(SeqId sid, int& budget) {
   const int num_new = std::min(static_cast<int>(s.tokens.size()) - s.num_computed, budget);
   const int need = (s.num_computed + num_new + bs - 1) / bs;
   if (need > tables_.pool().num_free_blocks()) return false;
-  tables_.add_sequence(sid, requests_.at(s.request_id).params.cache_salt);
+  tables_.add_sequence(sid, requests_.at(s.request_id).params.cache_salt, static_cast<int>(s.tokens.capacity()));
   std::vector<BlockCopy> unused;
   tables_.append(sid, std::span<const int32_t>(s.tokens.data(), s.num_computed), unused);
   const std::vector<BlockId>& blocks = tables_.blocks(sid);
@@ -245,7 +246,7 @@ bool Scheduler::try_swap_in(SeqId sid, int& budget) {
 bool Scheduler::try_admit(SeqId sid, int& budget) {
   Sequence& s = seq(sid);
   if (num_running_slots_ + seq_cost(s) > config_.max_num_seqs) return false;
-  tables_.add_sequence(sid, requests_.at(s.request_id).params.cache_salt);
+  tables_.add_sequence(sid, requests_.at(s.request_id).params.cache_salt, static_cast<int>(s.tokens.capacity()));
   const int cached = tables_.match_prefix(sid, s.tokens, /*record_stats=*/false);
   const int num_new = std::min(static_cast<int>(s.tokens.size()) - cached, budget);
   if (!tables_.can_append(sid, num_new)) {
@@ -333,6 +334,7 @@ std::vector<SchedulerEvent> Scheduler::commit(std::span<const int32_t> sampled) 
         const SeqId child = next_seq_id_++;
         tables_.fork(x.seq, child);
         Sequence c = s;
+        c.tokens.reserve(s.tokens.capacity());  // a copy holds only the size: keep the room
         c.seq_index = k;
         seqs_.emplace(child, std::move(c));
         req.seqs.push_back(child);

@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "pagedcore/block_pool.h"
 #include "pagedcore/supported.h"
@@ -10,13 +11,17 @@
 namespace pagedcore {
 namespace {
 
-BlockKey key(uint64_t hash, std::vector<int32_t> tokens, uint64_t parent = 0, std::string extra = "") {
-  BlockKey k;
-  k.hash = hash;
-  k.parent_cache_id = parent;
-  k.tokens = std::move(tokens);
-  k.extra_key = std::move(extra);
-  return k;
+// A key that owns its tokens; it converts to the BlockKey view for the length of one call.
+struct OwnedKey {
+  uint64_t hash;
+  std::vector<int32_t> tokens;
+  uint64_t parent;
+  std::string extra;
+  operator BlockKey() const { return BlockKey{hash, parent, tokens, extra}; }  // NOLINT: implicit on purpose
+};
+
+OwnedKey key(uint64_t hash, std::vector<int32_t> tokens, uint64_t parent = 0, std::string extra = "") {
+  return OwnedKey{hash, std::move(tokens), parent, std::move(extra)};
 }
 
 TEST(BlockPool, AllocatesInIdOrderAndReportsExhaustion) {

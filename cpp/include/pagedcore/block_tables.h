@@ -37,7 +37,8 @@ class BlockTables {
   const BlockPool& pool() const { return pool_; }
 
   // Starts an empty sequence. extra_key (e.g. a cache salt) is folded into every block hash.
-  void add_sequence(SeqId seq, std::string extra_key = "");
+  // max_num_tokens > 0 reserves room for that many tokens, so appends never reallocate in a step.
+  void add_sequence(SeqId seq, std::string extra_key = "", int max_num_tokens = 0);
   bool has_sequence(SeqId seq) const { return seqs_.count(seq) != 0; }
 
   // Number of leading tokens of `prompt` that match_prefix would take from the cache: whole
