@@ -162,8 +162,11 @@ def run(args, argv, save) -> dict:
 
     llm = model = shape = None
     if "pagedcore" in args.engines:
+        # Prefix caching off: every round (and the warm-up) runs the same prompts, which a warm cache
+        # would serve from memory in every pass after the first; W1 / W5 measure computing them.
         llm = common.build_llm(args.preset, device=device, kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)),
-                               max_model_len=2048 if args.workload == "w1" else 1024, model=args.model)
+                               max_model_len=2048 if args.workload == "w1" else 1024, model=args.model,
+                               enable_prefix_caching=False)
         shape = common.model_shape_of(llm)
         common.run_pagedcore(llm, [Request(r.prompt_token_ids, 16) for r in requests[-8:]], temperature=temperature)
     peers = [e for e in args.engines if e != "pagedcore"]
