@@ -20,7 +20,7 @@ def test_unknown_keyword_suggests_the_nearest_setting():
         LLM(device="cpu", zzz=1)
 
 
-@pytest.mark.parametrize("name", ["pipeline_parallel_size", "trust_remote_code", "revision", "download_dir"])
+@pytest.mark.parametrize("name", ["revision", "download_dir", "max_logprobs", "hf_token"])
 def test_vllm_arguments_not_supported_yet_say_so(name):
     with pytest.raises(ValueError, match=f"{name} is a vLLM engine argument that pagedcore does not support yet"):
         LLM(device="cpu", **{name: 1})
@@ -64,3 +64,32 @@ def test_cli_values_reach_engine_args():
     args = EngineArgs.from_cli(namespace)
     assert (args.max_num_seqs, args.enable_prefix_caching, args.block_size, args.kv_cache_memory_bytes) == (
         7, False, 32, 4096)
+
+
+@pytest.mark.parametrize("name,value,reason", [
+    ("tensor_parallel_size", 2, "tensor parallelism is not implemented yet"),
+    ("pipeline_parallel_size", 2, "pipeline parallelism is not implemented"),
+    ("enable_chunked_prefill", False, "pagedcore always chunks prefills"),
+    ("kv_cache_dtype", "fp8", "an FP8 KV cache is not implemented yet"),
+    ("quantization", "awq", "quantized weights are not implemented yet"),
+    ("disable_log_stats", False, "periodic stats logging is not implemented"),
+])
+def test_vllm_values_pagedcore_does_not_implement_are_refused_by_name(name, value, reason):
+    with pytest.raises(ValueError, match=f"{name}={value!r} is not supported: {reason}"):
+        LLM(device="cpu", **{name: value})
+
+
+def test_vllm_values_that_pagedcore_honours_anyway_are_accepted():
+    args = EngineArgs(tensor_parallel_size=1, pipeline_parallel_size=1, enable_chunked_prefill=True,
+                      trust_remote_code=True, kv_cache_dtype="auto", quantization=None, disable_log_stats=True)
+    assert args.tensor_parallel_size == 1 and args.enable_chunked_prefill is True
+    with pytest.raises(ValueError, match="tensor_parallel_size=True is not supported"):
+        EngineArgs(tensor_parallel_size=True)  # a bool is not the integer 1
+
+
+def test_serve_takes_the_model_as_vllm_serve_does():
+    parser = subcommand_parser("serve")
+    assert parser.parse_args(["some/model"]).model_tag == "some/model"
+    namespace = parser.parse_args(["--tensor-parallel-size", "1", "--enable-chunked-prefill", "--trust-remote-code"])
+    args = EngineArgs.from_cli(namespace)
+    assert (args.tensor_parallel_size, args.enable_chunked_prefill, args.trust_remote_code) == (1, True, True)

@@ -15,17 +15,17 @@ _DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.b
            "float16": torch.float16, "half": torch.float16}
 PREEMPTION_MODES = ("recompute", "swap")
 # Flag types of the fields whose default (None) does not say it.
-_CLI_TYPES = {"kv_cache_memory_bytes": int, "max_model_len": int}
+_CLI_TYPES = {"kv_cache_memory_bytes": int, "max_model_len": int, "quantization": str}
 # vLLM engine arguments that pagedcore has no setting for yet: LLM(...) names them in its error.
 VLLM_ENGINE_ARGUMENTS = frozenset({
-    "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code", "download_dir", "kv_cache_dtype",
-    "calculate_kv_scales", "distributed_executor_backend", "pipeline_parallel_size", "tensor_parallel_size",
+    "tokenizer_mode", "skip_tokenizer_init", "download_dir",
+    "calculate_kv_scales", "distributed_executor_backend",
     "data_parallel_size", "enable_expert_parallel", "max_parallel_loading_workers", "prefix_caching_hash_algo",
     "disable_sliding_window", "cpu_offload_gb", "num_gpu_blocks_override", "max_num_partial_prefills",
-    "max_logprobs", "disable_log_stats", "revision", "code_revision", "tokenizer_revision", "rope_scaling",
-    "rope_theta", "hf_token", "hf_overrides", "quantization", "max_seq_len_to_capture",
+    "max_logprobs", "revision", "code_revision", "tokenizer_revision", "rope_scaling",
+    "rope_theta", "hf_token", "hf_overrides", "max_seq_len_to_capture",
     "disable_custom_all_reduce", "limit_mm_per_prompt", "enable_lora", "max_loras", "max_lora_rank",
-    "max_cpu_loras", "speculative_config", "served_model_name", "scheduling_policy", "enable_chunked_prefill",
+    "max_cpu_loras", "speculative_config", "served_model_name", "scheduling_policy",
     "compilation_config", "async_scheduling", "structured_outputs_config", "guided_decoding_backend",
     "logits_processors", "generation_config", "override_generation_config", "enable_sleep_mode", "model_impl",
     "worker_cls", "kv_transfer_config", "mm_processor_kwargs", "task", "runner", "convert", "pooler_config",
@@ -47,7 +47,8 @@ def check_cuda_device(device: torch.device) -> None:
 
 
 def _setting(default, help: str, **extra):
-    """A field of EngineArgs: its default, its --help text, and extra argparse settings."""
+    """A field of EngineArgs: its default, its --help text, and extras: cli=False (no flag),
+    only=(values...) with why="..." (the values pagedcore accepts and the reason for the others)."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -75,6 +76,25 @@ class EngineArgs:
     preemption_mode: str = _setting("recompute", "recompute | swap (KV blocks to pinned host memory; CUDA)")
     swap_space: float = _setting(4.0, "GiB of pinned host memory for preemption_mode=swap")
     verbose: bool = _setting(True, "print the KV memory plan", cli=False)
+    # vLLM's engine arguments whose other values pagedcore does not implement (yet): the values
+    # listed in `only` are accepted (each is what pagedcore does anyway), the rest refused by name.
+    tensor_parallel_size: int = _setting(1, "GPUs to shard the model over", only=(1,),
+                                         why="tensor parallelism is not implemented yet")
+    pipeline_parallel_size: int = _setting(1, "pipeline stages", only=(1,),
+                                           why="pipeline parallelism is not implemented")
+    enable_chunked_prefill: bool | None = _setting(
+        None, "pagedcore always splits long prompts into chunks that run beside decodes", only=(None, True),
+        why="pagedcore always chunks prefills (max_num_batched_tokens bounds a step)")
+    kv_cache_dtype: str = _setting("auto", "KV cache element type: auto (the model's dtype)", only=("auto",),
+                                   why="an FP8 KV cache is not implemented yet")
+    quantization: str | None = _setting(None, "weight quantization method", only=(None,),
+                                        why="quantized weights are not implemented yet (GGUF files load dequantized)")
+    trust_remote_code: bool = _setting(
+        False, "accepted for vLLM programs: pagedcore runs only its built-in architectures, never model code "
+        "from a repository", only=(False, True), why="")
+    disable_log_stats: bool = _setting(True, "pagedcore logs no periodic stats (the server's /metrics has them)",
+                                       only=(True,), why="periodic stats logging is not implemented; "
+                                       "read the server's /metrics")
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -105,9 +125,16 @@ class EngineArgs:
             raise ValueError(f"swap_space must be a number of GiB in [0, 1024], got {self.swap_space!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        for name in ("enable_prefix_caching", "enforce_eager", "verbose"):
+        for name in ("enable_prefix_caching", "enforce_eager", "verbose", "trust_remote_code", "disable_log_stats"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for f in fields(self):
+            only = f.metadata.get("only")
+            value = getattr(self, f.name)
+            # `is` for None / bools, so that 1 == True does not pass for a bool setting.
+            if only is not None and not any(value is v or (type(value) is type(v) and value == v) for v in only):
+                raise ValueError(f"{f.name}={value!r} is not supported: {f.metadata['why']}; supported: "
+                                 f"{', '.join(map(repr, only))}")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EngineArgs:
@@ -134,7 +161,7 @@ class EngineArgs:
                 continue
             flag = "--" + f.name.replace("_", "-")
             default, help_text = f.default, f.metadata["help"]
-            if isinstance(default, bool):
+            if isinstance(default, bool) or f.metadata.get("only") == (None, True):
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             else:
                 kind = _CLI_TYPES.get(f.name, type(default) if default is not None else str)

@@ -14,6 +14,8 @@ from pagedcore.engine.engine_args import EngineArgs
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                        help="the model, as `vllm serve MODEL` takes it (same as --model)")
     parser.add_argument("--served-model-name", default=None,
                         help="the model id clients send (default: the --model value's last path part)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -44,6 +46,10 @@ def serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    if args.model_tag is not None:
+        if args.model not in (args.model_tag, EngineArgs.model):  # --model given too, and different
+            raise ValueError(f"the model is given twice: {args.model_tag!r} and --model {args.model!r}")
+        args.model = args.model_tag
     llm = LLM(**EngineArgs.from_cli(args).to_kwargs())
     config = ServerConfig(model_name=args.served_model_name or Path(str(args.model)).name or str(args.model),
                           api_key=args.api_key or None, max_body_bytes=args.max_body_bytes,
