@@ -167,8 +167,9 @@ def test_chat_applies_the_template(model_dir):
 
 def test_api_boundary_errors(model_dir):
     llm = _llm(model_dir, max_model_len=64)
-    with pytest.raises(ValueError, match="max_model_len"):
-        llm.generate(list(range(3, 60)), SamplingParams(max_tokens=16), use_tqdm=False)
+    with pytest.raises(ValueError, match="the prompt has 64 tokens, leaving no room to generate within "
+                                         "max_model_len=64"):
+        llm.generate(list(range(3, 67)), SamplingParams(max_tokens=1), use_tqdm=False)
     with pytest.raises(ValueError, match="prompt is empty"):
         llm.generate([[]], use_tqdm=False)
     with pytest.raises(ValueError, match="one per prompt"):
@@ -182,3 +183,13 @@ def test_api_boundary_errors(model_dir):
         _llm(model_dir, kv_cache_memory_bytes=2 * 16 * 2048, max_model_len=256)
     with pytest.raises(ValueError, match="max_model_len must be <= 1024"):
         _llm(model_dir, max_model_len=4096)
+
+
+def test_max_tokens_past_the_context_stops_with_length_at_max_model_len(model_dir):
+    # vLLM's behaviour: max_tokens is clamped to max_model_len - prompt length (min_tokens with it).
+    llm = _llm(model_dir, max_model_len=64)
+    prompt = list(range(3, 60))  # 57 tokens: room for 7
+    out = llm.generate(prompt, SamplingParams(max_tokens=16, min_tokens=10, ignore_eos=True), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 7
+    assert out.outputs[0].finish_reason == "length"
+    assert not llm.engine.has_unfinished()

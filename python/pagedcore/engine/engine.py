@@ -42,17 +42,18 @@ class LLMEngine:
         vocab_size = self.sampler.vocab_size
         if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {vocab_size - 1}] (the vocabulary)")
-        max_tokens = params.max_tokens
-        if max_tokens is None:
-            max_tokens = self.max_model_len - len(prompt_token_ids)
-            if max_tokens < 1:
-                raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens, leaving no room to generate "
-                                 f"within max_model_len={self.max_model_len}")
+        room = self.max_model_len - len(prompt_token_ids)
+        if room < 1:
+            raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens, leaving no room to generate "
+                             f"within max_model_len={self.max_model_len}")
+        # As vLLM does: max_tokens past the context is clamped to it, and the request then finishes
+        # with "length" when it reaches max_model_len.
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         request_id = self._next_request_id
         self._next_request_id += 1
         arrival = time.perf_counter()
         native_params = _core.RequestParams(
-            max_tokens=max_tokens, min_tokens=params.min_tokens, eos_token_ids=self.eos_token_ids,
+            max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens), eos_token_ids=self.eos_token_ids,
             stop_token_ids=params.stop_token_ids, ignore_eos=params.ignore_eos, n=params.n,
             arrival_time=arrival)
         self.scheduler.add_request(request_id, prompt_token_ids, native_params)
