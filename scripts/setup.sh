@@ -24,7 +24,7 @@ $PY -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" "
 
 echo "[setup] pip: engine dependencies, HF transformers (tests compare against it), the default model"
 $PY -m pip install -q "safetensors>=0.4" "tokenizers>=0.19" "sentencepiece>=0.2" "gguf>=0.10" "jinja2>=3.1" \
-  "tqdm>=4.60" "transformers>=4.45" "accelerate>=0.30" "matplotlib>=3.7"
+  "tqdm>=4.60" "huggingface_hub>=0.23" "transformers>=4.45" "accelerate>=0.30" "matplotlib>=3.7"
 echo "[setup] pip: server dependencies (pagedcore serve) and its test clients"
 $PY -m pip install -q "fastapi>=0.110" "uvicorn>=0.29" "prometheus_client>=0.20" "pydantic>=2.6" \
   "openai>=1.40" "httpx>=0.27"

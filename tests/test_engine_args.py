@@ -20,7 +20,7 @@ def test_unknown_keyword_suggests_the_nearest_setting():
         LLM(device="cpu", zzz=1)
 
 
-@pytest.mark.parametrize("name", ["revision", "download_dir", "max_logprobs", "hf_token"])
+@pytest.mark.parametrize("name", ["tokenizer_revision", "code_revision", "max_logprobs", "hf_token"])
 def test_vllm_arguments_not_supported_yet_say_so(name):
     with pytest.raises(ValueError, match=f"{name} is a vLLM engine argument that pagedcore does not support yet"):
         LLM(device="cpu", **{name: 1})

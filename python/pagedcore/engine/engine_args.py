@@ -15,14 +15,15 @@ _DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.b
            "float16": torch.float16, "half": torch.float16}
 PREEMPTION_MODES = ("recompute", "swap")
 # Flag types of the fields whose default (None) does not say it.
-_CLI_TYPES = {"kv_cache_memory_bytes": int, "max_model_len": int, "quantization": str}
+_CLI_TYPES = {"kv_cache_memory_bytes": int, "max_model_len": int, "quantization": str, "revision": str,
+              "download_dir": str}
 # vLLM engine arguments that pagedcore has no setting for yet: LLM(...) names them in its error.
 VLLM_ENGINE_ARGUMENTS = frozenset({
-    "tokenizer_mode", "skip_tokenizer_init", "download_dir",
+    "tokenizer_mode", "skip_tokenizer_init",
     "calculate_kv_scales", "distributed_executor_backend",
     "data_parallel_size", "enable_expert_parallel", "max_parallel_loading_workers", "prefix_caching_hash_algo",
     "disable_sliding_window", "cpu_offload_gb", "num_gpu_blocks_override", "max_num_partial_prefills",
-    "max_logprobs", "revision", "code_revision", "tokenizer_revision", "rope_scaling",
+    "max_logprobs", "code_revision", "tokenizer_revision", "rope_scaling",
     "rope_theta", "hf_token", "hf_overrides", "max_seq_len_to_capture",
     "disable_custom_all_reduce", "limit_mm_per_prompt", "enable_lora", "max_loras", "max_lora_rank",
     "max_cpu_loras", "speculative_config", "served_model_name", "scheduling_policy",
@@ -61,6 +62,8 @@ class EngineArgs:
 
     model: str | None = _setting(DEFAULT_MODEL, f"HF model directory, .gguf file, or {DEFAULT_MODEL} (default)")
     tokenizer: str | None = _setting(None, "tokenizer directory or .gguf file (default: the model's)")
+    revision: str | None = _setting(None, "Hub model ids: the branch, tag or commit (default: main)")
+    download_dir: str | None = _setting(None, "Hub model ids: the cache folder (default: the Hugging Face cache)")
     dtype: str | torch.dtype = _setting("auto", "auto | float32 | bfloat16 | float16")
     device: str = _setting("auto", "auto | cpu | cuda | cuda:N")
     block_size: int = _setting(16, "token slots per KV block")

@@ -31,7 +31,7 @@ class LLM:
         nearest valid name."""
         args = EngineArgs.from_kwargs(model=None if model is None else str(model), **kwargs)
         self.args = args
-        source = resolve_model(args.model)
+        source = resolve_model(args.model, revision=args.revision, download_dir=args.download_dir)
         config = source.config
         self.device = args.resolve_device()
         self.dtype = args.resolve_dtype(config.dtype, self.device)

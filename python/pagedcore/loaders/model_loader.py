@@ -16,6 +16,7 @@ import torch
 
 from pagedcore.loaders.config import ModelConfig
 from pagedcore.loaders.gguf_file import GGUFFile
+from pagedcore.loaders.hub import download_model, looks_like_hub_id
 from pagedcore.model_executor.model import LlamaForCausalLM
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -44,10 +45,14 @@ def default_model_path() -> Path:
     return Path(spec.origin).parent / _DEFAULT_MODEL_FILE
 
 
-def resolve_model(model: str | Path | None) -> ModelSource:
-    """model: None or DEFAULT_MODEL, an HF model directory, a .gguf file, or a directory holding one .gguf."""
+def resolve_model(model: str | Path | None, *, revision: str | None = None,
+                  download_dir: str | None = None) -> ModelSource:
+    """model: None or DEFAULT_MODEL, an HF model directory, a .gguf file, a directory holding one .gguf,
+    or a Hugging Face Hub id ('org/name', at `revision`, cached in `download_dir`)."""
     if model is None or str(model) == DEFAULT_MODEL:
         path = default_model_path()
+    elif looks_like_hub_id(str(model)):
+        path = download_model(str(model), revision=revision, download_dir=download_dir)
     else:
         path = Path(model).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
@@ -60,7 +65,7 @@ def resolve_model(model: str | Path | None) -> ModelSource:
     if path.is_dir():
         return ModelSource(path, ModelConfig.from_hf_dir(path))
     raise FileNotFoundError(f"model {str(model)!r} not found: give an HF model directory (config.json + "
-                            f"*.safetensors), a .gguf file, or {DEFAULT_MODEL!r}")
+                            f"*.safetensors), a .gguf file, a Hugging Face Hub id ('org/name'), or {DEFAULT_MODEL!r}")
 
 
 def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device, max_positions: int,
