@@ -193,3 +193,51 @@ def test_max_tokens_past_the_context_stops_with_length_at_max_model_len(model_di
     assert len(out.outputs[0].token_ids) == 7
     assert out.outputs[0].finish_reason == "length"
     assert not llm.engine.has_unfinished()
+
+
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_vllm_prompt_dicts_match_the_plain_forms(model_dir):
+    llm = _llm(model_dir)
+    ids = llm.tokenizer.encode("Paging is")
+    plain = llm.generate(["Paging is", ids], GREEDY, use_tqdm=False)
+    dicts = llm.generate([{"prompt": "Paging is"}, {"prompt_token_ids": ids}], GREEDY, use_tqdm=False)
+    assert _token_ids(dicts) == _token_ids(plain)
+    assert dicts[0].prompt == "Paging is" and dicts[1].prompt is None and dicts[1].prompt_token_ids == ids
+    single = llm.generate({"prompt_token_ids": ids}, GREEDY, use_tqdm=False)
+    assert _token_ids(single) == _token_ids(plain[1:])
+    with pytest.raises(ValueError, match=r"prompt dict keys \['multi_modal_data'\] are not supported"):
+        llm.generate({"prompt": "x", "multi_modal_data": {}}, use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt_token_ids must be a list of integers"):
+        llm.generate({"prompt_token_ids": "abc"}, use_tqdm=False)
+    assert not llm.engine.has_unfinished()
+
+
+def test_chat_forms_vllm_accepts(model_dir):
+    llm = _llm(model_dir)
+    text = [{"role": "user", "content": "Hi there"}]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}]
+    as_text = llm.chat(text, GREEDY, use_tqdm=False, chat_template=TEMPLATE)[0]
+    as_parts = llm.chat(parts, GREEDY, use_tqdm=False, chat_template=TEMPLATE)[0]
+    assert as_parts.prompt == "<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n"  # parts joined
+    assert as_text.prompt == "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"  # prompt is filled
+    with pytest.raises(ValueError, match="chat\\(\\) needs a conversation"):
+        llm.chat([], chat_template=TEMPLATE)
+    with pytest.raises(ValueError, match="images are not supported"):
+        llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+                 chat_template=TEMPLATE)
+    # continue_final_message: the prompt stops inside the assistant's message, no end of turn.
+    partial = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The answer is"}]
+    cont = llm.chat(partial, GREEDY, use_tqdm=False, chat_template=TEMPLATE, add_generation_prompt=False,
+                    continue_final_message=True)[0]
+    assert cont.prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nThe answer is"
+    with pytest.raises(ValueError, match="needs add_generation_prompt=False"):
+        llm.chat(partial, chat_template=TEMPLATE, continue_final_message=True)
+    # chat_template_kwargs reach the template.
+    switch = "{% if enable_thinking %}<think>{% endif %}" + TEMPLATE
+    thinking = llm.chat(text, GREEDY, use_tqdm=False, chat_template=switch,
+                        chat_template_kwargs={"enable_thinking": True})[0]
+    assert thinking.prompt.startswith("<think><|im_start|>user")
+    assert not llm.engine.has_unfinished()

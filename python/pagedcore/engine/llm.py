@@ -23,6 +23,7 @@ from pagedcore.tokenizers.loader import load_tokenizer
 from pagedcore.tokenizers.tokenizer import Tokenizer
 
 Prompt = str | list[int]
+PromptInput = Prompt | dict  # vLLM's TextPrompt {"prompt": str} and TokensPrompt {"prompt_token_ids": [...]}
 
 
 class LLM:
@@ -73,15 +74,18 @@ class LLM:
     def scheduler(self) -> _core.Scheduler:
         return self.engine.scheduler
 
-    def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | Sequence[SamplingParams]
-                 | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
-        """prompts: a string, a list of token ids, or a list of either. One RequestOutput per prompt, in order."""
-        prompt_list = self._as_prompt_list(prompts)
-        params_list = self._as_params_list(sampling_params, len(prompt_list))
+    def generate(self, prompts: PromptInput | Sequence[PromptInput], sampling_params: SamplingParams
+                 | Sequence[SamplingParams] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+        """prompts: a string, a list of token ids, a {"prompt": str} / {"prompt_token_ids": [...]} dict
+        (vLLM's TextPrompt / TokensPrompt), or a list of those. One RequestOutput per prompt, in order."""
+        prompt_list = [self._as_text_and_ids(p) for p in self._as_prompt_list(prompts)]
+        return self._generate(prompt_list, self._as_params_list(sampling_params, len(prompt_list)), use_tqdm)
+
+    def _generate(self, prompts: list[tuple[str | None, list[int]]], params_list: list[SamplingParams],
+                  use_tqdm: bool) -> list[RequestOutput]:
         request_ids = []
         try:
-            for prompt, params in zip(prompt_list, params_list):
-                text, token_ids = (prompt, self._encode(prompt)) if isinstance(prompt, str) else (None, prompt)
+            for (text, token_ids), params in zip(prompts, params_list):
                 request_ids.append(self.engine.add_request(text, list(token_ids), params))
             return self._run_to_completion(request_ids, use_tqdm)
         except BaseException:
@@ -91,18 +95,23 @@ class LLM:
 
     def chat(self, messages: list[Message] | list[list[Message]], sampling_params: SamplingParams
              | Sequence[SamplingParams] | None = None, use_tqdm: bool = True, add_generation_prompt: bool = True,
-             chat_template: str | None = None) -> list[RequestOutput]:
-        """messages: one conversation ([{"role", "content"}, ...]) or a list of them."""
+             chat_template: str | None = None, continue_final_message: bool = False,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """messages: one conversation ([{"role", "content"}, ...]; content a string or OpenAI text
+        parts) or a list of them. The rendered text is each output's `prompt`."""
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("chat() needs a conversation (a non-empty list of messages) or a list of them")
         template = chat_template or (self.tokenizer.chat_template if self.tokenizer else None)
         if template is None:
             raise ValueError("this model has no chat template: pass chat_template=... (jinja2 source)")
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompt_ids = []
+        conversations = [messages] if isinstance(messages[0], dict) else messages
+        prompts = []
         for conversation in conversations:
             text = render_chat(template, conversation, add_generation_prompt=add_generation_prompt,
-                               bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
-            prompt_ids.append(self.tokenizer.encode(text, add_special_tokens=False))
-        return self.generate(prompt_ids, sampling_params, use_tqdm)
+                               continue_final_message=continue_final_message, bos_token=self.tokenizer.bos_token,
+                               eos_token=self.tokenizer.eos_token, template_kwargs=chat_template_kwargs)
+            prompts.append((text, self.tokenizer.encode(text, add_special_tokens=False)))
+        return self._generate(prompts, self._as_params_list(sampling_params, len(prompts)), use_tqdm)
 
     def _run_to_completion(self, request_ids: list[int], use_tqdm: bool) -> list[RequestOutput]:
         pending = set(request_ids)
@@ -138,16 +147,37 @@ class LLM:
             return None  # token-id prompts still work (tiny test models, dummy benchmarks)
 
     @staticmethod
-    def _as_prompt_list(prompts) -> list[Prompt]:
-        if isinstance(prompts, str):
+    def _as_prompt_list(prompts) -> list:
+        if isinstance(prompts, (str, dict)):
             return [prompts]
         if isinstance(prompts, Sequence) and prompts and all(isinstance(t, int) for t in prompts):
             return [list(prompts)]
-        if not isinstance(prompts, Sequence) or not all(
-                isinstance(p, str) or (isinstance(p, Sequence) and all(isinstance(t, int) for t in p))
-                for p in prompts):
-            raise ValueError("prompts must be a string, a list of token ids, or a list of strings / token-id lists")
+        if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
+            raise ValueError("prompts must be a string, a list of token ids, a prompt dict, or a list of those")
         return list(prompts)
+
+    def _as_text_and_ids(self, prompt) -> tuple[str | None, list[int]]:
+        """One prompt as (text or None, token ids)."""
+        if isinstance(prompt, dict):
+            unknown = set(prompt) - {"prompt", "prompt_token_ids"}
+            if unknown:
+                raise ValueError(f"prompt dict keys {sorted(unknown)} are not supported; a prompt dict holds "
+                                 "'prompt' (text) or 'prompt_token_ids'")
+            if "prompt_token_ids" in prompt:
+                ids = prompt["prompt_token_ids"]
+                if not isinstance(ids, Sequence) or isinstance(ids, str) or not all(
+                        isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                    raise ValueError("prompt_token_ids must be a list of integers")
+                return prompt.get("prompt"), list(ids)
+            if not isinstance(prompt.get("prompt"), str):
+                raise ValueError("a prompt dict needs 'prompt' (a string) or 'prompt_token_ids'")
+            prompt = prompt["prompt"]
+        if isinstance(prompt, str):
+            return prompt, self._encode(prompt)
+        if isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return None, list(prompt)
+        raise ValueError("each prompt must be a string, a list of token ids, or a {'prompt': ...} / "
+                         "{'prompt_token_ids': ...} dict")
 
     @staticmethod
     def _as_params_list(params, count: int) -> list[SamplingParams]:
