@@ -26,6 +26,15 @@ Prompt = str | list[int]
 PromptInput = Prompt | dict  # vLLM's TextPrompt {"prompt": str} and TokensPrompt {"prompt_token_ids": [...]}
 
 
+def check_unicode(text: str) -> None:
+    """Refuses text that is not valid Unicode (a lone surrogate), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"the prompt is not valid Unicode: a lone surrogate {text[error.start]!r} at "
+                         f"character {error.start}") from None
+
+
 class LLM:
     def __init__(self, model: str | Path | None = DEFAULT_MODEL, **kwargs):
         """kwargs: the engine arguments of EngineArgs (vLLM's names); an unknown one is refused with the
@@ -110,6 +119,7 @@ class LLM:
             text = render_chat(template, conversation, add_generation_prompt=add_generation_prompt,
                                continue_final_message=continue_final_message, bos_token=self.tokenizer.bos_token,
                                eos_token=self.tokenizer.eos_token, template_kwargs=chat_template_kwargs)
+            check_unicode(text)
             prompts.append((text, self.tokenizer.encode(text, add_special_tokens=False)))
         return self._generate(prompts, self._as_params_list(sampling_params, len(prompts)), use_tqdm)
 
@@ -135,6 +145,7 @@ class LLM:
     def _encode(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: give prompts as lists of token ids")
+        check_unicode(prompt)
         return self.tokenizer.encode(prompt)
 
     @staticmethod

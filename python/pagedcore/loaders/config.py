@@ -116,4 +116,15 @@ class ModelConfig:
         path = Path(model_dir) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{model_dir} has no config.json (expected an HF model directory)")
-        return cls.from_hf_dict(json.loads(path.read_text()))
+        try:
+            hf = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); is the file complete?") from None
+        if not isinstance(hf, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(hf).__name__}")
+        try:
+            return cls.from_hf_dict(hf)
+        except KeyError as error:
+            raise ValueError(f"{path} has no {error.args[0]!r}, which the model needs") from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None

@@ -47,17 +47,34 @@ class GGUFFile:
         import gguf
 
         self.path = Path(path)
-        self.reader = gguf.GGUFReader(str(self.path))
-        self.metadata = {name: field.contents() for name, field in self.reader.fields.items()
-                         if not name.startswith("GGUF.")}
+        with open(self.path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ValueError(f"{self.path} is not a GGUF file ({'it is empty' if not magic else f'it starts with {magic!r}, not GGUF'})")
+        try:
+            self.reader = gguf.GGUFReader(str(self.path))
+            self.metadata = {name: field.contents() for name, field in self.reader.fields.items()
+                             if not name.startswith("GGUF.")}
+        except Exception as error:  # the reader fails in many ways on a cut or corrupt file
+            raise ValueError(f"{self.path} is not a readable GGUF file ({type(error).__name__}: {error}); "
+                             "is the file complete?") from None
 
     def model_config(self) -> ModelConfig:
+        try:
+            return self._model_config()
+        except KeyError as error:
+            raise ValueError(f"{self.path} has no metadata {error.args[0]!r}, which the model needs") from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{self.path}: {error}") from None
+
+    def _model_config(self) -> ModelConfig:
         arch = self.metadata["general.architecture"]
         if arch not in _ARCHITECTURES:
             raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {', '.join(_ARCHITECTURES)}")
         meta = lambda key, default=None: self.metadata.get(f"{arch}.{key}", default)  # noqa: E731
-        num_heads = int(meta("attention.head_count"))
-        hidden = int(meta("embedding_length"))
+        meta_required = lambda key: self.metadata[f"{arch}.{key}"]  # noqa: E731  (KeyError names the key)
+        num_heads = int(meta_required("attention.head_count"))
+        hidden = int(meta_required("embedding_length"))
         tensor_names = {t.name for t in self.reader.tensors}
         eos = self.metadata.get("tokenizer.ggml.eos_token_id")
         rope_type = meta("rope.scaling.type", "none")
@@ -68,13 +85,13 @@ class GGUFFile:
             model_type=_ARCHITECTURES[arch],
             vocab_size=int(meta("vocab_size", len(self.metadata["tokenizer.ggml.tokens"]))),
             hidden_size=hidden,
-            intermediate_size=int(meta("feed_forward_length")),
-            num_hidden_layers=int(meta("block_count")),
+            intermediate_size=int(meta_required("feed_forward_length")),
+            num_hidden_layers=int(meta_required("block_count")),
             num_attention_heads=num_heads,
             num_key_value_heads=int(meta("attention.head_count_kv", num_heads)),
             head_dim=int(meta("attention.key_length", hidden // num_heads)),
-            rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
-            max_position_embeddings=int(meta("context_length")),
+            rms_norm_eps=float(meta_required("attention.layer_norm_rms_epsilon")),
+            max_position_embeddings=int(meta_required("context_length")),
             tie_word_embeddings="output.weight" not in tensor_names,
             rope=rope,
             qkv_bias="blk.0.attn_q.bias" in tensor_names,
