@@ -3,6 +3,7 @@ and preemption leave greedy outputs unchanged, seeded sampling reproduces, n > 1
 prompt's blocks, stop strings / stop tokens, request metrics, chat, and the errors of the API boundary."""
 
 import pytest
+import torch
 from tiny_models import save_tiny_model
 
 from pagedcore.engine.llm import LLM
@@ -240,4 +241,42 @@ def test_chat_forms_vllm_accepts(model_dir):
     thinking = llm.chat(text, GREEDY, use_tqdm=False, chat_template=switch,
                         chat_template_kwargs={"enable_thinking": True})[0]
     assert thinking.prompt.startswith("<think><|im_start|>user")
+    assert not llm.engine.has_unfinished()
+
+
+def test_vllm_sampling_controls(model_dir):
+    llm = _llm(model_dir)
+    prompt = llm.tokenizer.encode("Paging is")
+    allowed = [1000, 2000, 3000]
+    for params in (SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, allowed_token_ids=allowed),
+                   SamplingParams(temperature=1.0, seed=3, max_tokens=12, ignore_eos=True, allowed_token_ids=allowed)):
+        out = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0]
+        assert set(out.token_ids) <= set(allowed) and len(out.token_ids) == 12
+    biased = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True,
+                                                 logit_bias={4242: 100.0}), use_tqdm=False)[0].outputs[0]
+    assert biased.token_ids == [4242] * 6
+
+    seen_prompts = []
+
+    def count_up(output_ids, logits):  # vLLM's older callable form: (output ids, logits) -> logits
+        forced = torch.full_like(logits, float("-inf"))
+        forced[100 + len(output_ids)] = 0.0
+        return forced
+
+    def record_prompt(prompt_ids, output_ids, logits):  # the 3-argument form also sees the prompt
+        seen_prompts.append(list(prompt_ids))
+        return logits
+
+    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True,
+                                              logits_processors=[record_prompt, count_up]), use_tqdm=False)[0]
+    assert out.outputs[0].token_ids == [100, 101, 102, 103, 104]
+    assert seen_prompts and all(p == prompt for p in seen_prompts)
+
+    truncated = llm.generate(list(range(10, 40)), SamplingParams(temperature=0, max_tokens=2, truncate_prompt_tokens=4),
+                             use_tqdm=False)[0]
+    assert truncated.prompt_token_ids == [36, 37, 38, 39]
+    with pytest.raises(ValueError, match=r"logit_bias token ids must be in \[0, 49151\]"):
+        llm.generate(prompt, SamplingParams(logit_bias={10**6: 1.0}), use_tqdm=False)
+    with pytest.raises(ValueError, match="logits_processors must be a list of callables"):
+        SamplingParams(logits_processors=[lambda logits: logits])
     assert not llm.engine.has_unfinished()

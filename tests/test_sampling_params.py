@@ -60,3 +60,26 @@ def test_min_tokens_above_max_tokens_is_refused():
 
 def test_max_tokens_none_means_up_to_max_model_len():
     assert SamplingParams(max_tokens=None, min_tokens=3).max_tokens is None
+
+
+def test_native_int32_bounds_are_named():
+    with pytest.raises(ValueError, match=r"max_tokens must be None or an integer >= 1 and <= 2147483647 \(int32\)"):
+        SamplingParams(max_tokens=2**31)
+    with pytest.raises(ValueError, match=r"stop_token_ids must be a list of integers >= 0 and <= 2147483647"):
+        SamplingParams(stop_token_ids=[2**31])
+    with pytest.raises(ValueError, match=r"min_tokens must be an integer >= 0 and <= 2147483647"):
+        SamplingParams(min_tokens=2**40)
+    with pytest.raises(ValueError, match="logit_bias must map token ids"):
+        SamplingParams(logit_bias={5: 101.0})
+    with pytest.raises(ValueError, match="allowed_token_ids must be a non-empty list"):
+        SamplingParams(allowed_token_ids=[])
+
+
+def test_clone_is_independent():
+    params = SamplingParams(stop=["a"], stop_token_ids=[3], logit_bias={1: 2.0}, allowed_token_ids=[1, 2])
+    twin = params.clone()
+    assert twin == params and twin is not params
+    twin.stop_token_ids.append(9)
+    twin.logit_bias[7] = 1.0
+    twin.allowed_token_ids.append(5)
+    assert params.stop_token_ids == [3] and params.logit_bias == {1: 2.0} and params.allowed_token_ids == [1, 2]

@@ -39,9 +39,16 @@ class LLMEngine:
         """Queues a request; ValueError (naming the limit) when it can never run."""
         if not prompt_token_ids:
             raise ValueError("the prompt is empty: give at least one token")
+        if params.truncate_prompt_tokens is not None and len(prompt_token_ids) > params.truncate_prompt_tokens:
+            prompt_token_ids = prompt_token_ids[-params.truncate_prompt_tokens:]
+            prompt = self.tokenizer.decode(prompt_token_ids) if self.tokenizer is not None else None
         vocab_size = self.sampler.vocab_size
         if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {vocab_size - 1}] (the vocabulary)")
+        for name, ids in (("logit_bias", params.logit_bias or ()), ("allowed_token_ids", params.allowed_token_ids or ())):
+            outside = [t for t in ids if t >= vocab_size]
+            if outside:
+                raise ValueError(f"{name} token ids must be in [0, {vocab_size - 1}] (the vocabulary), got {outside[:5]}")
         room = self.max_model_len - len(prompt_token_ids)
         if room < 1:
             raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens, leaving no room to generate "

@@ -6,10 +6,15 @@ value raises ValueError naming the field and its allowed range.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20  # top log-probabilities returned per token, at most
+MAX_INT32 = 2**31 - 1  # the native scheduler's token counts and ids are int32
+MAX_LOGIT_BIAS = 100.0  # |bias| at most, as OpenAI's and vLLM's APIs allow
 
 
 def _is_int(value: object) -> bool:
@@ -39,6 +44,12 @@ class SamplingParams:
     logprobs: int | None = None  # top log-probabilities per generated token (the sampled one is always added)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: dict[int, float] | None = None  # token id -> value added to its logit before sampling
+    allowed_token_ids: list[int] | None = None  # sample only among these
+    # vLLM's callable form: fn(output_token_ids, logits) or fn(prompt_token_ids, output_token_ids, logits)
+    # -> logits ([vocab] float32), applied to each sequence's row before penalties.
+    logits_processors: list[Callable] | None = None
+    truncate_prompt_tokens: int | None = None  # keep only the prompt's last k tokens
     stop_strings: list[str] = field(init=False, repr=False)  # `stop` as a list
 
     def __post_init__(self) -> None:
@@ -51,8 +62,10 @@ class SamplingParams:
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"seed must be None or an integer, got {self.seed!r}")
         if self.max_tokens is not None:
-            self._check_int("max_tokens", self.max_tokens, low=1, allowed="None or an integer >= 1")
-        self._check_int("min_tokens", self.min_tokens, low=0)
+            self._check_int("max_tokens", self.max_tokens, low=1, high=MAX_INT32,
+                            allowed=f"None or an integer >= 1 and <= {MAX_INT32} (int32)")
+        self._check_int("min_tokens", self.min_tokens, low=0, high=MAX_INT32,
+                        allowed=f"an integer >= 0 and <= {MAX_INT32} (int32)")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(
                 f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
@@ -70,10 +83,46 @@ class SamplingParams:
         if self.stop_token_ids is None:
             self.stop_token_ids = []
         if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
-                _is_int(t) and t >= 0 for t in self.stop_token_ids):
+                _is_int(t) and 0 <= t <= MAX_INT32 for t in self.stop_token_ids):
             raise ValueError(
-                f"stop_token_ids must be a list of integers >= 0, got {self.stop_token_ids!r}")
+                f"stop_token_ids must be a list of integers >= 0 and <= {MAX_INT32} (int32), "
+                f"got {self.stop_token_ids!r}")
         self.stop_token_ids = list(self.stop_token_ids)
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict) or not all(
+                    _is_int(t) and 0 <= t <= MAX_INT32 and _is_number(b) and abs(b) <= MAX_LOGIT_BIAS
+                    for t, b in self.logit_bias.items()):
+                raise ValueError(f"logit_bias must map token ids (integers >= 0) to numbers in "
+                                 f"[-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got {self.logit_bias!r}")
+            self.logit_bias = {int(t): float(b) for t, b in self.logit_bias.items()}
+        if self.allowed_token_ids is not None:
+            if not isinstance(self.allowed_token_ids, (list, tuple)) or not self.allowed_token_ids or not all(
+                    _is_int(t) and 0 <= t <= MAX_INT32 for t in self.allowed_token_ids):
+                raise ValueError(f"allowed_token_ids must be a non-empty list of token ids (integers >= 0), "
+                                 f"got {self.allowed_token_ids!r}")
+            self.allowed_token_ids = list(self.allowed_token_ids)
+        if self.logits_processors is not None:
+            if not isinstance(self.logits_processors, (list, tuple)) or not all(
+                    callable(fn) and _processor_arity(fn) in (2, 3) for fn in self.logits_processors):
+                raise ValueError("logits_processors must be a list of callables taking (output_token_ids, logits) "
+                                 "or (prompt_token_ids, output_token_ids, logits)")
+            self.logits_processors = list(self.logits_processors)
+        if self.truncate_prompt_tokens is not None:
+            self._check_int("truncate_prompt_tokens", self.truncate_prompt_tokens, low=1, high=MAX_INT32,
+                            allowed=f"None or an integer in [1, {MAX_INT32}]")
+
+    def clone(self) -> SamplingParams:
+        """A deep copy (logits processors are shared, as vLLM does)."""
+        processors = self.logits_processors
+        twin = copy.copy(self)
+        for name in ("stop", "stop_token_ids", "logit_bias", "allowed_token_ids", "stop_strings"):
+            setattr(twin, name, copy.deepcopy(getattr(self, name)))
+        twin.logits_processors = None if processors is None else list(processors)
+        return twin
+
+    @property
+    def uses_logit_controls(self) -> bool:
+        return bool(self.logit_bias) or self.allowed_token_ids is not None or bool(self.logits_processors)
 
     @property
     def is_greedy(self) -> bool:
@@ -107,3 +156,12 @@ class SamplingParams:
             high is None or value <= high)
         if not ok:
             raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _processor_arity(fn: Callable) -> int:
+    """Positional parameters of a logits processor (2: output ids + logits, 3: prompt ids too)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return -1
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)

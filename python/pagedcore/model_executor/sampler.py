@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pagedcore.engine.sampling_params import SamplingParams
+from pagedcore.engine.sampling_params import SamplingParams, _processor_arity
+
+
+def _takes_prompt(fn) -> bool:
+    return _processor_arity(fn) == 3
 
 
 @dataclass
@@ -57,11 +61,38 @@ class Sampler:
         """logits: [num_samples, >= vocab_size] (padded vocab columns are dropped); one state per row."""
         logits = logits[:, : self.vocab_size].float()
         raw_log_norm = torch.logsumexp(logits, dim=-1)  # [num_samples]
-        processed = self._apply_penalties(self._mask_before_min_tokens(logits, states), states)
+        controlled = self._apply_logit_controls(logits, states)
+        processed = self._apply_penalties(self._mask_before_min_tokens(controlled, states), states)
         token_ids = self._choose(processed, states)  # [num_samples] int64
         sampled_logprobs = logits.gather(1, token_ids[:, None])[:, 0] - raw_log_norm
         top_logprobs = self._top_logprobs(logits, raw_log_norm, token_ids, sampled_logprobs, states)
         return SamplerOutput(token_ids.tolist(), sampled_logprobs.tolist(), top_logprobs)
+
+    def _apply_logit_controls(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
+        """allowed_token_ids (everything else -inf), logit_bias, then the request's logits processors."""
+        rows = [i for i, s in enumerate(states) if s.params.uses_logit_controls]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        for row in rows:
+            params, state = states[row].params, states[row]
+            if params.allowed_token_ids is not None:
+                keep = torch.full_like(logits[row], float("-inf"))
+                allowed = torch.tensor(params.allowed_token_ids, dtype=torch.long, device=logits.device)
+                keep[allowed] = 0.0
+                logits[row] += keep
+            if params.logit_bias:
+                ids = torch.tensor(list(params.logit_bias), dtype=torch.long, device=logits.device)
+                logits[row, ids] += torch.tensor(list(params.logit_bias.values()), device=logits.device)
+            for fn in params.logits_processors or ():
+                args = ((state.prompt_token_ids, state.output_token_ids) if _takes_prompt(fn)
+                        else (state.output_token_ids,))
+                result = fn(*(tuple(a) for a in args), logits[row].clone())
+                if not isinstance(result, torch.Tensor) or result.shape != logits[row].shape:
+                    raise ValueError(f"a logits processor must return a tensor of shape "
+                                     f"{tuple(logits[row].shape)}, got {getattr(result, 'shape', type(result))}")
+                logits[row] = result.to(logits.dtype)
+        return logits
 
     def _mask_before_min_tokens(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
         """logits [num_samples, vocab]: -inf on EOS / stop tokens of rows still below min_tokens."""
