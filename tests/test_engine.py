@@ -280,3 +280,25 @@ def test_vllm_sampling_controls(model_dir):
     with pytest.raises(ValueError, match="logits_processors must be a list of callables"):
         SamplingParams(logits_processors=[lambda logits: logits])
     assert not llm.engine.has_unfinished()
+
+
+def test_llm_methods_vllm_programs_call(model_dir):
+    llm = _llm(model_dir)
+    prompt = list(range(10, 60))  # 50 tokens: three full 16-token blocks cacheable
+    llm.generate(prompt, GREEDY, use_tqdm=False)
+    again = llm.generate(prompt, GREEDY, use_tqdm=False)[0]
+    assert again.num_cached_tokens == 48
+    metrics = {m.name: m for m in llm.get_metrics()}
+    assert metrics["pagedcore_prefix_cache_hit_tokens"].kind == "counter"
+    assert metrics["pagedcore_prefix_cache_hit_tokens"].value == 48
+    assert metrics["pagedcore_num_requests_running"].value == 0
+    assert metrics["pagedcore_kv_cache_blocks"].value == llm.kv_plan.num_blocks
+    assert llm.reset_prefix_cache() is True
+    assert llm.generate(prompt, GREEDY, use_tqdm=False)[0].num_cached_tokens == 0  # the cache was emptied
+    llm.engine.add_request(None, prompt, GREEDY)  # in flight: the cache stays
+    assert llm.reset_prefix_cache() is False
+    while llm.engine.has_unfinished():
+        llm.engine.step()
+    hf_tokenizer = llm.get_tokenizer()  # transformers is installed here: its tokenizer of the same files
+    assert hf_tokenizer.encode("Paging is", add_special_tokens=False) == llm.tokenizer.encode(
+        "Paging is", add_special_tokens=False)

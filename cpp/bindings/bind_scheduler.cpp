@@ -182,6 +182,8 @@ void bind_scheduler(py::module_& m) {
       .def("finish", &Scheduler::finish, py::arg("request_id"), py::arg("seq_index"),
            py::arg("reason") = FinishReason::kStop)
       .def("abort", &Scheduler::abort, py::arg("request_id"))
+      .def("reset_prefix_cache", &Scheduler::reset_prefix_cache,
+           "Empties the prefix cache; False (nothing changed) while requests are queued or running.")
       .def("has_unfinished", &Scheduler::has_unfinished)
       .def("has_request", &Scheduler::has_request, py::arg("request_id"))
       .def("stats", &Scheduler::stats)

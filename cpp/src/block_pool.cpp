@@ -101,6 +101,16 @@ uint64_t BlockPool::cache_block(BlockId id, const BlockKey& key) {
   return cache_ids_[id];
 }
 
+bool BlockPool::reset_prefix_cache() {
+  if (num_used_blocks() != 0) return false;
+  // Least recently freed first, so the never-cached list keeps the order the LRU list had.
+  while (std::optional<BlockId> id = cached_free_.pop_front()) {
+    evict(*id);
+    uncached_free_.push_back(*id);
+  }
+  return true;
+}
+
 void BlockPool::check_invariants() const {
   auto fail = [](const std::string& what) { throw std::logic_error("block pool invariant: " + what); };
   int in_use = 0;

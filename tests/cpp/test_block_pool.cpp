@@ -141,3 +141,29 @@ TEST(BlockPool, CacheBlockRejectsPartialBlocks) {
 
 }  // namespace
 }  // namespace pagedcore
+
+namespace pagedcore {
+namespace {
+
+TEST(BlockPool, ResetPrefixCacheForgetsEveryCachedBlockOnlyWhenNoneIsInUse) {
+  BlockPool pool(4, 2);
+  const BlockId a = *pool.allocate();  // 0
+  const BlockId b = *pool.allocate();  // 1
+  pool.cache_block(a, key(10, {1, 2}));
+  pool.cache_block(b, key(11, {3, 4}));
+  pool.release(b);
+  EXPECT_FALSE(pool.reset_prefix_cache());  // block a is still in use: nothing changes
+  EXPECT_EQ(pool.find_cached(key(11, {3, 4})), b);
+  pool.release(a);
+  EXPECT_EQ(pool.cached_free_blocks(), (std::vector<BlockId>{1, 0}));
+  EXPECT_TRUE(pool.reset_prefix_cache());
+  EXPECT_EQ(pool.num_cached_blocks(), 0);
+  EXPECT_EQ(pool.cached_free_blocks(), (std::vector<BlockId>{}));
+  EXPECT_EQ(pool.uncached_free_blocks(), (std::vector<BlockId>{2, 3, 1, 0}));  // LRU order kept
+  EXPECT_EQ(pool.find_cached(key(10, {1, 2})), std::nullopt);
+  EXPECT_FALSE(pool.is_cached(a));
+  pool.check_invariants();
+}
+
+}  // namespace
+}  // namespace pagedcore

@@ -58,6 +58,10 @@ class BlockPool {
   // Takes a reference to a block found by find_cached, reviving it from the LRU list if free.
   void acquire_cached(BlockId id);
 
+  // Forgets every cached block: all must be free (nothing holds a reference). Returns false, and
+  // changes nothing, while any block is in use.
+  bool reset_prefix_cache();
+
   // Registers a full block in use under `key`; returns the block's new cache_id (never 0).
   uint64_t cache_block(BlockId id, const BlockKey& key);
 

@@ -78,6 +78,8 @@ class BlockTables {
 
   int num_sequences() const { return static_cast<int>(seqs_.size()); }
   PoolStats stats() const;
+  // Empties the prefix cache; false (nothing changed) while any sequence holds blocks.
+  bool reset_prefix_cache() { return seqs_.empty() && pool_.reset_prefix_cache(); }
 
   // Pool invariants plus: every ref count equals the number of tables holding the block, every
   // table holds exactly the blocks its token count needs. Throws std::logic_error.

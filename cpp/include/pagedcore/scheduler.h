@@ -100,6 +100,9 @@ class Scheduler {
   void abort(RequestId id);
 
   bool has_unfinished() const { return !requests_.empty(); }
+  // Empties the prefix cache (vLLM's reset_prefix_cache); false, changing nothing, while requests
+  // are queued or running, or between step() and commit().
+  bool reset_prefix_cache() { return requests_.empty() && !awaiting_commit_ && tables_.reset_prefix_cache(); }
   bool has_request(RequestId id) const { return requests_.count(id) != 0; }
   SchedulerStats stats() const;
   const BlockTables& block_tables() const { return tables_; }

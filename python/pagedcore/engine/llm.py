@@ -16,7 +16,7 @@ from pagedcore.engine.engine_args import EngineArgs
 from pagedcore.model_executor.kv_cache import allocate_kv_cache, blocks_per_seq, kv_budget_bytes, plan_kv_cache
 from pagedcore.loaders.model_loader import DEFAULT_MODEL, build_model, resolve_model
 from pagedcore.model_executor.model_runner import ModelRunner
-from pagedcore.engine.outputs import RequestOutput
+from pagedcore.engine.outputs import SCHEDULER_METRICS, Metric, RequestOutput
 from pagedcore.model_executor.sampler import Sampler
 from pagedcore.engine.sampling_params import SamplingParams
 from pagedcore.tokenizers.loader import load_tokenizer
@@ -42,6 +42,7 @@ class LLM:
         args = EngineArgs.from_kwargs(model=None if model is None else str(model), **kwargs)
         self.args = args
         source = resolve_model(args.model, revision=args.revision, download_dir=args.download_dir)
+        self.source_path = source.path  # HF directory or .gguf file
         config = source.config
         self.device = args.resolve_device()
         self.dtype = args.resolve_dtype(config.dtype, self.device)
@@ -82,6 +83,31 @@ class LLM:
     @property
     def scheduler(self) -> _core.Scheduler:
         return self.engine.scheduler
+
+    def get_tokenizer(self):
+        """The Hugging Face tokenizer of the model (transformers' AutoTokenizer, as vLLM returns) where
+        transformers is installed and the model has tokenizer files; else pagedcore's own tokenizer
+        (encode / decode / chat_template), or None for a model without one."""
+        if self.tokenizer is None:
+            return None
+        try:
+            import transformers
+        except ImportError:
+            return self.tokenizer
+        path = Path(self.source_path)
+        if path.suffix == ".gguf":
+            return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return transformers.AutoTokenizer.from_pretrained(str(path))
+
+    def reset_prefix_cache(self) -> bool:
+        """Empties the prefix cache (vLLM's LLM.reset_prefix_cache); False, changing nothing, while
+        requests are in flight."""
+        return self.engine.scheduler.reset_prefix_cache()
+
+    def get_metrics(self) -> list[Metric]:
+        """The engine's counters and gauges now (vLLM's LLM.get_metrics)."""
+        stats = self.engine.scheduler.stats()
+        return [Metric(name, kind, float(getattr(stats, key))) for name, (kind, _, key) in SCHEDULER_METRICS.items()]
 
     def generate(self, prompts: PromptInput | Sequence[PromptInput], sampling_params: SamplingParams
                  | Sequence[SamplingParams] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:

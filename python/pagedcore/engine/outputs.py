@@ -48,3 +48,34 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens taken from the prefix cache
     metrics: RequestMetrics | None = field(default=None, repr=False)
+
+
+@dataclass
+class Metric:
+    """One engine metric, as vLLM's LLM.get_metrics() returns them (vllm.v1.metrics.reader): a
+    counter (monotonic) or a gauge (current value), named like the server's Prometheus metrics."""
+
+    name: str
+    kind: str  # "counter" | "gauge"
+    value: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+# The scheduler's metrics: name -> (kind, help, SchedulerStats field). The server's Prometheus
+# /metrics and LLM.get_metrics() both read this table.
+SCHEDULER_METRICS = {
+    "pagedcore_kv_cache_usage_ratio": ("gauge", "Fraction of KV cache blocks in use", "kv_usage"),
+    "pagedcore_kv_cache_used_blocks": ("gauge", "KV cache blocks in use", "num_used_blocks"),
+    "pagedcore_kv_cache_blocks": ("gauge", "KV cache blocks in the pool", "num_blocks"),
+    "pagedcore_prefix_cache_hit_rate": ("gauge", "Prompt tokens found in the prefix cache / looked up",
+                                        "prefix_hit_rate"),
+    "pagedcore_num_requests_running": ("gauge", "Sequences running", "num_running"),
+    "pagedcore_num_requests_waiting": ("gauge", "Sequences waiting", "num_waiting"),
+    "pagedcore_num_requests_swapped": ("gauge", "Sequences swapped to host memory", "num_swapped"),
+    "pagedcore_num_preemptions": ("counter", "Sequences preempted", "num_preemptions"),
+    "pagedcore_prefix_cache_hit_tokens": ("counter", "Prompt tokens served from the prefix cache",
+                                          "num_prefix_hit_tokens"),
+    "pagedcore_prefix_cache_query_tokens": ("counter", "Prompt tokens looked up in the prefix cache",
+                                            "num_prefix_query_tokens"),
+    "pagedcore_engine_steps": ("counter", "Engine steps run", "num_steps"),
+}

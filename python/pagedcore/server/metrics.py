@@ -10,6 +10,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from pagedcore.engine.outputs import SCHEDULER_METRICS
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0)
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
@@ -52,25 +54,6 @@ class _SchedulerCollector:
 
     def collect(self):
         stats = self.metrics._stats()
-        gauges = {
-            "pagedcore_kv_cache_usage_ratio": ("Fraction of KV cache blocks in use", "kv_usage"),
-            "pagedcore_kv_cache_used_blocks": ("KV cache blocks in use", "num_used_blocks"),
-            "pagedcore_kv_cache_blocks": ("KV cache blocks in the pool", "num_blocks"),
-            "pagedcore_prefix_cache_hit_rate": ("Prompt tokens found in the prefix cache / looked up",
-                                                "prefix_hit_rate"),
-            "pagedcore_num_requests_running": ("Sequences running", "num_running"),
-            "pagedcore_num_requests_waiting": ("Sequences waiting", "num_waiting"),
-            "pagedcore_num_requests_swapped": ("Sequences swapped to host memory", "num_swapped"),
-        }
-        for name, (doc, key) in gauges.items():
-            yield GaugeMetricFamily(name, doc, value=float(stats.get(key, 0)))
-        counters = {
-            "pagedcore_num_preemptions": ("Sequences preempted", "num_preemptions"),
-            "pagedcore_prefix_cache_hit_tokens": ("Prompt tokens served from the prefix cache",
-                                                  "num_prefix_hit_tokens"),
-            "pagedcore_prefix_cache_query_tokens": ("Prompt tokens looked up in the prefix cache",
-                                                    "num_prefix_query_tokens"),
-            "pagedcore_engine_steps": ("Engine steps run", "num_steps"),
-        }
-        for name, (doc, key) in counters.items():
-            yield CounterMetricFamily(name, doc, value=float(stats.get(key, 0)))
+        for name, (kind, doc, key) in SCHEDULER_METRICS.items():
+            family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            yield family(name, doc, value=float(stats.get(key, 0)))
