@@ -86,6 +86,17 @@ def test_max_tokens_past_the_context_is_clamped_as_vllm_does(client):
     assert out.usage.prompt_tokens == 250 and out.usage.completion_tokens == 6
 
 
+def test_logit_bias_steers_the_completion(client):
+    def tokens(token_id):
+        out = client.completions.create(model="tiny", prompt="Hello", max_tokens=4, temperature=0, logprobs=0,
+                                        logit_bias={str(token_id): 100}, extra_body={"ignore_eos": True})
+        return out.choices[0].logprobs.tokens
+
+    first, second = tokens(4242), tokens(4243)
+    assert len(first) == 4 and len(set(first)) == 1  # every token is the biased one
+    assert len(second) == 4 and len(set(second)) == 1 and second[0] != first[0]
+
+
 def test_completion_token_id_prompts_and_cached_tokens(client):
     prompt = list(range(100, 140))  # 40 tokens: two full 16-token blocks are cacheable
     first = client.completions.create(model="tiny", prompt=[prompt, prompt[:20]], max_tokens=3, temperature=0)
@@ -172,7 +183,13 @@ def test_auth_on_every_route_but_health(server):
     ({"prompt": "x", "n": 65}, "n", "64"),
     ({"prompt": "x", "model": "other"}, "model", "'tiny'"),
     ({"prompt": "x", "echo": True}, "echo", "not supported"),
-    ({"prompt": "x", "logit_bias": {"5": 1.0}}, "logit_bias", "not supported"),
+    ({"prompt": "x", "logit_bias": {"five": 1.0}}, "logit_bias", "token ids"),
+    ({"prompt": "x", "logit_bias": {"5": 101.0}}, "logit_bias", "[-100, 100]"),
+    ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format", "not supported by this server"),
+    ({"prompt": "x", "guided_json": {}}, "guided_json", "not supported by this server"),
+    ({"prompt": "x", "structured_outputs": {"json": {}}}, "structured_outputs", "not supported by this server"),
+    ({"prompt": "x", "stop": ""}, "stop", "at least 1 character"),
+    ({"prompt": "x", "stop": "y" * 300}, "stop", "at most 256 characters"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options", "stream=true"),
     ({"max_tokens": 1}, "prompt", "required"),
 ])
@@ -185,7 +202,10 @@ def test_invalid_chat_parameters_are_400(server):
     assert_error(post(server, "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}), 400,
                  "messages.0.role")
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
-    assert_error(post(server, "/v1/chat/completions", {"messages": image}), 400, "messages.0.content")
+    assert_error(post(server, "/v1/chat/completions", {"messages": image}), 400, "messages.0.content",
+                 "images are not supported")
+    tools = {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}
+    assert_error(post(server, "/v1/chat/completions", tools), 400, "tools", "not supported by this server")
     assert_error(post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
                                                        "top_logprobs": 2}), 400, "top_logprobs")
 

@@ -30,21 +30,26 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def from_validation_error(error: ValidationError) -> APIError:
-    """The first problem pydantic found, with `param` the dotted path of the offending field."""
+    """The most telling problem pydantic found, with `param` the dotted path of the offending field:
+    a field this server does not implement first, then a value's own limit (an empty stop string,
+    a too-long list) over "not this type" mismatches of the other forms of a union."""
     problems = error.errors(include_url=False)
     if not problems:
         return bad_request("invalid request body")
-    first = problems[0]
-    if first["type"] == "json_invalid":
-        return bad_request(f"the body is not valid JSON: {first['msg']}", code="invalid_json")
+    if problems[0]["type"] == "json_invalid":
+        return bad_request(f"the body is not valid JSON: {problems[0]['msg']}", code="invalid_json")
+    unsupported = [p for p in problems if p["type"] == "extra_forbidden"]
+    if unsupported:
+        param = ".".join(str(part) for part in unsupported[0]["loc"])
+        return bad_request(f"{param} is not supported by this server", param=param, code="unsupported")
+    specific = [p for p in problems if not p["type"].endswith("_type") and p["type"] != "literal_error"]
+    first = (specific or problems)[0]
     # Union members appear in the location (prompt.str, prompt.list[constrained-int].3); keep the field path.
     path = [str(part) for part in first["loc"] if not _is_union_member(part)]
     param = ".".join(path) or None
-    in_union = len(path) < len(first["loc"])
-    if in_union:
-        message = f"matches none of the accepted forms (for example: {first['msg']})"
-    else:
-        message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
+    if len(path) < len(first["loc"]) and not specific:
+        message = f"matches none of the accepted forms (for example: {message})"
     return bad_request(f"{param or 'body'}: {message}", param=param, code="invalid_value")
 
 

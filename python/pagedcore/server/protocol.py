@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pagedcore.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from pagedcore.server.errors import APIError, bad_request, from_validation_error
@@ -29,7 +29,8 @@ Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+    # extra="forbid": a field this server does not implement is a 400 naming it, never dropped.
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
 
 class StreamOptions(_Strict):
@@ -58,16 +59,26 @@ class _SamplingRequest(_Strict):
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    logit_bias: dict[str, float] | None = None  # refused when non-empty: not supported
+    logit_bias: Annotated[dict[str, float], Field(max_length=1024)] | None = None  # token id (as a string) -> bias
     user: str | None = Field(default=None, max_length=256)
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def _logit_bias(self) -> dict[int, float] | None:
+        """OpenAI sends token ids as JSON object keys, i.e. strings."""
+        if not self.logit_bias:
+            return None
+        bias = {}
+        for key, value in self.logit_bias.items():
+            if not key.isdigit() or int(key) > MAX_TOKEN_ID:
+                raise bad_request(f"logit_bias keys must be token ids (integers in [0, {MAX_TOKEN_ID}]), got {key!r}",
+                                  param="logit_bias", code="invalid_value")
+            bias[int(key)] = value
+        return bias
+
     def _sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-        if self.logit_bias:
-            raise bad_request("logit_bias is not supported", param="logit_bias", code="unsupported")
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
         try:
@@ -77,7 +88,7 @@ class _SamplingRequest(_Strict):
                 min_tokens=self.min_tokens, ignore_eos=self.ignore_eos, presence_penalty=self.presence_penalty,
                 frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
                 logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
-                include_stop_str_in_output=self.include_stop_str_in_output)
+                include_stop_str_in_output=self.include_stop_str_in_output, logit_bias=self._logit_bias())
         except ValueError as error:  # SamplingParams names the field first: "top_p must be in (0, 1], got 0.0"
             field = str(error).split(" ", 1)[0]
             raise bad_request(str(error), param=field if field in type(self).model_fields else None,
@@ -116,17 +127,33 @@ class TextPart(_Strict):
     text: str
 
 
+# Content parts OpenAI defines that a text-only model cannot take: refused with this reason.
+_UNSUPPORTED_PARTS = {"image_url": "images are not supported", "input_image": "images are not supported",
+                      "input_audio": "audio is not supported", "file": "file inputs are not supported"}
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
     name: str | None = Field(default=None, max_length=256)
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _refuse_other_parts(cls, content):
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in _UNSUPPORTED_PARTS:
+                    raise ValueError(f"{_UNSUPPORTED_PARTS[kind]}: this server runs a text-only model")
+        return content
+
     def text(self) -> str:
+        """The message as the template takes it: text parts joined with newlines, as vLLM does."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "\n".join(part.text for part in self.content)
 
 
 class ChatCompletionRequest(_SamplingRequest):
