@@ -282,3 +282,19 @@ def test_metrics_report_engine_state_and_latencies(server):
     assert server.metric("pagedcore_generation_tokens_total") >= 4
     assert server.metric("pagedcore_e2e_request_latency_seconds_count") >= 1
     assert server.metric("pagedcore_kv_cache_blocks") == 512
+
+
+def test_vllm_utility_routes(server):
+    ids = post(server, "/tokenize", {"prompt": "Hello there"}).json()
+    assert ids["count"] == len(ids["tokens"]) > 0 and ids["max_model_len"] == 256
+    assert post(server, "/detokenize", {"tokens": ids["tokens"]}).json()["prompt"] == "Hello there"
+    chat = post(server, "/tokenize", {"messages": [{"role": "user", "content": "Hi"}]})
+    assert chat.status_code == 200 and chat.json()["count"] > 1
+    assert_error(post(server, "/tokenize", {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}), 400,
+                 "prompt", "exactly one")
+    assert_error(post(server, "/detokenize", {"tokens": [10**7]}), 400, "tokens", "vocabulary")
+    assert httpx.get(f"{server.base_url}/ping").status_code == 200  # no key needed, like /health
+    assert httpx.get(f"{server.base_url}/version", headers=server.headers()).json()["version"]
+    card = httpx.get(f"{server.base_url}/v1/models/tiny", headers=server.headers()).json()
+    assert card["id"] == "tiny" and card["object"] == "model"
+    assert_error(httpx.get(f"{server.base_url}/v1/models/other", headers=server.headers()), 404, "model", "'tiny'")

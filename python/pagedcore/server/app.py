@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pagedcore import __version__
 from pagedcore.engine.engine import LLMEngine
 from pagedcore.server.async_engine import AsyncEngine
 from pagedcore.server.errors import APIError
@@ -60,7 +61,7 @@ class _LimitsAndAuth:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])  # raw lower-case byte names -> byte values
-        if self.key is not None and scope["path"] != "/health" and not self._authorized(headers):
+        if self.key is not None and scope["path"] not in ("/health", "/ping") and not self._authorized(headers):
             error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                              type="authentication_error", code="invalid_api_key")
             return await error.response()(scope, receive, send)
@@ -140,11 +141,27 @@ def build_app(engine: LLMEngine, tokenizer: Tokenizer | None, max_model_len: int
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable", "error": async_engine.error}, status_code=503)
 
+    card = {"id": config.model_name, "object": "model", "created": created, "owned_by": "pagedcore",
+            "max_model_len": max_model_len}
+
     @app.get("/v1/models")
     async def models() -> Response:
-        return JSONResponse({"object": "list", "data": [{
-            "id": config.model_name, "object": "model", "created": created, "owned_by": "pagedcore",
-            "max_model_len": max_model_len}]})
+        return JSONResponse({"object": "list", "data": [card]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> Response:
+        if model_id != config.model_name:
+            raise APIError(404, f"model {model_id!r} is not served here; the served model is {config.model_name!r}",
+                           param="model", code="model_not_found")
+        return JSONResponse(card)
+
+    @app.get("/ping")
+    async def ping() -> Response:  # vLLM's liveness route: /health's answer
+        return await health()
+
+    @app.get("/version")
+    async def version() -> Response:
+        return JSONResponse({"version": __version__})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -152,4 +169,6 @@ def build_app(engine: LLMEngine, tokenizer: Tokenizer | None, max_model_len: int
 
     app.add_api_route("/v1/completions", handlers.completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", handlers.chat, methods=["POST"])
+    app.add_api_route("/tokenize", handlers.tokenize, methods=["POST"])
+    app.add_api_route("/detokenize", handlers.detokenize, methods=["POST"])
     return app

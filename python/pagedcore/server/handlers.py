@@ -14,7 +14,8 @@ from pagedcore.tokenizers.chat_template import render_chat
 from pagedcore.server.async_engine import (AsyncEngine, EngineDeadError, EngineRequest, GenerationHandle, QueueFullError,
                                            RequestDelta)
 from pagedcore.server.errors import APIError, bad_request
-from pagedcore.server.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+from pagedcore.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
+                                      conversation_of, parse_body)
 from pagedcore.server.responses import (ChoiceAccumulator, TokenText, Usage, chat_logprobs, completion_logprobs,
                                         new_id, response_base, sse)
 from pagedcore.tokenizers.tokenizer import Tokenizer
@@ -54,14 +55,7 @@ class OpenAIHandlers:
         body = parse_body(ChatCompletionRequest, await request.body())
         self._check_model(body.model)
         params = body.to_sampling_params()
-        template = self.tokenizer.chat_template if self.tokenizer is not None else None
-        if template is None:
-            raise bad_request("this model has no chat template: use /v1/completions", param="messages")
-        try:
-            text = render_chat(template, body.conversation(), add_generation_prompt=body.add_generation_prompt,
-                               bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
-        except Exception as error:  # the template refused the conversation (raise_exception, bad roles)
-            raise bad_request(f"the chat template refused these messages: {error}", param="messages") from error
+        text = self._render(body.conversation(), body.add_generation_prompt)
         ids = await self._encode(text, "messages", add_special_tokens=False)
         handle = await self._submit([EngineRequest(None, ids, params)], "messages")
         base = response_base(new_id("chatcmpl"), "chat.completion", self.model_name)
@@ -69,7 +63,46 @@ class OpenAIHandlers:
             return self._stream(self._chat_chunks(handle, {**base, "object": "chat.completion.chunk"}, body))
         return await self._collect(request, handle, lambda: self._chat_body(handle, base, body))
 
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's /tokenize: {"prompt"} or {"messages"} -> {"count", "max_model_len", "tokens"}."""
+        body = parse_body(TokenizeRequest, await request.body())
+        self._check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise bad_request("give exactly one of prompt and messages", param="prompt")
+        if self.tokenizer is None:
+            raise bad_request("this model has no tokenizer", param="prompt")
+        if body.messages is not None:
+            text = self._render(conversation_of(body.messages), body.add_generation_prompt)
+            ids = await asyncio.to_thread(self.tokenizer.encode, text, False)
+        else:
+            ids = await asyncio.to_thread(self.tokenizer.encode, body.prompt, body.add_special_tokens)
+        return JSONResponse({"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids})
+
+    async def detokenize(self, request: Request) -> Response:
+        """vLLM's /detokenize: {"tokens"} -> {"prompt"}."""
+        body = parse_body(DetokenizeRequest, await request.body())
+        self._check_model(body.model)
+        if self.tokenizer is None:
+            raise bad_request("this model has no tokenizer", param="tokens")
+        vocab_size = self.engine.engine.sampler.vocab_size
+        outside = [t for t in body.tokens if t >= vocab_size]
+        if outside:
+            raise bad_request(f"tokens must be in [0, {vocab_size - 1}] (the vocabulary), got {outside[:5]}",
+                              param="tokens", code="invalid_value")
+        text = await asyncio.to_thread(self.tokenizer.decode, body.tokens, False)
+        return JSONResponse({"prompt": text})
+
     # ---- shared steps ------------------------------------------------------------------------
+
+    def _render(self, conversation: list[dict], add_generation_prompt: bool) -> str:
+        template = self.tokenizer.chat_template if self.tokenizer is not None else None
+        if template is None:
+            raise bad_request("this model has no chat template: use /v1/completions", param="messages")
+        try:
+            return render_chat(template, conversation, add_generation_prompt=add_generation_prompt,
+                               bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
+        except Exception as error:  # the template refused the conversation (raise_exception, bad roles)
+            raise bad_request(f"the chat template refused these messages: {error}", param="messages") from error
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:

@@ -156,6 +156,11 @@ class ChatMessage(_Strict):
         return "\n".join(part.text for part in self.content)
 
 
+def conversation_of(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template expects them; 'developer' is OpenAI's new name for 'system'."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+
+
 class ChatCompletionRequest(_SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
@@ -164,8 +169,7 @@ class ChatCompletionRequest(_SamplingRequest):
     add_generation_prompt: bool = True
 
     def conversation(self) -> list[dict[str, str]]:
-        """Messages as the chat template expects them; 'developer' is OpenAI's new name for 'system'."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+        return conversation_of(self.messages)
 
     def to_sampling_params(self) -> SamplingParams:
         if self.top_logprobs is not None and not self.logprobs:
@@ -182,3 +186,18 @@ def parse_body(model: type[_Strict], body: bytes) -> _Strict:
         raise from_validation_error(error) from None
     except (ValueError, RecursionError) as error:  # defensive: pydantic reports these as ValidationError
         raise APIError(400, f"the body is not valid JSON: {error}", code="invalid_json") from None
+
+
+class TokenizeRequest(_Strict):
+    """vLLM's /tokenize: a prompt, or chat messages rendered with the model's template."""
+
+    model: str | None = Field(default=None, max_length=256)
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(_Strict):
+    model: str | None = Field(default=None, max_length=256)
+    tokens: Annotated[list[TokenId], Field(max_length=1 << 20)]
