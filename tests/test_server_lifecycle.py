@@ -119,8 +119,8 @@ def test_sigterm_drains_the_stream_in_flight_then_exits(tmp_path):
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
         assert '"completion_tokens": 60' in rest[-2]
-        # uvicorn re-raises the captured SIGTERM once it has drained, so the exit status is the signal's.
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        # A SIGTERM drain is the normal end of `pagedcore serve`: exit status 0, not the signal's.
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 from pagedcore.engine.engine_args import EngineArgs
@@ -55,6 +56,24 @@ def serve(args: argparse.Namespace) -> int:
                           api_key=args.api_key or None, max_body_bytes=args.max_body_bytes,
                           max_queued_requests=args.max_queued_requests, stall_timeout_s=args.stall_timeout)
     app = build_app(llm.engine, llm.tokenizer, llm.max_model_len, config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.drain_timeout)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.drain_timeout)
+    _uvicorn_server()(config).run()
     return 0
+
+
+def _uvicorn_server():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn re-raises a captured signal once it has shut down gracefully, so a clean SIGTERM
+        drain would end with status 143. SIGTERM is how `pagedcore serve` is asked to stop: after the
+        drain it exits 0 (SIGINT keeps uvicorn's behaviour)."""
+
+        def handle_exit(self, sig: int, frame) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if sig == signal.SIGTERM and isinstance(captured, list) and sig in captured:
+                captured.remove(sig)
+
+    return DrainingServer
