@@ -298,3 +298,17 @@ def test_vllm_utility_routes(server):
     card = httpx.get(f"{server.base_url}/v1/models/tiny", headers=server.headers()).json()
     assert card["id"] == "tiny" and card["object"] == "model"
     assert_error(httpx.get(f"{server.base_url}/v1/models/other", headers=server.headers()), 404, "model", "'tiny'")
+
+
+def test_choices_carry_vllms_stop_reason(server):
+    def complete(**extra):
+        body = {"model": "tiny", "prompt": "Hello", "temperature": 0, "ignore_eos": True, **extra}
+        return post(server, "/v1/completions", body).json()["choices"][0]
+
+    first = complete(max_tokens=6)
+    assert first["finish_reason"] == "length" and first["stop_reason"] is None
+    stopped = complete(max_tokens=10, stop=[first["text"]])
+    assert stopped["finish_reason"] == "stop" and stopped["stop_reason"] == first["text"]
+    chat = post(server, "/v1/chat/completions", {"model": "tiny", "max_tokens": 3, "temperature": 0,
+                                                 "messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert "stop_reason" in chat["choices"][0]

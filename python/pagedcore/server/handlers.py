@@ -196,7 +196,8 @@ class OpenAIHandlers:
                     continue
                 logprobs = completion_logprobs(seq, self.token_text, offsets.get(index, 0))
                 offsets[index] = offsets.get(index, 0) + len(seq.text)
-                yield {"index": index, "text": seq.text, "logprobs": logprobs, "finish_reason": seq.finish_reason}
+                yield {"index": index, "text": seq.text, "logprobs": logprobs, "finish_reason": seq.finish_reason,
+                       "stop_reason": seq.stop_reason}
 
         return self._sse_chunks(handle, base, body.include_usage, choices_of)
 
@@ -212,7 +213,7 @@ class OpenAIHandlers:
             merged = choices[index].merged()
             out.append({"index": index, "text": merged.text,
                         "logprobs": completion_logprobs(merged, self.token_text, 0),
-                        "finish_reason": merged.finish_reason})
+                        "finish_reason": merged.finish_reason, "stop_reason": merged.stop_reason})
         return {**base, "choices": out, "usage": usage.body()}
 
     # ---- chat --------------------------------------------------------------------------------
@@ -227,7 +228,8 @@ class OpenAIHandlers:
                 if not seq.text and seq.finish_reason is None and seq.logprobs is None:
                     continue
                 yield {"index": seq.index, "delta": {"content": seq.text} if seq.text else {},
-                       "logprobs": chat_logprobs(seq, self.token_text, num_top), "finish_reason": seq.finish_reason}
+                       "logprobs": chat_logprobs(seq, self.token_text, num_top), "finish_reason": seq.finish_reason,
+                       "stop_reason": seq.stop_reason}
 
         return self._sse_chunks(handle, base, body.include_usage, choices_of, first=roles)
 
@@ -243,5 +245,5 @@ class OpenAIHandlers:
             merged = choice.merged()
             out.append({"index": index, "message": {"role": "assistant", "content": merged.text},
                         "logprobs": chat_logprobs(merged, self.token_text, body.top_logprobs or 0),
-                        "finish_reason": merged.finish_reason})
+                        "finish_reason": merged.finish_reason, "stop_reason": merged.stop_reason})
         return {**base, "choices": out, "usage": usage.body()}

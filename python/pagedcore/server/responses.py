@@ -104,6 +104,7 @@ class ChoiceAccumulator:
         self.token_ids: list[int] = []
         self.logprob_deltas: list[SequenceDelta] = []
         self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
 
     def add(self, seq: SequenceDelta) -> None:
         self.text += seq.text
@@ -112,12 +113,13 @@ class ChoiceAccumulator:
             self.logprob_deltas.append(seq)
         if seq.finish_reason is not None:
             self.finish_reason = seq.finish_reason
+            self.stop_reason = seq.stop_reason
 
     def merged(self) -> SequenceDelta:
         logprobs = None
         if self.logprob_deltas:
             logprobs = [entry for d in self.logprob_deltas for entry in d.logprobs]
-        return SequenceDelta(0, self.text, self.token_ids, logprobs, self.finish_reason)
+        return SequenceDelta(0, self.text, self.token_ids, logprobs, self.finish_reason, self.stop_reason)
 
 
 def response_base(request_id: str, object_name: str, model: str) -> dict:
