@@ -302,3 +302,25 @@ def test_llm_methods_vllm_programs_call(model_dir):
     hf_tokenizer = llm.get_tokenizer()  # transformers is installed here: its tokenizer of the same files
     assert hf_tokenizer.encode("Paging is", add_special_tokens=False) == llm.tokenizer.encode(
         "Paging is", add_special_tokens=False)
+
+
+def test_outputs_in_vllms_shape(model_dir):
+    import time
+
+    llm = _llm(model_dir)
+    before = time.time()
+    out = llm.generate("Paging is", SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, logprobs=3),
+                       use_tqdm=False)[0]
+    assert isinstance(out.request_id, str)
+    completion = out.outputs[0]
+    for entry, token in zip(completion.logprobs, completion.token_ids):
+        assert entry[token].rank == 1  # greedy: the sampled token is the most likely one
+        assert sorted(lp.rank for lp in entry.values()) == [1, 2, 3]
+        assert entry[token].decoded_token == llm.tokenizer.decode([token], skip_special_tokens=False)
+        assert all(lp.logprob <= 0 for lp in entry.values())
+    sampled = llm.generate("Paging is", SamplingParams(temperature=1.0, seed=5, max_tokens=8, logprobs=0),
+                           use_tqdm=False)[0].outputs[0]
+    for entry, token in zip(sampled.logprobs, sampled.token_ids):
+        assert list(entry) == [token] and entry[token].rank >= 1  # logprobs=0: the sampled token alone
+    m = out.metrics
+    assert before <= m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time <= time.time()

@@ -35,7 +35,8 @@ def _check_against_hf(llm: LLM, hf_model, prompts: list[list[int]], num_tokens: 
         completion = output.outputs[0]
         assert completion.token_ids == expected_ids
         expected = expected_logits.float().log_softmax(-1).gather(1, torch.tensor(expected_ids)[:, None])[:, 0]
-        ours = torch.tensor([entry[token] for entry, token in zip(completion.logprobs, completion.token_ids)])
+        ours = torch.tensor([entry[token].logprob
+                             for entry, token in zip(completion.logprobs, completion.token_ids)])
         assert torch.allclose(ours, expected, atol=LOGPROB_ATOL), (ours - expected).abs().max()
         assert completion.finish_reason == "length"
 

@@ -49,7 +49,8 @@ def test_tiny_model_matches_float32_transformers_within_tolerance(tmp_path, vari
         chosen = reference.gather(1, torch.tensor(completion.token_ids)[:, None])[:, 0]
         gap = reference.max(-1).values - chosen
         assert gap.max() <= tol, f"engine token off the reference argmax by {gap.max():.3f} at {gap.argmax()}"
-        ours = torch.tensor([entry[token] for entry, token in zip(completion.logprobs, completion.token_ids)])
+        ours = torch.tensor([entry[token].logprob
+                             for entry, token in zip(completion.logprobs, completion.token_ids)])
         assert (ours - chosen).abs().max() <= tol, (ours - chosen).abs().max()
 
 

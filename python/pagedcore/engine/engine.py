@@ -58,7 +58,7 @@ class LLMEngine:
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         request_id = self._next_request_id
         self._next_request_id += 1
-        arrival = time.perf_counter()
+        arrival = time.time()
         native_params = _core.RequestParams(
             max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens), eos_token_ids=self.eos_token_ids,
             stop_token_ids=params.stop_token_ids, ignore_eos=params.ignore_eos, n=params.n,
@@ -94,14 +94,14 @@ class LLMEngine:
         return self._apply_events(events, rows, sampled)
 
     def _record_first_scheduled(self, request_ids: list[int]) -> None:
-        now = time.perf_counter()
+        now = time.time()
         for request_id in self._unscheduled.intersection(request_ids):
             self.requests[request_id].metrics.first_scheduled_time = now
         self._unscheduled.difference_update(request_ids)
 
     def _apply_events(self, events, rows: dict[tuple[int, int], int],
                       sampled: SamplerOutput | None) -> list[RequestState]:
-        now = time.perf_counter()
+        now = time.time()
         touched: dict[int, RequestState] = {}
         for event in events:
             request = self.requests.get(event.request_id)
@@ -145,6 +145,7 @@ class LLMEngine:
         sequence.cumulative_logprob += sampled.logprobs[row]
         if sequence.logprobs is not None:
             sequence.logprobs.append(sampled.top_logprobs[row])
+            sequence.logprob_ranks.append(sampled.ranks[row])
         if not add_text or sequence.detokenizer is None:
             return False
         new_text = sequence.detokenizer.append(token)

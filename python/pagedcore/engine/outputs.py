@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# One generated position: token id -> log-probability, for the sampled token and the top-k.
-TokenLogprobs = dict[int, float]
+@dataclass
+class Logprob:
+    """vLLM's Logprob: a token's log-probability under the raw model distribution, its rank there
+    (1 = the most likely token) and its text."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# One generated position: token id -> Logprob, for the sampled token and the top-k.
+TokenLogprobs = dict[int, Logprob]
 
 
 @dataclass
@@ -24,7 +34,7 @@ class CompletionOutput:
 
 @dataclass
 class RequestMetrics:
-    arrival_time: float  # time.perf_counter() seconds
+    arrival_time: float  # wall-clock seconds (time.time()), as vLLM's
     first_scheduled_time: float | None = None  # after the scheduler step that first computed its tokens
     first_token_time: float | None = None
     finished_time: float | None = None
@@ -41,7 +51,7 @@ class RequestMetrics:
 
 @dataclass
 class RequestOutput:
-    request_id: int
+    request_id: str  # vLLM's request ids are strings
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pagedcore.tokenizers.detokenizer import IncrementalDetokenizer
-from pagedcore.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from pagedcore.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagedcore.model_executor.sampler import SequenceSamplingState
 from pagedcore.engine.sampling_params import SamplingParams
 from pagedcore.tokenizers.tokenizer import Tokenizer
@@ -22,7 +22,8 @@ class SequenceState:
     detokenizer: IncrementalDetokenizer | None  # None when the engine has no tokenizer
     text: str = ""
     cumulative_logprob: float = 0.0
-    logprobs: list[dict[int, float]] | None = None
+    logprobs: list[dict[int, float]] | None = None  # per generated token: sampled + top-k -> logprob
+    logprob_ranks: list[dict[int, int]] | None = None  # the same tokens' ranks
     finish_reason: str | None = None
     stop_reason: int | str | None = None
 
@@ -31,8 +32,14 @@ class SequenceState:
         return self.sampling.output_token_ids
 
     def to_output(self) -> CompletionOutput:
+        logprobs = None
+        if self.logprobs is not None:
+            tokenizer = self.detokenizer.tokenizer if self.detokenizer is not None else None
+            decode = (lambda t: tokenizer.decode([t], skip_special_tokens=False)) if tokenizer else (lambda t: None)
+            logprobs = [{token: Logprob(value, ranks.get(token), decode(token)) for token, value in entry.items()}
+                        for entry, ranks in zip(self.logprobs, self.logprob_ranks)]
         return CompletionOutput(self.index, self.text, list(self.token_ids), self.cumulative_logprob,
-                                self.logprobs, self.finish_reason, self.stop_reason)
+                                logprobs, self.finish_reason, self.stop_reason)
 
 
 @dataclass
@@ -58,8 +65,9 @@ class RequestState:
             sampling = SequenceSamplingState.create(params, prompt_token_ids, index, device, eos_token_ids)
             detokenizer = None if tokenizer is None else IncrementalDetokenizer(
                 tokenizer, prompt_token_ids, params.skip_special_tokens)
-            sequences.append(SequenceState(index, sampling, detokenizer,
-                                           logprobs=[] if params.logprobs is not None else None))
+            wants = params.logprobs is not None
+            sequences.append(SequenceState(index, sampling, detokenizer, logprobs=[] if wants else None,
+                                           logprob_ranks=[] if wants else None))
         return cls(request_id, prompt, prompt_token_ids, params, sequences, RequestMetrics(arrival_time))
 
     @property
@@ -67,6 +75,6 @@ class RequestState:
         return all(s.finish_reason is not None for s in self.sequences)
 
     def to_output(self) -> RequestOutput:
-        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids,
+        return RequestOutput(str(self.request_id), self.prompt, self.prompt_token_ids,
                              [s.to_output() for s in self.sequences], self.finished,
                              self.num_cached_tokens, self.metrics)

@@ -49,6 +49,7 @@ class SamplerOutput:
     token_ids: list[int]  # [num_samples]
     logprobs: list[float]  # [num_samples] log-probability of each sampled token
     top_logprobs: list[dict[int, float] | None]  # [num_samples] sampled + top-k, where requested
+    ranks: list[dict[int, int] | None]  # [num_samples] the same tokens' ranks (1 = most likely)
 
 
 class Sampler:
@@ -65,8 +66,8 @@ class Sampler:
         processed = self._apply_penalties(self._mask_before_min_tokens(controlled, states), states)
         token_ids = self._choose(processed, states)  # [num_samples] int64
         sampled_logprobs = logits.gather(1, token_ids[:, None])[:, 0] - raw_log_norm
-        top_logprobs = self._top_logprobs(logits, raw_log_norm, token_ids, sampled_logprobs, states)
-        return SamplerOutput(token_ids.tolist(), sampled_logprobs.tolist(), top_logprobs)
+        top_logprobs, ranks = self._top_logprobs(logits, raw_log_norm, token_ids, sampled_logprobs, states)
+        return SamplerOutput(token_ids.tolist(), sampled_logprobs.tolist(), top_logprobs, ranks)
 
     def _apply_logit_controls(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
         """allowed_token_ids (everything else -inf), logit_bias, then the request's logits processors."""
@@ -177,16 +178,21 @@ class Sampler:
     @staticmethod
     def _top_logprobs(logits: torch.Tensor, log_norm: torch.Tensor, token_ids: torch.Tensor,
                       sampled_logprobs: torch.Tensor, states: list[SequenceSamplingState],
-                      ) -> list[dict[int, float] | None]:
+                      ) -> tuple[list[dict[int, float] | None], list[dict[int, int] | None]]:
+        """Per requesting row: {token: logprob} and {token: rank} for the sampled token and the top-k."""
         result: list[dict[int, float] | None] = [None] * len(states)
+        ranks: list[dict[int, int] | None] = [None] * len(states)
         for row, state in enumerate(states):
             k = state.params.logprobs
             if k is None:
                 continue
-            entry = {int(token_ids[row]): float(sampled_logprobs[row])}
+            token = int(token_ids[row])
+            entry = {token: float(sampled_logprobs[row])}
+            rank = {token: int((logits[row] > logits[row, token]).sum()) + 1}
             if k > 0:
                 values, ids = logits[row].topk(k)
-                for token, value in zip(ids.tolist(), (values - log_norm[row]).tolist()):
-                    entry.setdefault(token, value)
-            result[row] = entry
-        return result
+                for position, (top, value) in enumerate(zip(ids.tolist(), (values - log_norm[row]).tolist())):
+                    entry.setdefault(top, value)
+                    rank.setdefault(top, position + 1)
+            result[row], ranks[row] = entry, rank
+        return result, ranks

@@ -241,7 +241,7 @@ class AsyncEngine:
         self._deliver([(handle, "accepted")])
 
     def _publish(self, finished: list[RequestState]) -> None:
-        now = time.perf_counter()
+        now = time.time()  # the same clock as RequestMetrics (wall clock, as vLLM)
         finished_ids = {state.request_id for state in finished}
         items = []
         for request_id, tracked in list(self._tracked.items()):
