@@ -324,3 +324,15 @@ def test_outputs_in_vllms_shape(model_dir):
         assert list(entry) == [token] and entry[token].rank >= 1  # logprobs=0: the sampled token alone
     m = out.metrics
     assert before <= m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time <= time.time()
+
+
+def test_detokenize_false_gives_token_ids_only(model_dir):
+    llm = _llm(model_dir)
+    with_text = llm.generate("Paging is", SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=1),
+                             use_tqdm=False)[0].outputs[0]
+    ids_only = llm.generate("Paging is", SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=1,
+                                                        detokenize=False), use_tqdm=False)[0].outputs[0]
+    assert ids_only.token_ids == with_text.token_ids and with_text.text and ids_only.text == ""
+    assert all(lp.decoded_token is None for entry in ids_only.logprobs for lp in entry.values())
+    with pytest.raises(ValueError, match="stop strings are matched on the text: they need detokenize=True"):
+        SamplingParams(stop=["x"], detokenize=False)

@@ -63,7 +63,7 @@ class RequestState:
         sequences = []
         for index in range(params.n):
             sampling = SequenceSamplingState.create(params, prompt_token_ids, index, device, eos_token_ids)
-            detokenizer = None if tokenizer is None else IncrementalDetokenizer(
+            detokenizer = None if tokenizer is None or not params.detokenize else IncrementalDetokenizer(
                 tokenizer, prompt_token_ids, params.skip_special_tokens)
             wants = params.logprobs is not None
             sequences.append(SequenceState(index, sampling, detokenizer, logprobs=[] if wants else None,

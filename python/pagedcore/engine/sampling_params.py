@@ -50,6 +50,7 @@ class SamplingParams:
     # -> logits ([vocab] float32), applied to each sequence's row before penalties.
     logits_processors: list[Callable] | None = None
     truncate_prompt_tokens: int | None = None  # keep only the prompt's last k tokens
+    detokenize: bool = True  # False: token ids only (no text, no decoded logprob tokens)
     stop_strings: list[str] = field(init=False, repr=False)  # `stop` as a list
 
     def __post_init__(self) -> None:
@@ -76,10 +77,13 @@ class SamplingParams:
         if self.logprobs is not None:
             self._check_int("logprobs", self.logprobs, low=0, high=MAX_LOGPROBS,
                             allowed=f"None or an integer in [0, {MAX_LOGPROBS}]")
-        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
+        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output", "detokenize"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self.stop_strings = self._normalize_stop(self.stop)
+        if self.stop_strings and not self.detokenize:
+            raise ValueError("stop strings are matched on the text: they need detokenize=True "
+                             "(stop_token_ids work without it)")
         if self.stop_token_ids is None:
             self.stop_token_ids = []
         if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
