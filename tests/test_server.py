@@ -312,3 +312,15 @@ def test_choices_carry_vllms_stop_reason(server):
     chat = post(server, "/v1/chat/completions", {"model": "tiny", "max_tokens": 3, "temperature": 0,
                                                  "messages": [{"role": "user", "content": "Hi"}]}).json()
     assert "stop_reason" in chat["choices"][0]
+
+
+def test_message_name_reaches_the_template_and_user_the_log(server, caplog):
+    from pagedcore.server.protocol import ChatCompletionRequest, parse_body
+
+    body = parse_body(ChatCompletionRequest, json.dumps(
+        {"messages": [{"role": "user", "content": "Hi", "name": "ada"}, {"role": "user", "content": "Yo"}]}).encode())
+    assert body.conversation() == [{"role": "user", "content": "Hi", "name": "ada"}, {"role": "user", "content": "Yo"}]
+    with caplog.at_level("INFO", logger="pagedcore.server"):
+        response = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1, "user": "user-42"})
+    assert response.status_code == 200
+    assert any("user 'user-42'" in r.getMessage() for r in caplog.records)

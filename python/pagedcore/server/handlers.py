@@ -5,6 +5,7 @@ away (a failed send while streaming, or a disconnect seen while collecting)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from starlette.requests import Request
@@ -22,6 +23,15 @@ from pagedcore.tokenizers.tokenizer import Tokenizer
 
 _DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 _CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away (never reaches the client)
+
+
+logger = logging.getLogger("pagedcore.server")
+
+
+def log_user(request_id: str, user: str | None) -> None:
+    """OpenAI's `user` identifies the end user for abuse monitoring: it goes to the server log."""
+    if user is not None:
+        logger.info("request %s: user %r", request_id, user)
 
 
 class OpenAIHandlers:
@@ -46,6 +56,7 @@ class OpenAIHandlers:
             prompts.append(EngineRequest(prompt if isinstance(prompt, str) else None, ids, params))
         handle = await self._submit(prompts, "prompt")
         request_id = new_id("cmpl")
+        log_user(request_id, body.user)
         base = response_base(request_id, "text_completion", self.model_name)
         if body.stream:
             return self._stream(self._completion_chunks(handle, base, body))
@@ -58,7 +69,9 @@ class OpenAIHandlers:
         text = self._render(body.conversation(), body.add_generation_prompt)
         ids = await self._encode(text, "messages", add_special_tokens=False)
         handle = await self._submit([EngineRequest(None, ids, params)], "messages")
-        base = response_base(new_id("chatcmpl"), "chat.completion", self.model_name)
+        request_id = new_id("chatcmpl")
+        log_user(request_id, body.user)
+        base = response_base(request_id, "chat.completion", self.model_name)
         if body.stream:
             return self._stream(self._chat_chunks(handle, {**base, "object": "chat.completion.chunk"}, body))
         return await self._collect(request, handle, lambda: self._chat_body(handle, base, body))

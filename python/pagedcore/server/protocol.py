@@ -158,7 +158,9 @@ class ChatMessage(_Strict):
 
 def conversation_of(messages: list[ChatMessage]) -> list[dict[str, str]]:
     """Messages as the chat template expects them; 'developer' is OpenAI's new name for 'system'."""
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+    # A participant's `name` reaches the template as HF transformers passes it (templates that know it use it).
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+             **({"name": m.name} if m.name is not None else {})} for m in messages]
 
 
 class ChatCompletionRequest(_SamplingRequest):
