@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "pagedcore/kernels.h"
+#include "pagedcore/layer_kernels.h"
 #include "pagedcore/supported.h"
 
 namespace py = pybind11;
@@ -157,6 +158,53 @@ void bind_kernels(py::module_& m) {
       },
       py::arg("src_caches"), py::arg("dst_caches"), py::arg("block_bytes"), py::arg("pairs"), py::arg("stream"),
       "Move whole blocks between caches (device <-> pinned host) with cudaMemcpyAsync on the stream.");
+
+  // ---- fused layer kernels (pagedcore/layer_kernels.h); address 0 = absent optional pointer ----
+  m.def(
+      "add_rms_norm",
+      [](DType dtype, uintptr_t x, int64_t x_stride_token, uintptr_t residual, uintptr_t weight, uintptr_t out,
+         int num_tokens, int hidden_size, float eps, std::optional<int64_t> stream) {
+        AddRMSNormArgs a{dtype, num_tokens, hidden_size, ptr<const void>(x), x_stride_token, ptr<void>(residual),
+                         ptr<const void>(weight), ptr<void>(out), eps};
+        py::gil_scoped_release release;
+        if (stream) add_rms_norm_cuda(a, stream_of(*stream));
+        else add_rms_norm_cpu(a);
+      },
+      py::arg("dtype"), py::arg("x"), py::arg("x_stride_token"), py::arg("residual"), py::arg("weight"),
+      py::arg("out"), py::arg("num_tokens"), py::arg("hidden_size"), py::arg("eps"), py::arg("stream"),
+      "residual += x (when residual != 0), then out = weight * rmsnorm(residual or x).");
+
+  m.def(
+      "silu_and_mul",
+      [](DType dtype, uintptr_t x, int64_t x_stride_token, uintptr_t out, int num_tokens, int intermediate_size,
+         std::optional<int64_t> stream) {
+        SiluAndMulArgs a{dtype, num_tokens, intermediate_size, ptr<const void>(x), x_stride_token, ptr<void>(out)};
+        py::gil_scoped_release release;
+        if (stream) silu_and_mul_cuda(a, stream_of(*stream));
+        else silu_and_mul_cpu(a);
+      },
+      py::arg("dtype"), py::arg("x"), py::arg("x_stride_token"), py::arg("out"), py::arg("num_tokens"),
+      py::arg("intermediate_size"), py::arg("stream"), "out = silu(gate) * up with x = [gate, up].");
+
+  m.def(
+      "qk_norm_rope",
+      [](DType dtype, uintptr_t q, int64_t q_stride_token, int64_t q_stride_head, uintptr_t k, int64_t k_stride_token,
+         int64_t k_stride_head, uintptr_t positions, uintptr_t cos, uintptr_t sin, int64_t rope_stride,
+         int64_t max_position, uintptr_t q_norm_weight, uintptr_t k_norm_weight, int num_tokens, int num_heads,
+         int num_kv_heads, int head_dim, float eps, std::optional<int64_t> stream) {
+        QKNormRopeArgs a{dtype, num_tokens, num_heads, num_kv_heads, head_dim, ptr<void>(q), q_stride_token,
+                         q_stride_head, ptr<void>(k), k_stride_token, k_stride_head, ptr<const int32_t>(positions),
+                         ptr<const float>(cos), ptr<const float>(sin), rope_stride, max_position,
+                         ptr<const void>(q_norm_weight), ptr<const void>(k_norm_weight), eps};
+        py::gil_scoped_release release;
+        if (stream) qk_norm_rope_cuda(a, stream_of(*stream));
+        else qk_norm_rope_cpu(a);
+      },
+      py::arg("dtype"), py::arg("q"), py::arg("q_stride_token"), py::arg("q_stride_head"), py::arg("k"),
+      py::arg("k_stride_token"), py::arg("k_stride_head"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
+      py::arg("rope_stride"), py::arg("max_position"), py::arg("q_norm_weight"), py::arg("k_norm_weight"),
+      py::arg("num_tokens"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("eps"),
+      py::arg("stream"), "In place: optional per-head RMSNorm of q and k, then the rotary embedding.");
 }
 
 }  // namespace pagedcore::bindings

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "pagedcore/kernels.h"
+#include "pagedcore/layer_kernels.h"
 
 namespace pagedcore {
 namespace {
@@ -22,6 +23,9 @@ void swap_blocks_cuda(void* const*, void* const*, int, int64_t, const int32_t*, 
 int cuda_recommended_num_splits(int, int, int, int, DType, int) { no_cuda(); }
 void check_cuda_device(int) { no_cuda(); }
 std::string cuda_decode_attention_path(DType, int, int) { no_cuda(); }
+void add_rms_norm_cuda(const AddRMSNormArgs&, cudaStream_t) { no_cuda(); }
+void silu_and_mul_cuda(const SiluAndMulArgs&, cudaStream_t) { no_cuda(); }
+void qk_norm_rope_cuda(const QKNormRopeArgs&, cudaStream_t) { no_cuda(); }
 std::string cuda_build_architectures() { return ""; }
 
 }  // namespace pagedcore

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "pagedcore/kernels.h"
+#include "pagedcore/layer_kernels.h"
 #include "pagedcore/supported.h"
 
 namespace pagedcore {
@@ -64,6 +65,38 @@ void check_paged_attention_args(const PagedAttentionArgs& a) {
               std::to_string(a.num_splits));
   require(a.q_stride_head >= a.head_dim && a.out_stride_head >= a.head_dim,
           "q/out head stride must be at least head_dim (last dim contiguous)");
+}
+
+
+// ---- layer kernels (pagedcore/layer_kernels.h) ------------------------------------------------------
+void check_add_rms_norm_args(const AddRMSNormArgs& a) {
+  require(a.num_tokens >= 0, "num_tokens must be >= 0");
+  require(a.hidden_size > 0, "hidden_size must be positive, got " + std::to_string(a.hidden_size));
+  require(a.x_stride_token >= a.hidden_size, "x's row stride must be at least hidden_size (rows contiguous)");
+  require(a.weight != nullptr, "add_rms_norm needs a weight");
+  require(a.eps >= 0.0f, "eps must be >= 0");
+}
+
+void check_silu_and_mul_args(const SiluAndMulArgs& a) {
+  require(a.num_tokens >= 0, "num_tokens must be >= 0");
+  require(a.intermediate_size > 0, "intermediate_size must be positive, got " + std::to_string(a.intermediate_size));
+  require(a.x_stride_token >= 2 * a.intermediate_size,
+          "x's row stride must be at least 2 * intermediate_size (gate then up, contiguous)");
+}
+
+void check_qk_norm_rope_args(const QKNormRopeArgs& a) {
+  require(a.num_tokens >= 0, "num_tokens must be >= 0");
+  require(a.num_heads > 0 && a.num_kv_heads > 0, "num_heads and num_kv_heads must be positive");
+  require(a.head_dim > 0 && a.head_dim % 2 == 0 && a.head_dim <= kMaxRopeHeadDim,
+          "rotary embedding needs an even head_dim of at most " + std::to_string(kMaxRopeHeadDim) + ", got " +
+              std::to_string(a.head_dim));
+  require(a.q_stride_head >= a.head_dim && a.k_stride_head >= a.head_dim,
+          "q/k head stride must be at least head_dim (last dim contiguous)");
+  require(a.rope_stride >= a.head_dim / 2, "the cos/sin tables need at least head_dim / 2 columns");
+  require(a.max_position > 0, "the cos/sin tables must hold at least one position");
+  require((a.q_norm_weight == nullptr) == (a.k_norm_weight == nullptr),
+          "q and k norms come together (Qwen3's qk-norm): give both weights or neither");
+  require(a.eps >= 0.0f, "eps must be >= 0");
 }
 
 }  // namespace pagedcore

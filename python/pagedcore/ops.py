@@ -27,13 +27,16 @@ import torch
 from pagedcore import _core
 
 __all__ = [
+    "add_rms_norm",
     "copy_blocks",
     "kv_cache_from_logical",
     "kv_cache_to_logical",
     "paged_attention",
     "paged_attention_workspace",
     "paged_attention_workspace_bytes",
+    "qk_norm_rope",
     "recommended_num_splits",
+    "silu_and_mul",
     "decode_attention_path",
     "swap_blocks",
     "write_kv_cache",
@@ -351,3 +354,105 @@ def swap_blocks(
             raise IndexError(f"swap_blocks pair ({s}, {d}) outside the caches ({num_src} and {num_dst} blocks)")
     _core.swap_blocks([c.data_ptr() for c in src_caches], [c.data_ptr() for c in dst_caches], block_bytes,
                       [(int(s), int(d)) for s, d in pair_list], _stream(cuda_side))
+
+
+# ---- fused layer kernels (pagedcore/layer_kernels.h) ------------------------------------------------
+
+def _check_rows_2d(name: str, t: torch.Tensor, width: int | None = None) -> None:
+    if t.dim() != 2 or t.stride(1) != 1 or (width is not None and t.shape[1] != width):
+        want = f"[num_tokens, {width}]" if width is not None else "[num_tokens, size]"
+        raise ValueError(f"{name} must be {want} with a contiguous last dim, got shape {tuple(t.shape)} "
+                         f"strides {t.stride()}")
+
+
+def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm with the residual add fused in, in HF transformers' rounding order.
+
+    x: [num_tokens, hidden] (row stride free, last dim contiguous); weight: [hidden]. With a
+    residual ([num_tokens, hidden], contiguous): residual <- x + residual in place, and the sum is
+    what gets normalized. Returns out = weight * rmsnorm(...) ([num_tokens, hidden], may be x itself).
+    """
+    named = {"x": x, "weight": weight} | ({"residual": residual} if residual is not None else {}) | (
+        {"out": out} if out is not None else {})
+    device = _check_same_device(named)
+    _check_dtype("x", x, device)
+    _check_rows_2d("x", x)
+    num_tokens, hidden = x.shape
+    for name, t in named.items():
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} ({t.dtype}) must have x's dtype ({x.dtype})")
+    if weight.shape != (hidden,) or not weight.is_contiguous():
+        raise ValueError(f"weight must be a contiguous [{hidden}] tensor, got {tuple(weight.shape)}")
+    for name, t in (("residual", residual), ("out", out)):
+        if t is not None and (t.shape != x.shape or not t.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous tensor of x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    if residual is not None and residual.data_ptr() in (x.data_ptr(), (out if out is not None else x).data_ptr()):
+        raise ValueError("residual must be its own tensor, not x or out")
+    if out is None:
+        out = torch.empty((num_tokens, hidden), dtype=x.dtype, device=device)
+    _core.add_rms_norm(_DTYPES[x.dtype], x.data_ptr(), x.stride(0), residual.data_ptr() if residual is not None else 0,
+                       weight.data_ptr(), out.data_ptr(), num_tokens, hidden, float(eps), _stream(device))
+    return out
+
+
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [num_tokens, 2 * intermediate] = [gate, up] (row stride free) -> silu(gate) * up
+    [num_tokens, intermediate], rounded as ``F.silu(gate) * up`` rounds."""
+    device = _check_same_device({"x": x} | ({"out": out} if out is not None else {}))
+    _check_dtype("x", x, device)
+    _check_rows_2d("x", x)
+    num_tokens, width = x.shape
+    if width % 2:
+        raise ValueError(f"x's last dim must be 2 * intermediate_size (gate, then up), got {width}")
+    if out is None:
+        out = torch.empty((num_tokens, width // 2), dtype=x.dtype, device=device)
+    elif out.shape != (num_tokens, width // 2) or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} [{num_tokens}, {width // 2}] tensor")
+    _core.silu_and_mul(_DTYPES[x.dtype], x.data_ptr(), x.stride(0), out.data_ptr(), num_tokens, width // 2,
+                       _stream(device))
+    return out
+
+
+def qk_norm_rope(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 q_norm_weight: torch.Tensor | None = None, k_norm_weight: torch.Tensor | None = None,
+                 eps: float = 1e-6) -> None:
+    """In place on q [num_tokens, num_heads, head_dim] and k [num_tokens, num_kv_heads, head_dim]
+    (token / head strides free, e.g. views of a fused qkv projection): the optional per-head RMSNorm
+    (Qwen3's q_norm / k_norm, weights [head_dim], both or neither), then the rotary embedding in the
+    HF layout. positions: int32 [num_tokens]; cos, sin: float32 [max_position, >= head_dim / 2] with
+    the angle of pair i at column i (a table of head_dim columns with both halves equal works).
+    CPU checks positions against the table; CUDA trusts them (device data)."""
+    named = {"positions": positions, "q": q, "k": k, "cos": cos, "sin": sin}
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("give both q_norm_weight and k_norm_weight (Qwen3's qk-norm) or neither")
+    if q_norm_weight is not None:
+        named |= {"q_norm_weight": q_norm_weight, "k_norm_weight": k_norm_weight}
+    device = _check_same_device(named)
+    _check_dtype("q", q, device)
+    if q.dim() != 3 or k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
+        raise ValueError(f"q must be [num_tokens, num_heads, head_dim] and k [num_tokens, num_kv_heads, head_dim], "
+                         f"got {tuple(q.shape)} and {tuple(k.shape)}")
+    num_tokens, num_heads, head_dim = q.shape
+    _check_rows("q", q, num_heads, head_dim)
+    _check_rows("k", k, k.shape[1], head_dim)
+    if k.dtype != q.dtype:
+        raise TypeError(f"k ({k.dtype}) must have q's dtype ({q.dtype})")
+    if positions.dtype != torch.int32 or positions.shape != (num_tokens,) or not positions.is_contiguous():
+        raise TypeError(f"positions must be a contiguous int32 [{num_tokens}] tensor, got {positions.dtype} "
+                        f"{tuple(positions.shape)}")
+    for name, table in (("cos", cos), ("sin", sin)):
+        if table.dtype != torch.float32 or table.dim() != 2 or table.stride(1) != 1 or table.shape != cos.shape:
+            raise TypeError(f"{name} must be a float32 [max_position, >= head_dim / 2] table like cos, got "
+                            f"{table.dtype} {tuple(table.shape)}")
+    if cos.stride(0) != sin.stride(0):
+        raise ValueError("cos and sin must have the same row stride")
+    for name, w in (("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
+        if w is not None and (w.shape != (head_dim,) or w.dtype != q.dtype or not w.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous {q.dtype} [{head_dim}] tensor, got {w.dtype} {tuple(w.shape)}")
+    _core.qk_norm_rope(
+        _DTYPES[q.dtype], q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
+        positions.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.stride(0), cos.shape[0],
+        q_norm_weight.data_ptr() if q_norm_weight is not None else 0,
+        k_norm_weight.data_ptr() if k_norm_weight is not None else 0,
+        num_tokens, num_heads, k.shape[1], head_dim, float(eps), _stream(device))
