@@ -3,11 +3,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "bindings.h"
 #include "pagedcore/scheduler.h"
+#include "pagedcore/step_plan.h"
 
 namespace py = pybind11;
 
@@ -151,7 +155,41 @@ void bind_scheduler(py::module_& m) {
       .def_property_readonly("sample_seq_indices", flat(&StepPlan::sample_seq_indices), "[num_samples]")
       .def_property_readonly("copy_pairs", pairs(&StepPlan::copy_pairs), "[num_copies, 2] (src, dst)")
       .def_property_readonly("swap_out_pairs", pairs(&StepPlan::swap_out_pairs), "[n, 2] (device, host)")
-      .def_property_readonly("swap_in_pairs", pairs(&StepPlan::swap_in_pairs), "[n, 2] (host, device)");
+      .def_property_readonly("swap_in_pairs", pairs(&StepPlan::swap_in_pairs), "[n, 2] (host, device)")
+      .def_property_readonly("max_query_len", &max_query_len, "longest query of the step (1 = decode only)")
+      .def_property_readonly("max_context_len", &max_context_len, "longest context_lens entry")
+      .def("packed_layout", [](const StepPlan& p) { return packed_layout(p); },
+           "Offsets of the forward pass's arrays in one int32 buffer, at the plan's own sizes.")
+      .def("padded_decode_layout", &padded_decode_layout, py::arg("num_seqs"), py::arg("width"),
+           "The packed layout of a decode-only plan padded to num_seqs rows and width block-table columns.")
+      .def(
+          "pack",
+          [](const StepPlan& p, const PackedPlanLayout& layout, uintptr_t address, int64_t capacity) {
+            if (capacity < layout.size) {
+              throw std::invalid_argument("pack: the buffer holds " + std::to_string(capacity) +
+                                          " int32 elements, the layout needs " + std::to_string(layout.size));
+            }
+            pack_plan(p, layout, reinterpret_cast<int32_t*>(address));
+          },
+          py::arg("layout"), py::arg("address"), py::arg("capacity"),
+          "Writes the arrays into the int32 buffer at `address` (capacity elements), padding included.");
+
+  m.def("decode_layout", &decode_layout, py::arg("num_seqs"), py::arg("width"),
+        "The packed layout every decode-only plan padded to num_seqs rows and width columns gets.");
+
+  py::class_<PackedPlanLayout>(m, "PackedPlanLayout", "Offsets (int32 elements) of a packed step plan.")
+      .def_readonly("num_seqs", &PackedPlanLayout::num_seqs)
+      .def_readonly("num_tokens", &PackedPlanLayout::num_tokens)
+      .def_readonly("num_samples", &PackedPlanLayout::num_samples)
+      .def_readonly("width", &PackedPlanLayout::width)
+      .def_readonly("input_ids", &PackedPlanLayout::input_ids)
+      .def_readonly("positions", &PackedPlanLayout::positions)
+      .def_readonly("slot_mapping", &PackedPlanLayout::slot_mapping)
+      .def_readonly("context_lens", &PackedPlanLayout::context_lens)
+      .def_readonly("query_start_loc", &PackedPlanLayout::query_start_loc)
+      .def_readonly("logits_indices", &PackedPlanLayout::logits_indices)
+      .def_readonly("block_tables", &PackedPlanLayout::block_tables)
+      .def_readonly("size", &PackedPlanLayout::size);
 
   py::class_<Scheduler>(m, "Scheduler",
                         "Continuous-batching scheduler. Not thread-safe: drive it from one thread.")

@@ -51,4 +51,38 @@ struct StepPlan {
   }
 };
 
+// Where the arrays the forward pass reads sit in one packed int32 buffer, so that a step moves its
+// plan to the device in a single host-to-device copy. Offsets are in int32 elements, each a
+// multiple of 4 (16-byte aligned). The packed sizes may exceed the plan's: a decode-only plan can
+// be padded to a CUDA graph's batch (`num_seqs` rows, each sampled) and block-table width, so the
+// offsets depend only on that batch and width.
+struct PackedPlanLayout {
+  int num_seqs = 0;     // rows of context_lens / block_tables (>= the plan's)
+  int num_tokens = 0;   // rows of input_ids / positions / slot_mapping
+  int num_samples = 0;  // entries of logits_indices
+  int width = 0;        // block_tables columns (>= the plan's max_blocks_per_seq)
+  int64_t input_ids = 0;        // [num_tokens]
+  int64_t positions = 0;        // [num_tokens]
+  int64_t slot_mapping = 0;     // [num_tokens]; padding rows kPaddingSlot (write nothing)
+  int64_t context_lens = 0;     // [num_seqs]; padding rows 1 (attend to one slot of block 0)
+  int64_t query_start_loc = 0;  // [num_seqs + 1]; padding rows one token each
+  int64_t logits_indices = 0;   // [num_samples]; padding entries the padding rows
+  int64_t block_tables = 0;     // [num_seqs, width]; padding entries block 0 (read only by padding rows)
+  int64_t size = 0;             // int32 elements of the whole buffer
+};
+
+// The plan's own sizes (no padding).
+PackedPlanLayout packed_layout(const StepPlan& plan);
+// The layout of any decode-only plan padded to `num_seqs` rows and `width` columns.
+PackedPlanLayout decode_layout(int num_seqs, int width);
+// Padded to `num_seqs` rows and `width` columns; throws std::invalid_argument unless the plan is
+// decode-only, fits, and num_seqs / width are at least the plan's.
+PackedPlanLayout padded_decode_layout(const StepPlan& plan, int num_seqs, int width);
+// Writes the plan's arrays at the layout's offsets of dst ([layout.size] int32), padding included.
+void pack_plan(const StepPlan& plan, const PackedPlanLayout& layout, int32_t* dst);
+
+// Host-side scalars the kernels' launch configuration needs, computed once per step.
+int max_query_len(const StepPlan& plan);    // 1 = decode only, 0 = empty plan
+int max_context_len(const StepPlan& plan);  // longest context_lens entry (0 = empty plan)
+
 }  // namespace pagedcore

@@ -1,15 +1,16 @@
-"""CUDA graphs for decode-only steps: one graph per padded batch size, replayed with the step's
-inputs copied into static buffers. Padding rows write nothing (slot -1) and attend to one slot
-of block 0; their outputs are dropped."""
+"""CUDA graphs for decode-only steps: one graph per padded batch size. Each graph reads its inputs
+from its own static packed-plan buffer (step_inputs), into which a step's plan is copied, padded
+to the graph's batch and block-table width, by the one host-to-device copy of the step. Padding
+rows write nothing (slot -1) and attend to one slot of block 0; their outputs are dropped."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from pagedcore import ops
+from pagedcore import _core, ops
 from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache
 from pagedcore.model_executor.model import LlamaForCausalLM
+from pagedcore.model_executor.step_inputs import PlanUploader, StepInputs
 
 
 _MAX_GRAPH_BATCH = 512  # larger decode batches run eagerly
@@ -31,54 +32,43 @@ class DecodeGraphs:
         self.max_blocks_per_seq = max_blocks_per_seq
         max_context_len = max_blocks_per_seq * kv_caches[0].key.shape[2]
         config = model.config
-        n = self.max_batch
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=device)  # [max_batch]
-        self.positions = torch.zeros(n, dtype=torch.long, device=device)  # [max_batch]
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.int32, device=device)  # [max_batch]
-        self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32, device=device)
-        self.context_lens = torch.ones(n, dtype=torch.int32, device=device)  # [max_batch]
-        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # one row per sequence
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}  # batch size -> hidden [batch, hidden_size]
+        self.buffers: dict[int, torch.Tensor] = {}  # batch size -> static packed plan, int32
+        self.layouts: dict[int, object] = {}  # batch size -> its _core.PackedPlanLayout
         self.workspaces: dict[int, torch.Tensor] = {}
         pool = None
         for batch in reversed(self.batch_sizes):  # largest first, so smaller graphs reuse its memory pool
+            layout = _core.decode_layout(batch, max_blocks_per_seq)  # what padded_decode_layout gives
+            buffer = torch.zeros(layout.size, dtype=torch.int32, device=device)
+            inputs = StepInputs.view(buffer, layout)
+            inputs.slot_mapping.fill_(-1)
+            inputs.context_lens.fill_(1)
+            inputs.query_start_loc.copy_(torch.arange(batch + 1, dtype=torch.int32))
             num_splits = ops.recommended_num_splits(batch, config.num_key_value_heads, config.num_attention_heads,
                                                     config.head_dim, kv_caches[0].key.dtype, max_context_len)
             self.workspaces[batch] = ops.paged_attention_workspace(batch, config.num_attention_heads,
                                                                    config.head_dim, num_splits, device)
-            meta = AttentionMetadata(self.slot_mapping[:batch], self.block_tables[:batch], self.context_lens[:batch],
-                                     self.query_start_loc[:batch + 1], max_query_len=1,
-                                     max_context_len=max_context_len, num_splits=num_splits,
-                                     workspace=self.workspaces[batch])
-            self._forward(batch, meta)  # warm-up outside the graph (lazy initializations)
+            meta = AttentionMetadata(inputs.slot_mapping, inputs.block_tables, inputs.context_lens,
+                                     inputs.query_start_loc, max_query_len=1, max_context_len=max_context_len,
+                                     num_splits=num_splits, workspace=self.workspaces[batch])
+            self.model(inputs.input_ids, inputs.positions, kv_caches, meta)  # warm-up (lazy initializations)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[batch] = self._forward(batch, meta)
+                self.outputs[batch] = self.model(inputs.input_ids, inputs.positions, kv_caches, meta)
             pool = graph.pool()
-            self.graphs[batch] = graph
+            self.graphs[batch], self.buffers[batch], self.layouts[batch] = graph, buffer, layout
         torch.cuda.synchronize(device)
-
-    def _forward(self, batch: int, meta: AttentionMetadata) -> torch.Tensor:
-        return self.model(self.input_ids[:batch], self.positions[:batch], self.kv_caches, meta)
 
     def can_run(self, plan) -> bool:
         return (plan.num_decode_seqs == plan.num_seqs and plan.num_seqs <= self.max_batch
                 and plan.max_blocks_per_seq <= self.max_blocks_per_seq)
 
-    def run(self, plan) -> torch.Tensor:
-        """plan: a decode-only StepPlan -> hidden states [num_seqs, hidden_size]."""
-        n = plan.num_seqs
-        batch = next(b for b in self.batch_sizes if b >= n)
-        width = plan.max_blocks_per_seq
-        to_device = lambda a: torch.from_numpy(np.array(a)).to(self.device, non_blocking=True)  # noqa: E731
-        self.input_ids[:n].copy_(to_device(plan.input_ids))
-        self.positions[:n].copy_(to_device(plan.positions))
-        self.slot_mapping[:n].copy_(to_device(plan.slot_mapping))
-        self.slot_mapping[n:batch].fill_(-1)
-        self.block_tables[:n, :width].copy_(to_device(np.asarray(plan.block_tables).reshape(n, width)))
-        self.block_tables[n:batch].zero_()
-        self.context_lens[:n].copy_(to_device(plan.context_lens))
-        self.context_lens[n:batch].fill_(1)
+    def run(self, plan, uploader: PlanUploader) -> tuple[torch.Tensor, StepInputs]:
+        """plan: a decode-only StepPlan -> (hidden states [batch, hidden_size] of the padded batch,
+        the step's inputs as the graph read them)."""
+        batch = next(b for b in self.batch_sizes if b >= plan.num_seqs)
+        layout = plan.padded_decode_layout(batch, self.max_blocks_per_seq)
+        inputs = uploader.upload(plan, layout, dst=self.buffers[batch])
         self.graphs[batch].replay()
-        return self.outputs[batch][:n]
+        return self.outputs[batch], inputs

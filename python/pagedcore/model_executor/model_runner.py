@@ -1,8 +1,9 @@
 """ModelRunner: executes exactly what a step plan says, nothing more.
 
-It moves the KV blocks the plan asks for (swap out, swap in, then copy-on-write), turns the plan's int32 arrays into device
-tensors, runs the model (replaying a captured CUDA graph for decode-only steps on GPU) and returns
-the logits of the rows the plan samples.
+It moves the KV blocks the plan asks for (swap out, swap in, then copy-on-write), moves the plan's
+int32 arrays to the device in one copy (step_inputs.PlanUploader), runs the model (replaying a
+captured CUDA graph for decode-only steps on GPU) and returns the logits of the rows the plan samples
+(then of any extra rows the caller asks for: prompt logprobs).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pagedcore import ops
 from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache
 from pagedcore.model_executor.cuda_graphs import DecodeGraphs
 from pagedcore.model_executor.model import LlamaForCausalLM
+from pagedcore.model_executor.step_inputs import PlanUploader, StepInputs
 
 
 class ModelRunner:
@@ -27,25 +29,31 @@ class ModelRunner:
         self.num_blocks_swapped_out = 0
         self.num_blocks_swapped_in = 0
         self.workspace: torch.Tensor | None = None  # CUDA split-KV scratch of eager steps, grown on demand
+        self.uploader = PlanUploader(device)
         self.graphs = None
         if use_cuda_graphs and device.type == "cuda":
             self.graphs = DecodeGraphs(model, kv_caches, device, max_num_seqs=max_num_seqs,
                                        max_blocks_per_seq=max_blocks_per_seq)
 
     @torch.inference_mode()
-    def execute(self, plan) -> torch.Tensor:
-        """plan: a pagedcore._core.StepPlan with num_tokens > 0 -> logits [num_samples, vocab] float32."""
+    def execute(self, plan, extra_rows: np.ndarray | None = None) -> torch.Tensor:
+        """plan: a pagedcore._core.StepPlan with num_tokens > 0; extra_rows: [num_extra] int32 token rows
+        of the plan whose logits are wanted too (prompt logprobs) -> logits [num_samples + num_extra,
+        vocab] float32: the sampled rows, then the extra rows."""
         if len(plan.swap_out_pairs) or len(plan.swap_in_pairs):
             self._swap(plan.swap_out_pairs, plan.swap_in_pairs)
         if len(plan.copy_pairs):
             pairs = torch.from_numpy(np.array(plan.copy_pairs, dtype=np.int32).reshape(-1, 2)).to(self.device)
             ops.copy_blocks([c.key for c in self.kv_caches] + [c.value for c in self.kv_caches], pairs)
         if self.graphs is not None and self.graphs.can_run(plan):
-            hidden = self.graphs.run(plan)  # [num_seqs, hidden_size], one row per decode sequence
+            hidden, inputs = self.graphs.run(plan, self.uploader)  # hidden: [padded batch, hidden_size]
         else:
-            hidden = self._run_eager(plan)  # [num_tokens, hidden_size]
-        logits_indices = self._to_device(plan.logits_indices).long()
-        return self.model.compute_logits(hidden[logits_indices]).float()
+            inputs = self.uploader.upload(plan, plan.packed_layout())
+            hidden = self._run_eager(plan, inputs)  # [num_tokens, hidden_size]
+        rows = inputs.logits_indices[:plan.num_samples]  # a graph's padded rows are not sampled
+        if extra_rows is not None and len(extra_rows):
+            rows = torch.cat([rows, self._to_device(np.asarray(extra_rows, dtype=np.int32))])
+        return self.model.compute_logits(hidden[rows]).float()
 
     def _swap(self, swap_out_pairs: np.ndarray, swap_in_pairs: np.ndarray) -> None:
         """swap_out_pairs [n, 2] (device block, host block) run before swap_in_pairs [m, 2] (host, device):
@@ -61,23 +69,20 @@ class ModelRunner:
             ops.swap_blocks(host_caches, device_caches, np.asarray(swap_in_pairs).tolist())
             self.num_blocks_swapped_in += len(swap_in_pairs)
 
-    def _run_eager(self, plan) -> torch.Tensor:
-        query_start_loc = np.asarray(plan.query_start_loc)
-        max_context_len = int(np.asarray(plan.context_lens).max())
-        num_splits, workspace = self._split_kv(len(query_start_loc) - 1, max_context_len)
+    def _run_eager(self, plan, inputs: StepInputs) -> torch.Tensor:
+        max_context_len = plan.max_context_len
+        num_splits, workspace = self._split_kv(plan.num_seqs, max_context_len)
         meta = AttentionMetadata(
-            slot_mapping=self._to_device(plan.slot_mapping),
-            block_tables=self._to_device(plan.block_tables),
-            context_lens=self._to_device(plan.context_lens),
-            query_start_loc=self._to_device(query_start_loc),
-            max_query_len=int(np.diff(query_start_loc).max()),
+            slot_mapping=inputs.slot_mapping,
+            block_tables=inputs.block_tables,
+            context_lens=inputs.context_lens,
+            query_start_loc=inputs.query_start_loc,
+            max_query_len=plan.max_query_len,
             max_context_len=max_context_len,
             num_splits=num_splits,
             workspace=workspace,
         )
-        input_ids = self._to_device(plan.input_ids).long()
-        positions = self._to_device(plan.positions).long()
-        return self.model(input_ids, positions, self.kv_caches, meta)
+        return self.model(inputs.input_ids, inputs.positions, self.kv_caches, meta)
 
     def _split_kv(self, num_seqs: int, max_context_len: int) -> tuple[int | None, torch.Tensor | None]:
         """The step's CUDA split-KV count and workspace, chosen once for every layer (None on CPU).
