@@ -75,9 +75,8 @@ def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device
     with torch.device("meta"):
         model = LlamaForCausalLM(source.config, max_positions)
     # Built on the meta device (no random init), materialized empty on the target, filled in place.
-    model = model.to_empty(device=device)
-    model.model.rotary.build_tables()
-    model = model.to(dtype)
+    model = model.to_empty(device=device).to(dtype)
+    model.model.rotary.build_tables()  # float32, as HF computes them
     if source.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     if load_format == "dummy":

@@ -1,7 +1,10 @@
-"""Dense building blocks of the Llama family: RMSNorm and rotary position embeddings.
+"""Dense building blocks of the Llama family: RMSNorm, rotary position embeddings, the gated MLP's
+activation.
 
-Both follow HF transformers' arithmetic step by step (float32 statistics, the same inv_freq
-formula) so that float32 runs match it to the last bits where the kernels allow.
+On CUDA each runs one fused pagedcore kernel (pagedcore.ops: add_rms_norm, qk_norm_rope,
+silu_and_mul), which rounds where HF's modules round. On CPU they run HF transformers' torch ops
+step by step (float32 statistics, the same inv_freq formula), so float32 runs match it to the
+last bit.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from pagedcore import ops
 from pagedcore.loaders.config import RopeConfig
 
 
@@ -20,8 +25,20 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., hidden_size] -> same shape and dtype."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """x: [num_tokens, hidden_size] -> normalized, same shape and dtype. With residual (the
+        residual stream, [num_tokens, hidden_size]): returns (norm(x + residual), x + residual)."""
+        if x.is_cuda:
+            if residual is None:
+                return ops.add_rms_norm(x, self.weight, self.eps)
+            return ops.add_rms_norm(x, self.weight, self.eps, residual=residual, out=x), residual
+        if residual is None:
+            return self._normalize(x)
+        residual = x + residual
+        return self._normalize(residual), residual
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """HF transformers' LlamaRMSNorm, op by op. x: [..., hidden_size]."""
         input_dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -62,21 +79,41 @@ class RotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def build_tables(self) -> None:
-        """Fills cos_cache / sin_cache [max_positions, head_dim] (also after a meta-device build)."""
+        """Fills cos_cache / sin_cache [max_positions, head_dim] in float32 on the buffers' device
+        (call it after a meta-device build and after model.to(dtype), which casts buffers too)."""
         if self.cos_cache.is_meta:
             return
+        device = self.cos_cache.device
         inv_freq = rope_inverse_frequencies(self.head_dim, self.rope)
         positions = torch.arange(self.max_positions, dtype=torch.float32)
         angles = positions[:, None] * inv_freq[None, :]  # [max_positions, head_dim / 2]
         angles = torch.cat([angles, angles], dim=-1)  # [max_positions, head_dim]
-        self.cos_cache.copy_(angles.cos())
-        self.sin_cache.copy_(angles.sin())
+        self.cos_cache = angles.cos().to(device)
+        self.sin_cache = angles.sin().to(device)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [num_tokens]; q: [num_tokens, num_heads, head_dim]; k: [num_tokens, num_kv_heads, head_dim]."""
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                q_norm: RMSNorm | None = None, k_norm: RMSNorm | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: int32 [num_tokens]; q: [num_tokens, num_heads, head_dim]; k: [num_tokens,
+        num_kv_heads, head_dim]; q_norm / k_norm: per-head RMSNorms applied first (Qwen3), or None.
+        Returns the rotated (q, k): on CUDA q and k themselves, rotated in place."""
+        if q.is_cuda:
+            ops.qk_norm_rope(positions, q, k, self.cos_cache, self.sin_cache,
+                             q_norm.weight if q_norm is not None else None,
+                             k_norm.weight if k_norm is not None else None, q_norm.eps if q_norm is not None else 0.0)
+            return q, k
+        if q_norm is not None:
+            q, k = q_norm(q), k_norm(k)
         cos = self.cos_cache[positions].to(q.dtype)[:, None, :]  # [num_tokens, 1, head_dim]
         sin = self.sin_cache[positions].to(q.dtype)[:, None, :]
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up: [num_tokens, 2 * intermediate] = [gate, up] -> silu(gate) * up [num_tokens, intermediate]."""
+    if gate_up.is_cuda:
+        return ops.silu_and_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
