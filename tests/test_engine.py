@@ -336,3 +336,97 @@ def test_detokenize_false_gives_token_ids_only(model_dir):
     assert all(lp.decoded_token is None for entry in ids_only.logprobs for lp in entry.values())
     with pytest.raises(ValueError, match="stop strings are matched on the text: they need detokenize=True"):
         SamplingParams(stop=["x"], detokenize=False)
+
+
+def test_bad_words_are_never_generated(model_dir):
+    llm = _llm(model_dir)
+    prompt = llm.tokenizer.encode("Paging is")
+    # A one-token word the free greedy run generates: with bad_words, no form of it is generated.
+    free = llm.generate(prompt, GREEDY, use_tqdm=False)[0].outputs[0]
+    words = {}
+    for token in free.token_ids:
+        word = llm.tokenizer.decode([token]).strip()
+        if word.isalpha() and [token] in SamplingParams(bad_words=[word]).bad_words_token_ids(llm.tokenizer):
+            words[word] = token
+    assert words, "the free run should generate some one-token word"
+    word = next(iter(words))
+    banned = {ids[0] for ids in SamplingParams(bad_words=[word]).bad_words_token_ids(llm.tokenizer)
+              if len(ids) == 1}
+    assert words[word] in banned and words[word] in free.token_ids
+    held = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, bad_words=[word]),
+                        use_tqdm=False)[0].outputs[0]
+    assert len(held.token_ids) == 24 and not banned & set(held.token_ids)
+
+    # A multi-token word: a logits processor pushes its tokens over and over; with bad_words the
+    # word's first tokens still come, its last one never follows them.
+    word_ids = llm.tokenizer.encode("pagedcore", add_special_tokens=False)
+    assert len(word_ids) >= 2
+
+    def spell(output_ids, logits):
+        logits[word_ids[len(output_ids) % len(word_ids)]] += 50.0
+        return logits
+
+    def generate(**extra):
+        params = SamplingParams(temperature=0, max_tokens=3 * len(word_ids), ignore_eos=True,
+                                logits_processors=[spell], **extra)
+        return llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
+
+    def contains(tokens, part):
+        return any(tokens[i:i + len(part)] == part for i in range(len(tokens) - len(part) + 1))
+
+    assert generate() == word_ids * 3
+    spelled = generate(bad_words=["pagedcore"])
+    assert spelled[:len(word_ids) - 1] == word_ids[:-1] and spelled[len(word_ids) - 1] != word_ids[-1]
+    for ids in SamplingParams(bad_words=["pagedcore"]).bad_words_token_ids(llm.tokenizer):
+        assert not contains(spelled, ids)
+    with pytest.raises(ValueError, match="bad_words must be a list of words"):
+        SamplingParams(bad_words=[""])
+    assert not llm.engine.has_unfinished()
+
+
+def test_n_above_max_num_seqs_runs_in_turns_and_keeps_per_index_seeds(model_dir):
+    params = SamplingParams(n=5, temperature=1.0, seed=11, max_tokens=6, ignore_eos=True)
+    small = _llm(model_dir, max_num_seqs=2)
+    outputs = small.generate(PROMPTS[1], params, use_tqdm=False)[0].outputs
+    assert [c.index for c in outputs] == [0, 1, 2, 3, 4]
+    assert all(len(c.token_ids) == 6 and c.finish_reason == "length" and c.text for c in outputs)
+    assert len({tuple(c.token_ids) for c in outputs}) == 5
+    # Sequence i draws from the stream of (seed, i), whichever native request ran it.
+    roomy = _llm(model_dir, max_num_seqs=8).generate(PROMPTS[1], params, use_tqdm=False)[0].outputs
+    assert [c.token_ids for c in roomy] == [c.token_ids for c in outputs]
+    # Beside other requests, and aborted half-way: every native request goes.
+    mixed = small.generate([PROMPTS[1], PROMPTS[2]], [params, GREEDY], use_tqdm=False)
+    assert [c.token_ids for c in mixed[0].outputs] == [c.token_ids for c in outputs]
+    assert len(mixed[1].outputs) == 1
+    request_id = small.engine.add_request(None, small.tokenizer.encode(PROMPTS[1]), params)
+    small.engine.step()
+    small.engine.abort(request_id)
+    assert not small.engine.has_unfinished() and not small.scheduler.has_unfinished()
+    assert small.scheduler.stats().num_used_blocks == 0
+
+
+def test_prompt_logprobs_match_hf_through_chunked_prefill_and_skip_the_prefix_cache(model_dir):
+    import transformers
+
+    # 16-token steps: the 50-token prompt's rows come in four steps.
+    llm = _llm(model_dir, max_num_batched_tokens=16)
+    prompt = (llm.tokenizer.encode(PREFIX) * 2)[:50]
+    assert llm.generate(prompt, GREEDY, use_tqdm=False)[0].prompt_logprobs is None  # not asked: None
+    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=3), use_tqdm=False)[0]
+    assert out.num_cached_tokens == 0  # the prompt was cached, but its cached tokens would have no logits
+    assert len(out.prompt_logprobs) == 50 and out.prompt_logprobs[0] is None
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir)).float().eval()
+    with torch.no_grad():
+        reference = hf(torch.tensor([prompt])).logits[0].double().log_softmax(-1)  # [50, vocab]
+    for position in range(1, 50):
+        entry, token, expected = out.prompt_logprobs[position], prompt[position], reference[position - 1]
+        assert abs(entry[token].logprob - expected[token].item()) < 1e-4
+        higher = lambda margin: int((expected > expected[token] + margin).sum()) + 1  # noqa: E731
+        assert higher(1e-5) <= entry[token].rank <= higher(-1e-5)
+        assert set(expected.topk(3).indices.tolist()) <= set(entry) and len(entry) in (3, 4)
+        assert entry[token].decoded_token == llm.tokenizer.decode([token], skip_special_tokens=False)
+    alone = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=0), use_tqdm=False)[0]
+    assert [list(e) for e in alone.prompt_logprobs[1:]] == [[t] for t in prompt[1:]]  # the prompt token alone
+    assert [e[t].logprob for e, t in zip(alone.prompt_logprobs[1:], prompt[1:])] == pytest.approx(
+        [e[t].logprob for e, t in zip(out.prompt_logprobs[1:], prompt[1:])], abs=1e-5)
+    assert not llm.engine.has_unfinished()

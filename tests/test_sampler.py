@@ -108,3 +108,22 @@ def test_eos_and_stop_tokens_are_never_sampled_before_min_tokens():
     ignoring = SequenceSamplingState.create(SamplingParams(temperature=0, min_tokens=2, ignore_eos=True), [1], 0,
                                             torch.device("cpu"), eos_token_ids=(7,))
     assert _sampler()(logits[:1], [ignoring]).token_ids == [7]  # ignore_eos: EOS is an ordinary token
+
+
+def test_bad_words_ban_a_one_token_word_always_and_a_longer_words_last_token_after_its_prefix():
+    logits = torch.zeros(1, VOCAB)
+    logits[0, 7] = 10.0  # the greedy choice
+    logits[0, 9] = 5.0  # the runner-up
+    params = SamplingParams(temperature=0, bad_words=["w"])  # the engine tokenizes; here the ids are given
+
+    def choice(words, output) -> int:
+        state = SequenceSamplingState.create(params, [1], 0, torch.device("cpu"), bad_words_token_ids=words)
+        state.output_token_ids.extend(output)
+        return _sampler()(logits, [state]).token_ids[0]
+
+    assert choice([[7]], []) == 9  # one token: banned from the first step on
+    assert choice([[4, 7]], [3, 4]) == 9  # the output ends with the word's first token: its last is banned
+    assert choice([[4, 7]], [4, 3]) == 7  # it does not: 7 stays allowed
+    assert choice([[2, 4, 7]], [4]) == 7  # the output is shorter than the word's prefix
+    assert choice([[2, 4, 7]], [1, 2, 4]) == 9
+    assert choice([[4, 9], [4, 7]], [4]) == 0  # both words end here: 7 and 9 banned (the rest tie at 0)

@@ -45,6 +45,10 @@ def test_stop_is_normalized_to_a_list():
     ("ignore_eos", 1, "ignore_eos must be True or False"),
     ("skip_special_tokens", None, "skip_special_tokens must be True or False"),
     ("include_stop_str_in_output", "yes", "include_stop_str_in_output must be True or False"),
+    ("prompt_logprobs", -1, f"prompt_logprobs must be None or an integer in [0, {MAX_LOGPROBS}]"),
+    ("prompt_logprobs", MAX_LOGPROBS + 1, f"prompt_logprobs must be None or an integer in [0, {MAX_LOGPROBS}]"),
+    ("bad_words", "word", "bad_words must be a list of words (non-blank strings)"),
+    ("bad_words", ["ok", "  "], "bad_words must be a list of words (non-blank strings)"),
 ])
 def test_invalid_value_names_field_and_range(field, value, allowed):
     with pytest.raises(ValueError) as info:
@@ -83,3 +87,27 @@ def test_clone_is_independent():
     twin.logit_bias[7] = 1.0
     twin.allowed_token_ids.append(5)
     assert params.stop_token_ids == [3] and params.logit_bias == {1: 2.0} and params.allowed_token_ids == [1, 2]
+
+
+class _WordTokenizer:
+    """Whole-word ids, where a word's spaced form is its own token (as BPE vocabularies have)."""
+    IDS = {"cat": [5], " cat": [6], "dog house": [7, 8], " dog house": [9, 8], "ox": [3], " ox": [3],
+           "emu": [4], " emu": [1, 4], "\u200b": []}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        assert not add_special_tokens
+        return self.IDS[text]
+
+
+def test_bad_words_tokenize_as_vllm_does_with_and_without_a_leading_space():
+    words = SamplingParams(bad_words=["cat", " dog house", "ox", "emu"]).bad_words_token_ids(_WordTokenizer())
+    # "cat" and "dog house" also get their spaced forms; "ox" spaced is the same first token and
+    # "emu" spaced has another length, so those keep only their plain form.
+    assert words == [[5], [6], [7, 8], [9, 8], [3], [4]]
+    with pytest.raises(ValueError, match="bad_words entries must tokenize to at least one token"):
+        SamplingParams(bad_words=["\u200b"]).bad_words_token_ids(_WordTokenizer())
+    params = SamplingParams(bad_words=["cat"])
+    assert params.uses_logit_controls
+    twin = params.clone()
+    twin.bad_words.append("ox")
+    assert params.bad_words == ["cat"]

@@ -3,6 +3,12 @@ scheduler.commit() -> detokenize -> stop strings.
 
 The native scheduler finishes sequences on max_tokens, max_model_len, EOS and stop token ids;
 this loop finishes them on stop strings (scheduler.finish) and turns events into outputs.
+
+A request's n sequences run as one native request, or, when n is above max_num_seqs (which caps
+one native request), as several of at most max_num_seqs sequences each (each forks its prompt as
+usual) that take the sequences in order and run one after the other; outputs keep indices 0..n-1.
+Requests with prompt_logprobs also get the logits of their prompt rows, step by step as chunked
+prefill computes them.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from pagedcore import _core
 from pagedcore.model_executor.model_runner import ModelRunner
@@ -32,7 +39,10 @@ class LLMEngine:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.requests: dict[int, RequestState] = {}
+        # native (scheduler) request id -> (its request, the request's index of its sequence 0)
+        self._native: dict[int, tuple[RequestState, int]] = {}
         self._unscheduled: set[int] = set()  # requests no step has computed tokens of yet
+        self._awaiting_prompt_logprobs: set[int] = set()  # requests with prompt rows still to score
         self._next_request_id = 0
 
     def add_request(self, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams) -> int:
@@ -49,6 +59,7 @@ class LLMEngine:
             outside = [t for t in ids if t >= vocab_size]
             if outside:
                 raise ValueError(f"{name} token ids must be in [0, {vocab_size - 1}] (the vocabulary), got {outside[:5]}")
+        bad_words = self._bad_words_token_ids(params)
         room = self.max_model_len - len(prompt_token_ids)
         if room < 1:
             raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens, leaving no room to generate "
@@ -57,26 +68,63 @@ class LLMEngine:
         # with "length" when it reaches max_model_len.
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         request_id = self._next_request_id
-        self._next_request_id += 1
         arrival = time.time()
-        native_params = _core.RequestParams(
-            max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens), eos_token_ids=self.eos_token_ids,
-            stop_token_ids=params.stop_token_ids, ignore_eos=params.ignore_eos, n=params.n,
-            arrival_time=arrival)
-        self.scheduler.add_request(request_id, prompt_token_ids, native_params)
-        self.requests[request_id] = RequestState.create(
+        request = RequestState.create(
             request_id, prompt, list(prompt_token_ids), params, self.tokenizer, self.runner.device, arrival,
-            tuple(self.eos_token_ids))
+            tuple(self.eos_token_ids), bad_words)
+        # vLLM skips reading the prefix cache for requests with prompt_logprobs: a cached token has no
+        # logits. A cache salt of the request's own makes its lookups miss (its sibling native requests
+        # still share its blocks).
+        salt = f"prompt-logprobs-{request_id}" if params.prompt_logprobs is not None else ""
+        max_per_native = self.scheduler.config.max_num_seqs
+        try:
+            for first in range(0, params.n, max_per_native):
+                native_id = self._next_request_id
+                self._next_request_id += 1
+                native_params = _core.RequestParams(
+                    max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens),
+                    eos_token_ids=self.eos_token_ids, stop_token_ids=params.stop_token_ids,
+                    ignore_eos=params.ignore_eos, n=min(max_per_native, params.n - first), arrival_time=arrival,
+                    cache_salt=salt)
+                self.scheduler.add_request(native_id, prompt_token_ids, native_params)
+                request.native_request_ids.append(native_id)
+                self._native[native_id] = (request, first)
+        except BaseException:
+            self._forget(request)
+            raise
+        self.requests[request_id] = request
         self._unscheduled.add(request_id)
+        if request.num_missing_prompt_logprobs:
+            self._awaiting_prompt_logprobs.add(request_id)
         return request_id
+
+    def _bad_words_token_ids(self, params: SamplingParams) -> list[list[int]]:
+        if not params.bad_words:
+            return []
+        if self.tokenizer is None:
+            raise ValueError("bad_words are tokenized with the model's tokenizer, and this model has none")
+        sequences = params.bad_words_token_ids(self.tokenizer)
+        vocab_size = self.sampler.vocab_size
+        outside = [t for word in sequences for t in word if t >= vocab_size]
+        if outside:
+            raise ValueError(f"bad_words tokenize to ids outside the vocabulary [0, {vocab_size - 1}]: {outside[:5]}")
+        return sequences
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
     def abort(self, request_id: int) -> None:
-        self.scheduler.abort(request_id)
-        self.requests.pop(request_id, None)
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self._forget(request)
         self._unscheduled.discard(request_id)
+        self._awaiting_prompt_logprobs.discard(request_id)
+
+    def _forget(self, request: RequestState) -> None:
+        """Aborts the request's native requests (a no-op for finished ones) and drops their ids."""
+        for native_id in request.native_request_ids:
+            self.scheduler.abort(native_id)
+            self._native.pop(native_id, None)
 
     def step(self) -> list[RequestState]:
         """Runs one scheduler step; returns the requests that finished in it."""
@@ -86,15 +134,57 @@ class LLMEngine:
         if plan.num_tokens == 0:
             events = self.scheduler.commit(np.empty(0, dtype=np.int32))
             return self._apply_events(events, {}, None)
-        logits = self.runner.execute(plan)
+        prompt_rows, prompt_positions = (self._prompt_logprob_rows(plan) if self._awaiting_prompt_logprobs
+                                         else ([], []))
+        logits = self.runner.execute(plan, np.asarray([row for row, _ in prompt_rows], dtype=np.int32)
+                                     if prompt_rows else None)
+        num_samples = plan.num_samples
+        if prompt_rows:
+            self._record_prompt_logprobs(logits[num_samples:], prompt_positions)
         rows = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(plan.sample_request_ids, plan.sample_seq_indices))}
-        states = [self.requests[r].sequences[s].sampling for (r, s) in rows]
-        sampled = self.sampler(logits, states)
+        states = [self._sequence(r, s).sampling for (r, s) in rows]
+        sampled = self.sampler(logits[:num_samples], states)
         events = self.scheduler.commit(np.asarray(sampled.token_ids, dtype=np.int32))
         return self._apply_events(events, rows, sampled)
 
-    def _record_first_scheduled(self, request_ids: list[int]) -> None:
+    def _sequence(self, native_id: int, seq_index: int) -> SequenceState:
+        request, first = self._native[native_id]
+        return request.sequences[first + seq_index]
+
+    def _prompt_logprob_rows(self, plan) -> tuple[list[tuple[int, int]], list[tuple[RequestState, int]]]:
+        """The plan's token rows whose logits score a prompt token of a request with prompt_logprobs
+        that has no logprob yet: ([(row, position)], [(request, position)])."""
+        rows: list[tuple[int, int]] = []
+        positions: list[tuple[RequestState, int]] = []
+        claimed: set[tuple[int, int]] = set()  # (request id, position): one row each, also when two
+        starts = plan.query_start_loc          # native requests of one request prefill together
+        for i, native_id in enumerate(plan.seq_request_ids.tolist()):
+            request = self._native[native_id][0]
+            if request.num_missing_prompt_logprobs == 0:
+                continue
+            start, end = int(starts[i]), int(starts[i + 1])
+            first_position = int(plan.positions[start])  # a sequence's rows hold consecutive positions
+            for row in range(start, min(end, start + len(request.prompt_token_ids) - first_position)):
+                position = first_position + row - start
+                if request.needs_prompt_logprob(position) and (request.request_id, position) not in claimed:
+                    claimed.add((request.request_id, position))
+                    rows.append((row, position))
+                    positions.append((request, position))
+        return rows, positions
+
+    def _record_prompt_logprobs(self, logits, positions: list[tuple[RequestState, int]]) -> None:
+        """logits [len(positions), vocab]: row i scores the prompt token after positions[i]."""
+        targets = [request.prompt_token_ids[position + 1] for request, position in positions]
+        entries, ranks = self.sampler.logprobs_of(logits, torch.tensor(targets),
+                                                  [request.params.prompt_logprobs for request, _ in positions])
+        for (request, position), entry, rank in zip(positions, entries, ranks):
+            request.record_prompt_logprob(position, entry, rank)
+            if request.num_missing_prompt_logprobs == 0:
+                self._awaiting_prompt_logprobs.discard(request.request_id)
+
+    def _record_first_scheduled(self, native_ids: list[int]) -> None:
         now = time.time()
+        request_ids = {self._native[native_id][0].request_id for native_id in native_ids}
         for request_id in self._unscheduled.intersection(request_ids):
             self.requests[request_id].metrics.first_scheduled_time = now
         self._unscheduled.difference_update(request_ids)
@@ -104,11 +194,11 @@ class LLMEngine:
         now = time.time()
         touched: dict[int, RequestState] = {}
         for event in events:
-            request = self.requests.get(event.request_id)
-            if request is None:
+            if event.request_id not in self._native:
                 continue  # aborted
+            request = self._native[event.request_id][0]
             touched[request.request_id] = request
-            sequence = request.sequences[event.seq_index]
+            sequence = self._sequence(event.request_id, event.seq_index)
             if event.kind == _core.EventKind.PREEMPTED:
                 request.metrics.num_preemptions += 1
                 continue
@@ -124,7 +214,7 @@ class LLMEngine:
                 stopped = self._append_token(request, sequence, event.token, row, sampled,
                                              add_text=reason != "stop")
                 if stopped and not finishing:
-                    self.scheduler.finish(request.request_id, sequence.index)
+                    self.scheduler.finish(event.request_id, event.seq_index)
             # Every token event carries it, so requests that end on a stop string report it too.
             request.num_cached_tokens = max(request.num_cached_tokens, event.num_cached_tokens)
             if finishing and sequence.finish_reason is None:
@@ -136,6 +226,9 @@ class LLMEngine:
             if request.finished:
                 request.metrics.finished_time = now
                 finished.append(self.requests.pop(request.request_id))
+                self._awaiting_prompt_logprobs.discard(request.request_id)
+                for native_id in request.native_request_ids:
+                    self._native.pop(native_id, None)
         return finished
 
     def _append_token(self, request: RequestState, sequence: SequenceState, token: int, row: int,

@@ -58,6 +58,9 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens taken from the prefix cache
     metrics: RequestMetrics | None = field(default=None, repr=False)
+    # SamplingParams.prompt_logprobs: None for the first prompt token, then per prompt token its
+    # Logprob and the top-k's (the raw distribution the model gave it from the tokens before).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 MAX_LOGPROBS = 20  # top log-probabilities returned per token, at most
 MAX_INT32 = 2**31 - 1  # the native scheduler's token counts and ids are int32
 MAX_LOGIT_BIAS = 100.0  # |bias| at most, as OpenAI's and vLLM's APIs allow
+MAX_BAD_WORDS = 128  # token sequences after tokenization, at most (vLLM's VLLM_MAX_NUM_BAD_WORDS)
 
 
 def _is_int(value: object) -> bool:
@@ -51,6 +52,8 @@ class SamplingParams:
     logits_processors: list[Callable] | None = None
     truncate_prompt_tokens: int | None = None  # keep only the prompt's last k tokens
     detokenize: bool = True  # False: token ids only (no text, no decoded logprob tokens)
+    bad_words: list[str] | None = None  # words never generated (tokenized by the engine: bad_words_token_ids)
+    prompt_logprobs: int | None = None  # per prompt token: its log-probability plus the top-k
     stop_strings: list[str] = field(init=False, repr=False)  # `stop` as a list
 
     def __post_init__(self) -> None:
@@ -74,9 +77,10 @@ class SamplingParams:
         self._check_float("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0, allowed="in [-2, 2]")
         self._check_float("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True,
                           allowed="> 0 (1 = off)")
-        if self.logprobs is not None:
-            self._check_int("logprobs", self.logprobs, low=0, high=MAX_LOGPROBS,
-                            allowed=f"None or an integer in [0, {MAX_LOGPROBS}]")
+        for name in ("logprobs", "prompt_logprobs"):
+            if getattr(self, name) is not None:
+                self._check_int(name, getattr(self, name), low=0, high=MAX_LOGPROBS,
+                                allowed=f"None or an integer in [0, {MAX_LOGPROBS}]")
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output", "detokenize"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -114,19 +118,42 @@ class SamplingParams:
         if self.truncate_prompt_tokens is not None:
             self._check_int("truncate_prompt_tokens", self.truncate_prompt_tokens, low=1, high=MAX_INT32,
                             allowed=f"None or an integer in [1, {MAX_INT32}]")
+        if self.bad_words is not None:
+            if not isinstance(self.bad_words, (list, tuple)) or not all(
+                    isinstance(w, str) and w.strip() for w in self.bad_words):
+                raise ValueError(f"bad_words must be a list of words (non-blank strings), got {self.bad_words!r}")
+            self.bad_words = list(self.bad_words)
 
     def clone(self) -> SamplingParams:
         """A deep copy (logits processors are shared, as vLLM does)."""
         processors = self.logits_processors
         twin = copy.copy(self)
-        for name in ("stop", "stop_token_ids", "logit_bias", "allowed_token_ids", "stop_strings"):
+        for name in ("stop", "stop_token_ids", "logit_bias", "allowed_token_ids", "bad_words", "stop_strings"):
             setattr(twin, name, copy.deepcopy(getattr(self, name)))
         twin.logits_processors = None if processors is None else list(processors)
         return twin
 
+    def bad_words_token_ids(self, tokenizer) -> list[list[int]]:
+        """bad_words as token sequences, as vLLM tokenizes them: each word without and with a leading
+        space (a word inside the text is usually one token with its space), the spaced form kept when
+        it is a different sequence of the same length."""
+        sequences: list[list[int]] = []
+        for word in self.bad_words or ():
+            plain = tokenizer.encode(word.lstrip(), add_special_tokens=False)
+            if not plain:
+                raise ValueError(f"bad_words entries must tokenize to at least one token, got {word!r}")
+            sequences.append(plain)
+            spaced = tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
+            if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+                sequences.append(spaced)
+        if len(sequences) > MAX_BAD_WORDS:
+            raise ValueError(f"bad_words tokenize to {len(sequences)} token sequences; at most {MAX_BAD_WORDS}")
+        return sequences
+
     @property
     def uses_logit_controls(self) -> bool:
-        return bool(self.logit_bias) or self.allowed_token_ids is not None or bool(self.logits_processors)
+        return (bool(self.logit_bias) or self.allowed_token_ids is not None or bool(self.logits_processors)
+                or bool(self.bad_words))
 
     @property
     def is_greedy(self) -> bool:

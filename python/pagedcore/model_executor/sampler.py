@@ -1,8 +1,10 @@
 """Sampler: turns the logits of a step into one token per sampled row.
 
-Order, as in vLLM: EOS and stop tokens masked while a sequence is below min_tokens, penalties (repetition on prompt + output, presence and frequency on output),
-then greedy argmax, or temperature, top-k, top-p, min-p and a draw. Log-probabilities are those
-of the raw model distribution (before penalties and temperature).
+Order, as in vLLM: the logit controls (allowed_token_ids, bad_words, logit_bias, logits processors),
+EOS and stop tokens masked while a sequence is below min_tokens, penalties (repetition on prompt +
+output, presence and frequency on output), then greedy argmax, or temperature, top-k, top-p, min-p
+and a draw. Log-probabilities are those of the raw model distribution (before penalties and
+temperature); logprobs_of() gives them for any rows (the prompt's too).
 
 A draw uses the exponential-race trick (argmax of p / Exp(1) noise is a sample of p), with the
 noise taken from the sequence's own generator when its request has a seed, so a seeded
@@ -31,17 +33,31 @@ class SequenceSamplingState:
     output_token_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None  # set when params.seed is not None
     min_tokens_blocked: tuple[int, ...] = ()  # never sampled before min_tokens: stop ids (+ EOS unless ignored)
+    bad_words: tuple[tuple[int, ...], ...] = ()  # SamplingParams.bad_words as token sequences
 
     @classmethod
     def create(cls, params: SamplingParams, prompt_token_ids: list[int], seq_index: int,
-               device: torch.device, eos_token_ids: tuple[int, ...] = ()) -> SequenceSamplingState:
+               device: torch.device, eos_token_ids: tuple[int, ...] = (),
+               bad_words_token_ids: list[list[int]] = ()) -> SequenceSamplingState:
         blocked = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(eos_token_ids))
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=device)
             # Sibling sequences of one seeded request draw from distinct, reproducible streams.
             generator.manual_seed((params.seed * 1_000_003 + seq_index) % (1 << 63))
-        return cls(params, prompt_token_ids, [], generator, blocked if params.min_tokens > 0 else ())
+        return cls(params, prompt_token_ids, [], generator, blocked if params.min_tokens > 0 else (),
+                   tuple(tuple(word) for word in bad_words_token_ids))
+
+    def bad_word_bans(self) -> list[int]:
+        """Tokens the bad words forbid next (vLLM's rule): a one-token word's token always, a longer
+        word's last token when the output so far ends with the word's other tokens."""
+        output = self.output_token_ids
+        bans = []
+        for word in self.bad_words:
+            prefix = word[:-1]
+            if len(prefix) <= len(output) and tuple(output[len(output) - len(prefix):]) == prefix:
+                bans.append(word[-1])
+        return bans
 
 
 @dataclass
@@ -66,11 +82,20 @@ class Sampler:
         processed = self._apply_penalties(self._mask_before_min_tokens(controlled, states), states)
         token_ids = self._choose(processed, states)  # [num_samples] int64
         sampled_logprobs = logits.gather(1, token_ids[:, None])[:, 0] - raw_log_norm
-        top_logprobs, ranks = self._top_logprobs(logits, raw_log_norm, token_ids, sampled_logprobs, states)
+        rows = [row for row, s in enumerate(states) if s.params.logprobs is not None]
+        top_logprobs: list[dict[int, float] | None] = [None] * len(states)
+        ranks: list[dict[int, int] | None] = [None] * len(states)
+        if rows:
+            index = torch.tensor(rows, device=logits.device)
+            entries, entry_ranks = self.logprobs_of(logits[index], token_ids[index],
+                                                    [states[row].params.logprobs for row in rows])
+            for row, entry, rank in zip(rows, entries, entry_ranks):
+                top_logprobs[row], ranks[row] = entry, rank
         return SamplerOutput(token_ids.tolist(), sampled_logprobs.tolist(), top_logprobs, ranks)
 
     def _apply_logit_controls(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
-        """allowed_token_ids (everything else -inf), logit_bias, then the request's logits processors."""
+        """allowed_token_ids (everything else -inf), bad words (-inf), logit_bias, then the request's
+        logits processors."""
         rows = [i for i, s in enumerate(states) if s.params.uses_logit_controls]
         if not rows:
             return logits
@@ -82,6 +107,9 @@ class Sampler:
                 allowed = torch.tensor(params.allowed_token_ids, dtype=torch.long, device=logits.device)
                 keep[allowed] = 0.0
                 logits[row] += keep
+            bans = state.bad_word_bans()
+            if bans:
+                logits[row, bans] = float("-inf")
             if params.logit_bias:
                 ids = torch.tensor(list(params.logit_bias), dtype=torch.long, device=logits.device)
                 logits[row, ids] += torch.tensor(list(params.logit_bias.values()), device=logits.device)
@@ -175,24 +203,25 @@ class Sampler:
             probs = probs / probs.sum(dim=-1, keepdim=True)
         return probs
 
-    @staticmethod
-    def _top_logprobs(logits: torch.Tensor, log_norm: torch.Tensor, token_ids: torch.Tensor,
-                      sampled_logprobs: torch.Tensor, states: list[SequenceSamplingState],
-                      ) -> tuple[list[dict[int, float] | None], list[dict[int, int] | None]]:
-        """Per requesting row: {token: logprob} and {token: rank} for the sampled token and the top-k."""
-        result: list[dict[int, float] | None] = [None] * len(states)
-        ranks: list[dict[int, int] | None] = [None] * len(states)
-        for row, state in enumerate(states):
-            k = state.params.logprobs
-            if k is None:
-                continue
-            token = int(token_ids[row])
-            entry = {token: float(sampled_logprobs[row])}
-            rank = {token: int((logits[row] > logits[row, token]).sum()) + 1}
-            if k > 0:
-                values, ids = logits[row].topk(k)
-                for position, (top, value) in enumerate(zip(ids.tolist(), (values - log_norm[row]).tolist())):
-                    entry.setdefault(top, value)
-                    rank.setdefault(top, position + 1)
-            result[row], ranks[row] = entry, rank
-        return result, ranks
+    @torch.inference_mode()
+    def logprobs_of(self, logits: torch.Tensor, token_ids: torch.Tensor, num_top: list[int],
+                    ) -> tuple[list[dict[int, float]], list[dict[int, int]]]:
+        """logits [rows, >= vocab] (raw), token_ids [rows], num_top [rows] -> per row {token: logprob}
+        and {token: rank} (1 = most likely) for the row's token and its top num_top tokens."""
+        logits = logits[:, : self.vocab_size].float()
+        log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # [rows, vocab]
+        token_ids = token_ids.to(logits.device).long()
+        chosen = log_probs.gather(1, token_ids[:, None])[:, 0]  # [rows]
+        rank_of_chosen = (logits > logits.gather(1, token_ids[:, None])).sum(dim=-1) + 1  # [rows]
+        top_values, top_ids = log_probs.topk(max(num_top, default=0), dim=-1)  # [rows, max_k]
+        entries, ranks = [], []
+        for token, value, rank, k, tops, top_values_row in zip(
+                token_ids.tolist(), chosen.tolist(), rank_of_chosen.tolist(), num_top, top_ids.tolist(),
+                top_values.tolist()):
+            entry, entry_rank = {token: value}, {token: rank}
+            for position, (top, top_value) in enumerate(zip(tops[:k], top_values_row[:k])):
+                entry.setdefault(top, top_value)
+                entry_rank.setdefault(top, position + 1)
+            entries.append(entry)
+            ranks.append(entry_rank)
+        return entries, ranks
