@@ -182,7 +182,12 @@ def test_auth_on_every_route_but_health(server):
     ({"prompt": [], "max_tokens": 1}, "prompt", ""),
     ({"prompt": "x", "n": 65}, "n", "64"),
     ({"prompt": "x", "model": "other"}, "model", "'tiny'"),
-    ({"prompt": "x", "echo": True}, "echo", "not supported"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens", "0 only with echo=true"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens", ">= 1"),
+    ({"prompt": "x", "prompt_logprobs": 1, "stream": True}, "prompt_logprobs", "stream=true"),
+    ({"prompt": "x", "prompt_logprobs": 21}, "prompt_logprobs", "20"),
+    ({"prompt": "x", "bad_words": [""]}, "bad_words.0", "at least 1 character"),
+    ({"prompt": "x", "bad_words": ["  "]}, "bad_words", "non-blank"),
     ({"prompt": "x", "logit_bias": {"five": 1.0}}, "logit_bias", "token ids"),
     ({"prompt": "x", "logit_bias": {"5": 101.0}}, "logit_bias", "[-100, 100]"),
     ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format", "not supported by this server"),
@@ -194,7 +199,8 @@ def test_auth_on_every_route_but_health(server):
     ({"max_tokens": 1}, "prompt", "required"),
 ])
 def test_invalid_completion_parameters_are_400_with_param(server, body, param, contains):
-    assert_error(post(server, "/v1/completions", body), 400, param, contains)
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    assert_error(post(server, path, body), 400, param, contains)
 
 
 def test_invalid_chat_parameters_are_400(server):
@@ -324,3 +330,73 @@ def test_message_name_reaches_the_template_and_user_the_log(server, caplog):
         response = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1, "user": "user-42"})
     assert response.status_code == 200
     assert any("user 'user-42'" in r.getMessage() for r in caplog.records)
+
+
+# ---- vLLM's extras: bad_words, echo, prompt scoring, prompt_logprobs ------------------------------
+
+def test_bad_words_are_never_generated(server, client):
+    token = server.llm.tokenizer.encode("hello", add_special_tokens=False)
+    assert len(token) == 1
+    biased = dict(model="tiny", prompt="Hi", max_tokens=4, temperature=0, logprobs=0,
+                  logit_bias={str(token[0]): 100}, extra_body={"ignore_eos": True})
+    assert client.completions.create(**biased).choices[0].logprobs.tokens == ["hello"] * 4
+    held = client.completions.create(**{**biased, "extra_body": {"ignore_eos": True, "bad_words": ["hello"]}})
+    assert len(held.choices[0].logprobs.tokens) == 4 and "hello" not in held.choices[0].logprobs.tokens
+    chat = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                                                 "temperature": 0, "logit_bias": {str(token[0]): 100},
+                                                 "ignore_eos": True, "bad_words": ["hello"]})
+    assert chat.status_code == 200 and "hello" not in chat.json()["choices"][0]["message"]["content"]
+
+
+def test_echo_puts_the_prompt_and_its_logprobs_first(server, client):
+    prompt = "Hello there, friend"
+    num_prompt = len(server.llm.tokenizer.encode(prompt))
+    plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0, logprobs=1,
+                                      extra_body={"ignore_eos": True})
+    echo = client.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0, logprobs=1, echo=True,
+                                     extra_body={"ignore_eos": True})
+    choice = echo.choices[0]
+    assert choice.text == prompt + plain.choices[0].text
+    lp = choice.logprobs
+    assert len(lp.tokens) == num_prompt + 3 and lp.tokens[num_prompt:] == plain.choices[0].logprobs.tokens
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing scores the first token
+    assert all(v < 0 for v in lp.token_logprobs[1:num_prompt])
+    assert lp.token_logprobs[num_prompt:] == pytest.approx(plain.choices[0].logprobs.token_logprobs)
+    assert lp.text_offset[0] == 0 and lp.text_offset[num_prompt] == len(prompt)
+    assert echo.usage.completion_tokens == 3
+    # Streamed: the first chunk of the choice carries the prompt.
+    chunks = [c for c in client.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0,
+                                                   echo=True, stream=True, extra_body={"ignore_eos": True})
+              if c.choices]
+    assert chunks[0].choices[0].text.startswith(prompt)
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+
+    # Prompt scoring (lm-eval-harness loglikelihood): echo, logprobs and max_tokens=0.
+    scored = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, temperature=0, logprobs=1,
+                                       echo=True)
+    assert scored.choices[0].text == prompt and scored.usage.completion_tokens == 0
+    assert scored.choices[0].logprobs.tokens == lp.tokens[:num_prompt]
+    assert scored.choices[0].logprobs.token_logprobs == pytest.approx(lp.token_logprobs[:num_prompt])
+    assert scored.choices[0].finish_reason == "length"
+    token_ids = server.llm.tokenizer.encode(prompt)
+    by_ids = post(server, "/v1/completions", {"prompt": token_ids, "max_tokens": 0, "echo": True, "logprobs": 0})
+    assert by_ids.json()["choices"][0]["logprobs"]["token_logprobs"][1:] == pytest.approx(
+        lp.token_logprobs[1:num_prompt])
+    assert_no_used_blocks(server)
+
+
+def test_prompt_logprobs_is_vllms_extra_field(server):
+    prompt = "The cache holds"
+    token_ids = server.llm.tokenizer.encode(prompt)
+    body = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 2, "temperature": 0,
+                                            "prompt_logprobs": 2}).json()
+    field = body["choices"][0]["prompt_logprobs"]
+    assert len(field) == len(token_ids) and field[0] is None
+    for token, entry in zip(token_ids[1:], field[1:]):
+        assert str(token) in entry and len(entry) in (2, 3)
+        assert set(entry[str(token)]) == {"logprob", "rank", "decoded_token"} and entry[str(token)]["logprob"] < 0
+    assert "prompt_logprobs" not in post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 1}).json()[
+        "choices"][0]
+    chat = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                                                 "prompt_logprobs": 0}).json()
+    assert chat["prompt_logprobs"][0] is None and all(len(e) == 1 for e in chat["prompt_logprobs"][1:])

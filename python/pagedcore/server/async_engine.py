@@ -59,6 +59,9 @@ class RequestDelta:
     finished: bool
     num_prompt_tokens: int
     num_cached_tokens: int  # prompt tokens served from the prefix cache (known at the end)
+    # SamplingParams.prompt_logprobs, on the request's first delta: None for the first prompt token,
+    # then {token: Logprob} per prompt token (complete: the prompt is computed before any token).
+    prompt_logprobs: list | None = None
 
 
 @dataclass
@@ -70,6 +73,7 @@ class _Tracked:
     num_tokens_sent: list[int] = field(default_factory=list)
     num_chars_sent: list[int] = field(default_factory=list)
     last_token_time: float | None = None
+    prompt_logprobs_sent: bool = False
 
 
 class GenerationHandle:
@@ -278,8 +282,12 @@ class AsyncEngine:
             tracked.num_chars_sent[seq.index] = text_end
         if not sequences and not finished:
             return None
+        prompt_logprobs = None
+        if state.prompt_logprobs is not None and not tracked.prompt_logprobs_sent:
+            prompt_logprobs = state.prompt_logprobs_output()
+            tracked.prompt_logprobs_sent = True
         return RequestDelta(tracked.prompt_index, sequences, finished, len(state.prompt_token_ids),
-                            state.num_cached_tokens)
+                            state.num_cached_tokens, prompt_logprobs)
 
     def _observe(self, tracked: _Tracked, delta: RequestDelta, now: float) -> None:
         num_new = sum(len(s.token_ids) for s in delta.sequences)

@@ -18,7 +18,7 @@ from pagedcore.server.errors import APIError, bad_request
 from pagedcore.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
                                       conversation_of, parse_body)
 from pagedcore.server.responses import (ChoiceAccumulator, TokenText, Usage, chat_logprobs, completion_logprobs,
-                                        new_id, response_base, sse)
+                                        echoed, new_id, prompt_logprobs_body, response_base, sse, without_generated)
 from pagedcore.tokenizers.tokenizer import Tokenizer
 
 _DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
@@ -54,13 +54,14 @@ class OpenAIHandlers:
         for prompt in body.prompts():
             ids = await self._encode(prompt, "prompt") if isinstance(prompt, str) else list(prompt)
             prompts.append(EngineRequest(prompt if isinstance(prompt, str) else None, ids, params))
+        echo = [self._echo_text(p) for p in prompts] if body.echo else None
         handle = await self._submit(prompts, "prompt")
         request_id = new_id("cmpl")
         log_user(request_id, body.user)
         base = response_base(request_id, "text_completion", self.model_name)
         if body.stream:
-            return self._stream(self._completion_chunks(handle, base, body))
-        return await self._collect(request, handle, lambda: self._completion_body(handle, base, body))
+            return self._stream(self._completion_chunks(handle, base, body, prompts, echo))
+        return await self._collect(request, handle, lambda: self._completion_body(handle, base, body, prompts, echo))
 
     async def chat(self, request: Request) -> Response:
         body = parse_body(ChatCompletionRequest, await request.body())
@@ -116,6 +117,15 @@ class OpenAIHandlers:
                                bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
         except Exception as error:  # the template refused the conversation (raise_exception, bad roles)
             raise bad_request(f"the chat template refused these messages: {error}", param="messages") from error
+
+    def _echo_text(self, request: EngineRequest) -> str:
+        """The prompt's text for echo: as given, or the token ids decoded."""
+        if request.prompt is not None:
+            return request.prompt
+        if self.tokenizer is None:
+            raise bad_request("echo of a token-id prompt needs the model's tokenizer, and this model has none",
+                              param="echo")
+        return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
@@ -180,14 +190,18 @@ class OpenAIHandlers:
     # ---- completions -------------------------------------------------------------------------
 
     async def _sse_chunks(self, handle: GenerationHandle, base: dict, include_usage: bool,
-                          choices_of: Callable[[RequestDelta], Iterator[dict]], first: Sequence[dict] = ()):
+                          choices_of: Callable[[RequestDelta], Iterator[dict]], first: Sequence[dict] = (),
+                          prompt_only: bool = False):
         """SSE chunks: `first`, then one per choice that choices_of makes of each delta, the usage chunk
-        when asked, and [DONE]; an engine failure becomes an error event."""
+        when asked, and [DONE]; an engine failure becomes an error event. prompt_only: echo with
+        max_tokens=0 (generated tokens dropped)."""
         usage = Usage()
         try:
             for choice in first:
                 yield sse({**base, "choices": [choice]})
             async for delta in handle:
+                if prompt_only:
+                    delta = without_generated(delta)
                 usage.add(delta)
                 for choice in choices_of(delta):
                     yield sse({**base, "choices": [choice]})
@@ -199,34 +213,57 @@ class OpenAIHandlers:
             handle.close()
         yield sse("[DONE]")
 
-    def _completion_chunks(self, handle: GenerationHandle, base: dict, body: CompletionRequest):
+    def _completion_chunks(self, handle: GenerationHandle, base: dict, body: CompletionRequest,
+                           prompts: list[EngineRequest], echo: list[str] | None):
+        """echo: each prompt's text, put (with its tokens' logprobs) in front of its choices' first chunk."""
         offsets: dict[int, int] = {}  # choice index -> characters sent
+        prompt_logprobs: dict[int, list] = {}  # prompt index -> its prompt logprobs
+        echoed_choices: set[int] = set()
 
         def choices_of(delta: RequestDelta) -> Iterator[dict]:
+            if delta.prompt_logprobs is not None:
+                prompt_logprobs[delta.prompt_index] = delta.prompt_logprobs
             for seq in delta.sequences:
                 index = delta.prompt_index * body.n + seq.index
-                if not seq.text and seq.finish_reason is None and seq.logprobs is None:
+                echo_now = echo is not None and index not in echoed_choices
+                if not echo_now and not seq.text and seq.finish_reason is None and seq.logprobs is None:
                     continue
+                if echo_now:
+                    echoed_choices.add(index)
+                    seq = echoed(echo[delta.prompt_index], prompts[delta.prompt_index].prompt_token_ids,
+                                 prompt_logprobs.get(delta.prompt_index), seq, body.scores_prompt_only)
                 logprobs = completion_logprobs(seq, self.token_text, offsets.get(index, 0))
                 offsets[index] = offsets.get(index, 0) + len(seq.text)
                 yield {"index": index, "text": seq.text, "logprobs": logprobs, "finish_reason": seq.finish_reason,
                        "stop_reason": seq.stop_reason}
 
-        return self._sse_chunks(handle, base, body.include_usage, choices_of)
+        return self._sse_chunks(handle, base, body.include_usage, choices_of, prompt_only=body.scores_prompt_only)
 
-    async def _completion_body(self, handle: GenerationHandle, base: dict, body: CompletionRequest) -> dict:
+    async def _completion_body(self, handle: GenerationHandle, base: dict, body: CompletionRequest,
+                               prompts: list[EngineRequest], echo: list[str] | None) -> dict:
         usage = Usage()
         choices: dict[int, ChoiceAccumulator] = {}
+        prompt_logprobs: dict[int, list] = {}  # prompt index -> its prompt logprobs
         async for delta in handle:
+            if body.scores_prompt_only:
+                delta = without_generated(delta)
             usage.add(delta)
+            if delta.prompt_logprobs is not None:
+                prompt_logprobs[delta.prompt_index] = delta.prompt_logprobs
             for seq in delta.sequences:
                 choices.setdefault(delta.prompt_index * body.n + seq.index, ChoiceAccumulator()).add(seq)
         out = []
         for index in sorted(choices):
             merged = choices[index].merged()
-            out.append({"index": index, "text": merged.text,
-                        "logprobs": completion_logprobs(merged, self.token_text, 0),
-                        "finish_reason": merged.finish_reason, "stop_reason": merged.stop_reason})
+            prompt_index = index // body.n
+            if echo is not None:
+                merged = echoed(echo[prompt_index], prompts[prompt_index].prompt_token_ids,
+                                prompt_logprobs.get(prompt_index), merged, body.scores_prompt_only)
+            choice = {"index": index, "text": merged.text, "logprobs": completion_logprobs(merged, self.token_text, 0),
+                      "finish_reason": merged.finish_reason, "stop_reason": merged.stop_reason}
+            if body.prompt_logprobs is not None:  # vLLM's extra field, per choice
+                choice["prompt_logprobs"] = prompt_logprobs_body(prompt_logprobs.get(prompt_index))
+            out.append(choice)
         return {**base, "choices": out, "usage": usage.body()}
 
     # ---- chat --------------------------------------------------------------------------------
@@ -249,8 +286,10 @@ class OpenAIHandlers:
     async def _chat_body(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest) -> dict:
         usage = Usage()
         choices = [ChoiceAccumulator() for _ in range(body.n)]
+        prompt_logprobs = None
         async for delta in handle:
             usage.add(delta)
+            prompt_logprobs = delta.prompt_logprobs or prompt_logprobs
             for seq in delta.sequences:
                 choices[seq.index].add(seq)
         out = []
@@ -259,4 +298,5 @@ class OpenAIHandlers:
             out.append({"index": index, "message": {"role": "assistant", "content": merged.text},
                         "logprobs": chat_logprobs(merged, self.token_text, body.top_logprobs or 0),
                         "finish_reason": merged.finish_reason, "stop_reason": merged.stop_reason})
-        return {**base, "choices": out, "usage": usage.body()}
+        extra = {"prompt_logprobs": prompt_logprobs_body(prompt_logprobs)} if body.prompt_logprobs is not None else {}
+        return {**base, "choices": out, "usage": usage.body(), **extra}

@@ -11,11 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pagedcore.engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from pagedcore.engine.sampling_params import MAX_BAD_WORDS, MAX_LOGPROBS, SamplingParams
 from pagedcore.server.errors import APIError, bad_request, from_validation_error
 
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
-MAX_N = 64  # completions per prompt (the engine also caps n at max_num_seqs)
+MAX_N = 64  # completions per prompt (above max_num_seqs, the engine runs them in turns)
 MAX_STOP = 16  # stop strings
 MAX_STOP_CHARS = 256  # characters per stop string
 MAX_STOP_TOKEN_IDS = 64
@@ -46,7 +46,7 @@ class _SamplingRequest(_Strict):
     stream_options: StreamOptions | None = None
     stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOP)] | None = None
     stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
+    max_tokens: int | None = Field(default=None, ge=0, le=MAX_INT32)  # 0: completions with echo only
     min_tokens: int = Field(default=0, ge=0, le=MAX_INT32)
     temperature: float = Field(default=1.0, ge=0.0, le=100.0)
     top_p: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -60,6 +60,8 @@ class _SamplingRequest(_Strict):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: Annotated[dict[str, float], Field(max_length=1024)] | None = None  # token id (as a string) -> bias
+    bad_words: Annotated[list[Stop], Field(max_length=MAX_BAD_WORDS)] | None = None  # vLLM's: never generated
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # vLLM's; not with stream=true
     user: str | None = Field(default=None, max_length=256)
 
     @property
@@ -78,9 +80,13 @@ class _SamplingRequest(_Strict):
             bias[int(key)] = value
         return bias
 
-    def _sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def _sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                         prompt_logprobs: int | None = None) -> SamplingParams:
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
+        if self.prompt_logprobs is not None and self.stream:
+            raise bad_request("prompt_logprobs are not available with stream=true (as in vLLM)",
+                              param="prompt_logprobs")
         try:
             return SamplingParams(
                 n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
@@ -88,7 +94,9 @@ class _SamplingRequest(_Strict):
                 min_tokens=self.min_tokens, ignore_eos=self.ignore_eos, presence_penalty=self.presence_penalty,
                 frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
                 logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
-                include_stop_str_in_output=self.include_stop_str_in_output, logit_bias=self._logit_bias())
+                include_stop_str_in_output=self.include_stop_str_in_output, logit_bias=self._logit_bias(),
+                bad_words=self.bad_words,
+                prompt_logprobs=self.prompt_logprobs if prompt_logprobs is None else prompt_logprobs)
         except ValueError as error:  # SamplingParams names the field first: "top_p must be in (0, 1], got 0.0"
             field = str(error).split(" ", 1)[0]
             raise bad_request(str(error), param=field if field in type(self).model_fields else None,
@@ -112,14 +120,25 @@ class CompletionRequest(_SamplingRequest):
             return [self.prompt]
         return list(self.prompt)
 
+    @property
+    def scores_prompt_only(self) -> bool:
+        """echo with max_tokens=0: the prompt (and its logprobs) back, nothing generated, as vLLM does
+        for prompt scoring (lm-eval-harness loglikelihood)."""
+        return self.echo and self.max_tokens == 0
+
     def to_sampling_params(self) -> SamplingParams:
-        if self.echo:
-            raise bad_request("echo is not supported", param="echo", code="unsupported")
         if self.suffix:
             raise bad_request("suffix is not supported", param="suffix", code="unsupported")
         if self.best_of is not None and self.best_of != self.n:
             raise bad_request(f"best_of must equal n ({self.n}) when given", param="best_of")
-        return self._sampling_params(16 if self.max_tokens is None else self.max_tokens, self.logprobs)
+        if self.max_tokens == 0 and not self.echo:
+            raise bad_request("max_tokens must be >= 1 (0 only with echo=true, which scores the prompt)",
+                              param="max_tokens", code="invalid_value")
+        max_tokens = 16 if self.max_tokens is None else self.max_tokens
+        # As vLLM does: echo returns the prompt's logprobs with the completion's; max_tokens=0 still
+        # runs one step (its token is dropped) so the prompt's rows are computed.
+        prompt_logprobs = self.logprobs if self.echo and self.prompt_logprobs is None else None
+        return self._sampling_params(max(max_tokens, 1), self.logprobs, prompt_logprobs)
 
 
 class TextPart(_Strict):
@@ -176,6 +195,8 @@ class ChatCompletionRequest(_SamplingRequest):
     def to_sampling_params(self) -> SamplingParams:
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
+        if self.max_tokens == 0:
+            raise bad_request("max_tokens must be >= 1", param="max_tokens", code="invalid_value")
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         return self._sampling_params(max_tokens, (self.top_logprobs or 0) if self.logprobs else None)
 

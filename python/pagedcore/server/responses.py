@@ -7,6 +7,7 @@ sent as -9999.0, as vLLM does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -65,7 +66,8 @@ class Usage:
 
 
 def completion_logprobs(seq: SequenceDelta, token_text: TokenText, text_offset: int) -> dict | None:
-    """Legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset (per new token)."""
+    """Legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset (per new token).
+    An entry of None (the first token of an echoed prompt, which nothing scores) gives null."""
     if seq.logprobs is None:
         return None
     tokens, token_logprobs, tops, offsets = [], [], [], []
@@ -73,12 +75,48 @@ def completion_logprobs(seq: SequenceDelta, token_text: TokenText, text_offset: 
     for token, entry in zip(seq.token_ids, seq.logprobs):
         text = token_text(token)
         tokens.append(text)
-        token_logprobs.append(_finite(entry.get(token, _MIN_LOGPROB)))
-        top = sorted(entry.items(), key=lambda kv: -kv[1])
-        tops.append({token_text(t): _finite(lp) for t, lp in top})
+        if entry is None:
+            token_logprobs.append(None)
+            tops.append(None)
+        else:
+            token_logprobs.append(_finite(entry.get(token, _MIN_LOGPROB)))
+            top = sorted(entry.items(), key=lambda kv: -kv[1])
+            tops.append({token_text(t): _finite(lp) for t, lp in top})
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def echoed(prompt_text: str, prompt_token_ids: list[int], prompt_logprobs: list | None, seq: SequenceDelta,
+           prompt_only: bool) -> SequenceDelta:
+    """A completion choice with its prompt in front (echo), as vLLM builds it: the prompt's text,
+    tokens and logprobs ({token: Logprob} per token, None first), then the generated ones unless
+    prompt_only (max_tokens=0)."""
+    logprobs = None
+    if seq.logprobs is not None:
+        prompt_entries = [None if entry is None else {t: lp.logprob for t, lp in entry.items()}
+                          for entry in prompt_logprobs or [None] * len(prompt_token_ids)]
+        logprobs = prompt_entries + ([] if prompt_only else list(seq.logprobs))
+    return SequenceDelta(seq.index, prompt_text + ("" if prompt_only else seq.text),
+                         list(prompt_token_ids) + ([] if prompt_only else list(seq.token_ids)), logprobs,
+                         seq.finish_reason, seq.stop_reason)
+
+
+def without_generated(delta: RequestDelta) -> RequestDelta:
+    """echo with max_tokens=0: the one token the engine ran (to compute the prompt's rows) is dropped,
+    and a finished choice finished by its length (0)."""
+    return dataclasses.replace(delta, sequences=[
+        SequenceDelta(s.index, "", [], None if s.logprobs is None else [],
+                      None if s.finish_reason is None else "length") for s in delta.sequences])
+
+
+def prompt_logprobs_body(prompt_logprobs: list | None) -> list | None:
+    """vLLM's prompt_logprobs field: null first, then {token id: {logprob, rank, decoded_token}}."""
+    if prompt_logprobs is None:
+        return None
+    return [None if entry is None else
+            {str(token): {"logprob": _finite(lp.logprob), "rank": lp.rank, "decoded_token": lp.decoded_token}
+             for token, lp in entry.items()} for entry in prompt_logprobs]
 
 
 def chat_logprobs(seq: SequenceDelta, token_text: TokenText, num_top: int) -> dict | None:
