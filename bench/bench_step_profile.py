@@ -1,7 +1,7 @@
 """Where a W1 step's time goes (issue 14's profile): GPU busy fraction, host time per step, kernel
 counts and the host-device synchronizations, from a torch.profiler trace of one pass.
 
-    python3 bench/bench_step_profile.py [--requests 128] [--json out.json] [--label name]
+    python3 bench/bench_step_profile.py [--requests 128] [--json out.json] [--label name] [--cprofile 25]
 
 Runs the W1 requests (docs/benchmarks.md) on the Qwen3-0.6B shape with random bf16 weights, prefix
 caching off, once untraced (throughput, fraction of the floor) and once under torch.profiler (the
@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--kv-gib", type=float, default=40.0)
     p.add_argument("--json", default=None)
     p.add_argument("--label", default="")
+    p.add_argument("--cprofile", type=int, default=0, metavar="N",
+                   help="also run the traced requests under cProfile and report the N functions of most host time")
     args = p.parse_args()
     device = torch.device("cuda")
     requests = common.w1_requests()
@@ -95,6 +97,18 @@ def main() -> None:
         "sync_calls": dict(syncs), "sync_ms": sync_us / 1e3,
         "top_device_ops_ms": {name: us / 1e3 for name, us in kernel_names.most_common(12)},
     }
+    if args.cprofile:
+        import cProfile
+        import io
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        common.run_pagedcore(llm, traced_requests, temperature=common.W1_TEMPERATURE)
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.cprofile)
+        result["host_functions_by_tottime"] = [line for line in text.getvalue().splitlines() if line.strip()][-args.cprofile - 1:]
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -86,12 +86,15 @@ class Sampler:
         top_logprobs: list[dict[int, float] | None] = [None] * len(states)
         ranks: list[dict[int, int] | None] = [None] * len(states)
         if rows:
-            index = torch.tensor(rows, device=logits.device)
+            index = _host_tensor(rows, torch.long, logits.device)
             entries, entry_ranks = self.logprobs_of(logits[index], token_ids[index],
                                                     [states[row].params.logprobs for row in rows])
             for row, entry, rank in zip(rows, entries, entry_ranks):
                 top_logprobs[row], ranks[row] = entry, rank
-        return SamplerOutput(token_ids.tolist(), sampled_logprobs.tolist(), top_logprobs, ranks)
+        # One read-back for both (token ids are exact in float64): the step's one host sync.
+        both = torch.cat([token_ids.double(), sampled_logprobs.double()]).tolist()
+        num = len(states)
+        return SamplerOutput([int(t) for t in both[:num]], both[num:], top_logprobs, ranks)
 
     def _apply_logit_controls(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
         """allowed_token_ids (everything else -inf), bad words (-inf), logit_bias, then the request's
@@ -158,47 +161,56 @@ class Sampler:
         return logits
 
     def _choose(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
-        """logits: [num_samples, vocab] -> token ids [num_samples]."""
+        """logits: [num_samples, vocab] -> token ids [num_samples]. Which rows draw, and with which
+        settings, is known on the host: the only device data read back is the caller's token ids."""
         token_ids = logits.argmax(dim=-1)
         random_rows = [i for i, s in enumerate(states) if not s.params.is_greedy]
         if not random_rows:
             return token_ids
         device = logits.device
-        index = torch.tensor(random_rows, device=device)
+        every_row = len(random_rows) == len(states)
+        index = None if every_row else _host_tensor(random_rows, torch.long, device)
         params = [states[i].params for i in random_rows]
-        probs = self._filtered_probs(logits[index], params)  # [num_random, vocab]
-        noise = torch.empty_like(probs)
+        probs = self._filtered_probs(logits if every_row else logits[index], params)  # [num_random, vocab]
         unseeded = [j for j, i in enumerate(random_rows) if states[i].generator is None]
-        if unseeded:
-            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=device).exponential_(
-                generator=self.generator)
-        for j, i in enumerate(random_rows):
-            if states[i].generator is not None:
-                noise[j].exponential_(generator=states[i].generator)
-        token_ids[index] = (probs / noise).argmax(dim=-1)
+        if len(unseeded) == len(random_rows):
+            noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        else:
+            noise = torch.empty_like(probs)
+            if unseeded:
+                noise[_host_tensor(unseeded, torch.long, device)] = torch.empty(
+                    len(unseeded), probs.shape[1], device=device).exponential_(generator=self.generator)
+            for j, i in enumerate(random_rows):
+                if states[i].generator is not None:
+                    noise[j].exponential_(generator=states[i].generator)
+        drawn = (probs / noise).argmax(dim=-1)
+        if every_row:
+            return drawn
+        token_ids[index] = drawn
         return token_ids
 
     @staticmethod
     def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        """logits: [rows, vocab] -> probabilities after temperature, top-k, top-p, min-p."""
-        device = logits.device
-        temperature = torch.tensor([p.temperature for p in params], device=device)
-        logits = logits / temperature[:, None]
-        top_k = [p.top_k if p.top_k > 0 else logits.shape[1] for p in params]
-        if any(k < logits.shape[1] for k in top_k):
-            kth = torch.stack([logits[r].topk(min(k, logits.shape[1])).values[-1] for r, k in enumerate(top_k)])
-            logits = logits.masked_fill(logits < kth[:, None], float("-inf"))
-        top_p = torch.tensor([p.top_p for p in params], device=device)
-        if bool((top_p < 1.0).any()):
+        """logits: [rows, vocab] -> probabilities after temperature, top-k, top-p, min-p. The settings
+        reach the device in one non-blocking copy; which filters run is decided on the host."""
+        device, vocab = logits.device, logits.shape[1]
+        top_k = [min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params]
+        settings = _host_tensor([[p.temperature, p.top_p, p.min_p, k - 1] for p, k in zip(params, top_k)],
+                                torch.float32, device)  # [rows, 4]
+        logits = logits / settings[:, 0:1]
+        if any(k < vocab for k in top_k):
+            top_values = logits.topk(max(top_k), dim=-1).values  # [rows, max_k], descending
+            kth = top_values.gather(1, settings[:, 3:4].long())  # [rows, 1] each row's k-th largest
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if any(p.top_p < 1.0 for p in params):
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             sorted_probs = sorted_logits.softmax(dim=-1)
             mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # keeps at least the top token
-            sorted_logits = sorted_logits.masked_fill(mass_before > top_p[:, None], float("-inf"))
+            sorted_logits = sorted_logits.masked_fill(mass_before > settings[:, 1:2], float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
         probs = logits.softmax(dim=-1)
-        min_p = torch.tensor([p.min_p for p in params], device=device)
-        if bool((min_p > 0.0).any()):
-            threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+        if any(p.min_p > 0.0 for p in params):
+            threshold = settings[:, 2:3] * probs.max(dim=-1, keepdim=True).values
             probs = probs.masked_fill(probs < threshold, 0.0)
             probs = probs / probs.sum(dim=-1, keepdim=True)
         return probs
@@ -225,3 +237,10 @@ class Sampler:
             entries.append(entry)
             ranks.append(entry_rank)
         return entries, ranks
+
+
+def _host_tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of host values on `device`, copied from pinned memory without a host sync."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype)
+    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
