@@ -106,8 +106,9 @@ __global__ void silu_and_mul_kernel(const T* __restrict__ x, int64_t x_stride, T
 inline constexpr int kRopeWarps = 4;
 inline constexpr int kMaxPairsPerLane = kMaxRopeHeadDim / 2 / 32;
 
-// Grid: num_tokens CTAs of kRopeWarps warps; each warp takes whole head rows (q heads, then k
-// heads), lane l holding pairs l, l + 32, ... in registers. In place on q and k.
+// Grid (num_tokens, ceil((num_heads + num_kv_heads) / kRopeWarps)) CTAs of kRopeWarps warps; each
+// warp takes one head row (q heads, then k heads), lane l holding pairs l, l + 32, ... in
+// registers, so a decode batch still puts many independent rows in flight. In place on q and k.
 template <typename T>
 __global__ void __launch_bounds__(kRopeWarps * 32)
     qk_norm_rope_kernel(T* q, int64_t q_stride_token, int64_t q_stride_head, T* k, int64_t k_stride_token,
@@ -120,7 +121,9 @@ __global__ void __launch_bounds__(kRopeWarps * 32)
   const int half = head_dim / 2;
   const float* cos_row = cos + positions[token] * rope_stride;
   const float* sin_row = sin + positions[token] * rope_stride;
-  for (int head = warp; head < num_heads + num_kv_heads; head += kRopeWarps) {
+  {
+    const int head = blockIdx.y * kRopeWarps + warp;
+    if (head >= num_heads + num_kv_heads) return;
     const bool is_q = head < num_heads;
     T* row = is_q ? q + token * q_stride_token + head * q_stride_head
                   : k + token * k_stride_token + (head - num_heads) * k_stride_head;
@@ -225,7 +228,8 @@ void qk_norm_rope_cuda(const QKNormRopeArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0) return;
   dispatch_cuda(a.dtype, "qk_norm_rope", [&](auto tag) {
     using T = decltype(tag);
-    qk_norm_rope_kernel<T><<<a.num_tokens, kRopeWarps * 32, 0, stream>>>(
+    const dim3 grid(a.num_tokens, (a.num_heads + a.num_kv_heads + kRopeWarps - 1) / kRopeWarps);
+    qk_norm_rope_kernel<T><<<grid, kRopeWarps * 32, 0, stream>>>(
         static_cast<T*>(a.q), a.q_stride_token, a.q_stride_head, static_cast<T*>(a.k), a.k_stride_token,
         a.k_stride_head, a.positions, a.cos, a.sin, a.rope_stride, static_cast<const T*>(a.q_norm_weight),
         static_cast<const T*>(a.k_norm_weight), a.num_heads, a.num_kv_heads, a.head_dim, a.eps);
