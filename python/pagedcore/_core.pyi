@@ -186,6 +186,30 @@ class StepPlan:
     copy_pairs: npt.NDArray[np.int32]         # [num_copies, 2]
     swap_out_pairs: npt.NDArray[np.int32]     # [n, 2]
     swap_in_pairs: npt.NDArray[np.int32]      # [n, 2]
+    @property
+    def max_query_len(self) -> int: ...
+    @property
+    def max_context_len(self) -> int: ...
+    def packed_layout(self) -> PackedPlanLayout: ...
+    def padded_decode_layout(self, num_seqs: int, width: int) -> PackedPlanLayout: ...
+    def pack(self, layout: PackedPlanLayout, address: int, capacity: int) -> None: ...
+
+class PackedPlanLayout:
+    """Offsets (int32 elements) of a packed step plan's arrays in one buffer (pagedcore/step_plan.h)."""
+    num_seqs: int
+    num_tokens: int
+    num_samples: int
+    width: int
+    input_ids: int
+    positions: int
+    slot_mapping: int
+    context_lens: int
+    query_start_loc: int
+    logits_indices: int
+    block_tables: int
+    size: int
+
+def decode_layout(num_seqs: int, width: int) -> PackedPlanLayout: ...
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None: ...
@@ -233,3 +257,11 @@ def copy_blocks(caches: int, num_caches: int, num_blocks: int, block_bytes: int,
                 stream: Optional[int]) -> None: ...
 def swap_blocks(src_caches: Sequence[int], dst_caches: Sequence[int], block_bytes: int,
                 pairs: Sequence[tuple[int, int]], stream: int) -> None: ...
+def add_rms_norm(dtype: DType, x: int, x_stride_token: int, residual: int, weight: int, out: int, num_tokens: int,
+                 hidden_size: int, eps: float, stream: Optional[int]) -> None: ...
+def silu_and_mul(dtype: DType, x: int, x_stride_token: int, out: int, num_tokens: int, intermediate_size: int,
+                 stream: Optional[int]) -> None: ...
+def qk_norm_rope(dtype: DType, q: int, q_stride_token: int, q_stride_head: int, k: int, k_stride_token: int,
+                 k_stride_head: int, positions: int, cos: int, sin: int, rope_stride: int, max_position: int,
+                 q_norm_weight: int, k_norm_weight: int, num_tokens: int, num_heads: int, num_kv_heads: int,
+                 head_dim: int, eps: float, stream: Optional[int]) -> None: ...
