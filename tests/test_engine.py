@@ -430,3 +430,28 @@ def test_prompt_logprobs_match_hf_through_chunked_prefill_and_skip_the_prefix_ca
     assert [e[t].logprob for e, t in zip(alone.prompt_logprobs[1:], prompt[1:])] == pytest.approx(
         [e[t].logprob for e, t in zip(out.prompt_logprobs[1:], prompt[1:])], abs=1e-5)
     assert not llm.engine.has_unfinished()
+
+
+def test_async_scheduling_gives_the_synchronous_loops_outputs(model_dir):
+    # Outputs of step t are processed while step t + 1 runs, so a sequence ended by a stop string
+    # at t computes one more token in t + 1, which must be dropped. Greedy, seeded n > 1 with a
+    # penalty (reads the output tokens), stop strings and preemption (a tight KV budget) at once.
+    free = _llm(model_dir).generate(PROMPTS, GREEDY, use_tqdm=False)
+    stops = [o.outputs[0].text[6:9] for o in free]
+    params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stops[0]]),
+              SamplingParams(temperature=0.8, seed=7, n=2, max_tokens=20, ignore_eos=True, repetition_penalty=1.3),
+              SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stops[2]], logprobs=2),
+              SamplingParams(temperature=0.9, seed=3, max_tokens=16, ignore_eos=True, stop=[stops[3]])]
+    results = {}
+    for async_scheduling in (False, True):
+        llm = _llm(model_dir, kv_cache_memory_bytes=12 * 16 * 2048, max_model_len=96, enable_prefix_caching=False,
+                   async_scheduling=async_scheduling)
+        outputs = llm.generate(PROMPTS, params, use_tqdm=False)
+        results[async_scheduling] = [
+            (c.token_ids, c.text, c.finish_reason, c.stop_reason, round(c.cumulative_logprob, 4),
+             None if c.logprobs is None else [sorted(entry) for entry in c.logprobs])
+            for o in outputs for c in o.outputs]
+        assert llm.scheduler.stats().num_preemptions > 0
+        assert llm.scheduler.stats().num_used_blocks == 0  # nothing left behind by the dropped tokens
+    assert results[True] == results[False]
+    assert results[False][0][2] == "stop" and results[False][0][1] == free[0].outputs[0].text[:6]

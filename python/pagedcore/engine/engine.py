@@ -31,7 +31,14 @@ _FINISH_REASONS = {_core.FinishReason.STOP: "stop", _core.FinishReason.LENGTH: "
 
 class LLMEngine:
     def __init__(self, scheduler: _core.Scheduler, runner: ModelRunner, sampler: Sampler,
-                 tokenizer: Tokenizer | None, eos_token_ids: list[int], max_model_len: int):
+                 tokenizer: Tokenizer | None, eos_token_ids: list[int], max_model_len: int,
+                 async_scheduling: bool = True):
+        """async_scheduling: a step's outputs (detokenization, stop strings, events) are processed while
+        the GPU runs the next step's forward pass; False processes them before the next step starts."""
+        self.async_scheduling = async_scheduling
+        # A step's (events, sample rows, sampler output), processed during the next step's forward pass.
+        # (the commit's wall-clock time stamps its tokens, as in the synchronous loop).
+        self._pending: tuple[list, dict[tuple[int, int], int], SamplerOutput, float] | None = None
         self.scheduler = scheduler
         self.runner = runner
         self.sampler = sampler
@@ -127,25 +134,44 @@ class LLMEngine:
             self._native.pop(native_id, None)
 
     def step(self) -> list[RequestState]:
-        """Runs one scheduler step; returns the requests that finished in it."""
+        """Runs one scheduler step; returns the requests that finished in it (with async_scheduling,
+        in the step whose outputs were processed: the previous one).
+
+        With async_scheduling the outputs of step t are processed while the GPU runs step t + 1, so
+        step t + 1 may already hold a sequence that a stop string of step t ends: its extra token is
+        sampled (the native commit needs one per row) and dropped, never emitted. Greedy and seeded
+        tokens are those of the synchronous loop."""
         plan = self.scheduler.step()
         if self._unscheduled and plan.num_seqs:
             self._record_first_scheduled(plan.seq_request_ids.tolist())
         if plan.num_tokens == 0:
+            finished = self._process_pending()
             events = self.scheduler.commit(np.empty(0, dtype=np.int32))
-            return self._apply_events(events, {}, None)
+            return finished + self._apply_events(events, {}, None)
         prompt_rows, prompt_positions = (self._prompt_logprob_rows(plan) if self._awaiting_prompt_logprobs
                                          else ([], []))
         logits = self.runner.execute(plan, np.asarray([row for row, _ in prompt_rows], dtype=np.int32)
                                      if prompt_rows else None)
+        # Sampling states are taken before the previous step's outputs can finish (and forget) a request.
+        rows = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(plan.sample_request_ids, plan.sample_seq_indices))}
+        states = [self._sequence(r, s).sampling for (r, s) in rows]
+        finished = self._process_pending()  # host work while the GPU runs the forward pass
         num_samples = plan.num_samples
         if prompt_rows:
             self._record_prompt_logprobs(logits[num_samples:], prompt_positions)
-        rows = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(plan.sample_request_ids, plan.sample_seq_indices))}
-        states = [self._sequence(r, s).sampling for (r, s) in rows]
         sampled = self.sampler(logits[:num_samples], states)
         events = self.scheduler.commit(np.asarray(sampled.token_ids, dtype=np.int32))
-        return self._apply_events(events, rows, sampled)
+        if self.async_scheduling:
+            self._pending = (events, rows, sampled, time.time())
+            return finished
+        return finished + self._apply_events(events, rows, sampled)
+
+    def _process_pending(self) -> list[RequestState]:
+        if self._pending is None:
+            return []
+        events, rows, sampled, committed = self._pending
+        self._pending = None
+        return self._apply_events(events, rows, sampled, committed)
 
     def _sequence(self, native_id: int, seq_index: int) -> SequenceState:
         request, first = self._native[native_id]
@@ -189,9 +215,10 @@ class LLMEngine:
             self.requests[request_id].metrics.first_scheduled_time = now
         self._unscheduled.difference_update(request_ids)
 
-    def _apply_events(self, events, rows: dict[tuple[int, int], int],
-                      sampled: SamplerOutput | None) -> list[RequestState]:
-        now = time.time()
+    def _apply_events(self, events, rows: dict[tuple[int, int], int], sampled: SamplerOutput | None,
+                      committed: float | None = None) -> list[RequestState]:
+        """committed: when the scheduler committed these events (token and finish times); default now."""
+        now = time.time() if committed is None else committed
         touched: dict[int, RequestState] = {}
         for event in events:
             if event.request_id not in self._native:

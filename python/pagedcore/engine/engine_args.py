@@ -27,7 +27,7 @@ VLLM_ENGINE_ARGUMENTS = frozenset({
     "rope_theta", "hf_token", "hf_overrides", "max_seq_len_to_capture",
     "disable_custom_all_reduce", "limit_mm_per_prompt", "enable_lora", "max_loras", "max_lora_rank",
     "max_cpu_loras", "speculative_config", "served_model_name", "scheduling_policy",
-    "compilation_config", "async_scheduling", "structured_outputs_config", "guided_decoding_backend",
+    "compilation_config", "structured_outputs_config", "guided_decoding_backend",
     "logits_processors", "generation_config", "override_generation_config", "enable_sleep_mode", "model_impl",
     "worker_cls", "kv_transfer_config", "mm_processor_kwargs", "task", "runner", "convert", "pooler_config",
     "allowed_local_media_path", "max_seq_len", "num_scheduler_steps", "long_prefill_token_threshold",
@@ -76,6 +76,8 @@ class EngineArgs:
     seed: int = _setting(0, "seed of the engine's sampling generator and of dummy weights")
     load_format: str = _setting("auto", "auto | dummy (random weights at the config's shape)")
     enforce_eager: bool = _setting(False, "never capture CUDA graphs")
+    async_scheduling: bool = _setting(True, "process a step's outputs while the GPU runs the next step "
+                                      "(False: the synchronous loop)")
     preemption_mode: str = _setting("recompute", "recompute | swap (KV blocks to pinned host memory; CUDA)")
     swap_space: float = _setting(4.0, "GiB of pinned host memory for preemption_mode=swap")
     verbose: bool = _setting(True, "print the KV memory plan", cli=False)
@@ -128,7 +130,8 @@ class EngineArgs:
             raise ValueError(f"swap_space must be a number of GiB in [0, 1024], got {self.swap_space!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        for name in ("enable_prefix_caching", "enforce_eager", "verbose", "trust_remote_code", "disable_log_stats"):
+        for name in ("enable_prefix_caching", "enforce_eager", "async_scheduling", "verbose", "trust_remote_code",
+                     "disable_log_stats"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for f in fields(self):

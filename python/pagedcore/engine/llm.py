@@ -78,7 +78,7 @@ class LLM:
         generator = torch.Generator(device=self.device).manual_seed(args.seed)
         eos_ids = self.tokenizer.eos_token_ids if self.tokenizer is not None else config.eos_token_ids
         self.engine = LLMEngine(scheduler, runner, Sampler(config.vocab_size, generator), self.tokenizer,
-                                list(eos_ids), self.max_model_len)
+                                list(eos_ids), self.max_model_len, async_scheduling=args.async_scheduling)
 
     @property
     def scheduler(self) -> _core.Scheduler:
