@@ -91,6 +91,18 @@ QWEN3_0_6B = {
 }
 
 
+# W1 on a larger model (docs/benchmarks.md): the Llama-3-8B shape, untied, random bf16 weights.
+LLAMA_3_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001, "dtype": "bfloat16",
+    "hidden_act": "silu", "attention_bias": False,
+}
+# GPU presets of the benchmarks -> the model shape they run (random bf16 weights).
+GPU_SHAPES = {"gpu": QWEN3_0_6B, "gpu-llama3-8b": LLAMA_3_8B}
+
+
 def write_model_dir(hf_config: dict, directory: str | Path | None = None) -> Path:
     """An HF model directory holding only config.json: pagedcore loads it with load_format='dummy'."""
     path = Path(directory or tempfile.mkdtemp(prefix="pagedcore-bench-model-"))
@@ -339,13 +351,14 @@ def run_pagedcore(llm, requests: Sequence[Request], *, temperature: float, seed:
 
 
 def build_llm(preset: str, *, device, model: str | None = None, **engine_args):
-    """preset 'gpu': the Qwen3-0.6B shape, random bf16 weights; 'cpu': the default model, fp32.
+    """preset 'gpu': the Qwen3-0.6B shape, 'gpu-llama3-8b': the Llama-3-8B shape (random bf16 weights);
+    'cpu': the default model, fp32.
     `model` overrides the preset's model (an HF directory, a .gguf, or the default model's name);
     engine_args: any other EngineArgs field (their defaults apply otherwise)."""
     from pagedcore.engine.llm import LLM
 
-    if model is None and preset == "gpu":
-        model, load_format, dtype = str(write_model_dir(QWEN3_0_6B)), "dummy", "bfloat16"
+    if model is None and preset in GPU_SHAPES:
+        model, load_format, dtype = str(write_model_dir(GPU_SHAPES[preset])), "dummy", "bfloat16"
     else:
         load_format, dtype = "auto", "auto"
     llm = LLM(model, device=str(device), dtype=dtype, load_format=load_format, verbose=True, **engine_args)

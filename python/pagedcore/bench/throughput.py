@@ -2,7 +2,8 @@
 
 GPU preset: workload W1 (256 requests, Qwen3-0.6B shape, random bf16 weights, temperature 0.6,
 ignore_eos). The peers run on a labelled subset (the first --peer-subset requests) because HF
-generate runs at ~615 tok/s; pagedcore runs that subset and the full set. CPU preset: workload W5
+generate runs at ~615 tok/s; pagedcore runs that subset and the full set. Preset gpu-llama3-8b: the
+same on the Llama-3-8B shape (32 layers, hidden 4096, 32 / 8 heads, untied). CPU preset: workload W5
 (32 requests, the default model in fp32, greedy, 64 tokens each); every engine runs all 32.
 
 Engines, one process, the same requests:
@@ -28,6 +29,7 @@ NAME = "throughput"
 ENGINES = ("pagedcore", "hf", "hf-cb")
 PRESETS = {
     "gpu": dict(workload="w1", peer_subset=32, hf_batch_size=64, repeats=3, rounds=1, kv_gib=40.0),
+    "gpu-llama3-8b": dict(workload="w1", peer_subset=32, hf_batch_size=64, repeats=3, rounds=1, kv_gib=40.0),
     "cpu": dict(workload="w5", peer_subset=32, hf_batch_size=32, repeats=1, rounds=2, kv_gib=1.0),
 }
 
@@ -51,9 +53,10 @@ def build_hf_model(preset: str, device):
     import torch
     import transformers
 
-    if preset == "gpu":
-        config = transformers.Qwen3Config(**{k: v for k, v in common.QWEN3_0_6B.items()
-                                              if k not in ("architectures", "model_type", "dtype")})
+    if preset in common.GPU_SHAPES:
+        shape = common.GPU_SHAPES[preset]
+        config_class = transformers.Qwen3Config if shape["model_type"] == "qwen3" else transformers.LlamaConfig
+        config = config_class(**{k: v for k, v in shape.items() if k not in ("architectures", "model_type", "dtype")})
         with torch.device(device):
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
                                                                   attn_implementation="sdpa")
@@ -166,7 +169,8 @@ def run(args, argv, save) -> dict:
         # would serve from memory in every pass after the first; W1 / W5 measure computing them.
         llm = common.build_llm(args.preset, device=device, kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)),
                                max_model_len=2048 if args.workload == "w1" else 1024, model=args.model,
-                               enable_prefix_caching=False)
+                               enable_prefix_caching=False,
+                               **({} if args.async_scheduling is None else {"async_scheduling": args.async_scheduling}))
         shape = common.model_shape_of(llm)
         common.run_pagedcore(llm, [Request(r.prompt_token_ids, 16) for r in requests[-8:]], temperature=temperature)
     peers = [e for e in args.engines if e != "pagedcore"]
@@ -305,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="pagedcore repeats on the subset (median); the full set runs fewer")
     p.add_argument("--rounds", type=int, help="run every engine in turn this many times (median over rounds)")
     p.add_argument("--kv-gib", type=float, help="pagedcore's KV cache budget")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="pagedcore's overlapped step loop (default: the engine's default)")
     p.add_argument("--out", default=None, help="results folder (default results/throughput)")
     return p
 
