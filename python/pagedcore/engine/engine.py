@@ -23,6 +23,7 @@ from pagedcore.model_executor.model_runner import ModelRunner
 from pagedcore.engine.request_state import RequestState, SequenceState
 from pagedcore.model_executor.sampler import Sampler, SamplerOutput
 from pagedcore.engine.sampling_params import SamplingParams
+from pagedcore.engine.structured_outputs import GrammarCompiler
 from pagedcore.tokenizers.tokenizer import Tokenizer
 
 _FINISH_REASONS = {_core.FinishReason.STOP: "stop", _core.FinishReason.LENGTH: "length",
@@ -43,6 +44,10 @@ class LLMEngine:
         self.runner = runner
         self.sampler = sampler
         self.tokenizer = tokenizer
+        # Structured outputs' grammars, compiled once per distinct constraint (the server compiles in
+        # worker threads before add_request, which then finds them cached).
+        self.grammars = (GrammarCompiler(tokenizer, sampler.vocab_size, eos_token_ids)
+                         if tokenizer is not None else None)
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.requests: dict[int, RequestState] = {}
@@ -78,7 +83,7 @@ class LLMEngine:
         arrival = time.time()
         request = RequestState.create(
             request_id, prompt, list(prompt_token_ids), params, self.tokenizer, self.runner.device, arrival,
-            tuple(self.eos_token_ids), bad_words)
+            tuple(self.eos_token_ids), bad_words, self.compile_grammar(params))
         # vLLM skips reading the prefix cache for requests with prompt_logprobs: a cached token has no
         # logits. A cache salt of the request's own makes its lookups miss (its sibling native requests
         # still share its blocks).
@@ -104,6 +109,15 @@ class LLMEngine:
         if request.num_missing_prompt_logprobs:
             self._awaiting_prompt_logprobs.add(request_id)
         return request_id
+
+    def compile_grammar(self, params: SamplingParams):
+        """The request's compiled structured output (cached per constraint), or None; ValueError naming
+        what is wrong with a schema / regex / grammar."""
+        if params.structured_outputs is None:
+            return None
+        if self.grammars is None:
+            raise ValueError("structured_outputs are compiled against the model's tokenizer, and this model has none")
+        return self.grammars.compile(params.structured_outputs)
 
     def _bad_words_token_ids(self, params: SamplingParams) -> list[list[int]]:
         if not params.bad_words:
@@ -260,19 +274,33 @@ class LLMEngine:
 
     def _append_token(self, request: RequestState, sequence: SequenceState, token: int, row: int,
                       sampled: SamplerOutput, add_text: bool) -> bool:
-        """Records a sampled token and its text; True when a stop string ended the sequence."""
+        """Records a sampled token and its text; True when a stop string or a completed structured
+        output ended the sequence."""
         sequence.token_ids.append(token)
+        grammar_done = self._advance_grammar(sequence, token)
         sequence.cumulative_logprob += sampled.logprobs[row]
         if sequence.logprobs is not None:
             sequence.logprobs.append(sampled.top_logprobs[row])
             sequence.logprob_ranks.append(sampled.ranks[row])
-        if not add_text or sequence.detokenizer is None:
+        if add_text and sequence.detokenizer is not None:
+            new_text = sequence.detokenizer.append(token)
+            sequence.text += new_text
+            if (new_text and request.max_stop_len and len(sequence.token_ids) >= request.params.min_tokens
+                    and self._check_stop_strings(request, sequence, len(new_text))):
+                return True
+        if grammar_done:
+            sequence.finish_reason = "stop"  # the grammar accepted EOS (also under ignore_eos)
+        return grammar_done
+
+    @staticmethod
+    def _advance_grammar(sequence: SequenceState, token: int) -> bool:
+        """Feeds the token to the sequence's grammar matcher; True when the grammar is complete."""
+        matcher = sequence.sampling.matcher
+        if matcher is None or matcher.is_terminated():
             return False
-        new_text = sequence.detokenizer.append(token)
-        sequence.text += new_text
-        if not new_text or not request.max_stop_len or len(sequence.token_ids) < request.params.min_tokens:
-            return False
-        return self._check_stop_strings(request, sequence, len(new_text))
+        if not matcher.accept_token(token):
+            raise RuntimeError(f"token {token} was sampled outside its structured output's grammar")
+        return matcher.is_terminated()
 
     @staticmethod
     def _check_stop_strings(request: RequestState, sequence: SequenceState, num_new_chars: int) -> bool:

@@ -78,11 +78,18 @@ class RequestState:
     @classmethod
     def create(cls, request_id: int, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                tokenizer: Tokenizer | None, device: torch.device, arrival_time: float,
-               eos_token_ids: tuple[int, ...] = (), bad_words_token_ids: list[list[int]] = ()) -> RequestState:
+               eos_token_ids: tuple[int, ...] = (), bad_words_token_ids: list[list[int]] = (),
+               grammar=None) -> RequestState:
+        """grammar: the compiled structured output (xgrammar.CompiledGrammar); each sequence gets a matcher."""
         sequences = []
         for index in range(params.n):
+            matcher = None
+            if grammar is not None:
+                import xgrammar
+
+                matcher = xgrammar.GrammarMatcher(grammar)
             sampling = SequenceSamplingState.create(params, prompt_token_ids, index, device, eos_token_ids,
-                                                    bad_words_token_ids)
+                                                    bad_words_token_ids, matcher)
             detokenizer = None if tokenizer is None or not params.detokenize else IncrementalDetokenizer(
                 tokenizer, prompt_token_ids, params.skip_special_tokens)
             wants = params.logprobs is not None

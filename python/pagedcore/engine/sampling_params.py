@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pagedcore.engine.structured_outputs import StructuredOutputsParams
+
 MAX_LOGPROBS = 20  # top log-probabilities returned per token, at most
 MAX_INT32 = 2**31 - 1  # the native scheduler's token counts and ids are int32
 MAX_LOGIT_BIAS = 100.0  # |bias| at most, as OpenAI's and vLLM's APIs allow
@@ -54,6 +56,7 @@ class SamplingParams:
     detokenize: bool = True  # False: token ids only (no text, no decoded logprob tokens)
     bad_words: list[str] | None = None  # words never generated (tokenized by the engine: bad_words_token_ids)
     prompt_logprobs: int | None = None  # per prompt token: its log-probability plus the top-k
+    structured_outputs: StructuredOutputsParams | None = None  # constrained decoding (xgrammar)
     stop_strings: list[str] = field(init=False, repr=False)  # `stop` as a list
 
     def __post_init__(self) -> None:
@@ -123,12 +126,24 @@ class SamplingParams:
                     isinstance(w, str) and w.strip() for w in self.bad_words):
                 raise ValueError(f"bad_words must be a list of words (non-blank strings), got {self.bad_words!r}")
             self.bad_words = list(self.bad_words)
+        self._check_structured_outputs()
+
+    def _check_structured_outputs(self) -> None:
+        if self.structured_outputs is None:
+            return
+        if not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError("structured_outputs must be a StructuredOutputsParams(json=..., regex=..., choice=..., "
+                             f"grammar=..., json_object=True), got {self.structured_outputs!r}")
+        if self.min_tokens > 0:
+            raise ValueError("min_tokens cannot be combined with structured_outputs: the grammar decides where "
+                             "the output may end")
 
     def clone(self) -> SamplingParams:
         """A deep copy (logits processors are shared, as vLLM does)."""
         processors = self.logits_processors
         twin = copy.copy(self)
-        for name in ("stop", "stop_token_ids", "logit_bias", "allowed_token_ids", "bad_words", "stop_strings"):
+        for name in ("stop", "stop_token_ids", "logit_bias", "allowed_token_ids", "bad_words", "stop_strings",
+                     "structured_outputs"):
             setattr(twin, name, copy.deepcopy(getattr(self, name)))
         twin.logits_processors = None if processors is None else list(processors)
         return twin

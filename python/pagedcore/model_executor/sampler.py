@@ -1,6 +1,6 @@
 """Sampler: turns the logits of a step into one token per sampled row.
 
-Order, as in vLLM: the logit controls (allowed_token_ids, bad_words, logit_bias, logits processors),
+Order, as in vLLM: the structured output's grammar mask, the logit controls (allowed_token_ids, bad_words, logit_bias, logits processors),
 EOS and stop tokens masked while a sequence is below min_tokens, penalties (repetition on prompt +
 output, presence and frequency on output), then greedy argmax, or temperature, top-k, top-p, min-p
 and a draw. Log-probabilities are those of the raw model distribution (before penalties and
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pagedcore.engine.sampling_params import SamplingParams, _processor_arity
+from pagedcore.engine.structured_outputs import allowed_token_masks
 
 
 def _takes_prompt(fn) -> bool:
@@ -34,11 +35,12 @@ class SequenceSamplingState:
     generator: torch.Generator | None = None  # set when params.seed is not None
     min_tokens_blocked: tuple[int, ...] = ()  # never sampled before min_tokens: stop ids (+ EOS unless ignored)
     bad_words: tuple[tuple[int, ...], ...] = ()  # SamplingParams.bad_words as token sequences
+    matcher: object | None = None  # xgrammar.GrammarMatcher of the structured output, advanced per token
 
     @classmethod
     def create(cls, params: SamplingParams, prompt_token_ids: list[int], seq_index: int,
                device: torch.device, eos_token_ids: tuple[int, ...] = (),
-               bad_words_token_ids: list[list[int]] = ()) -> SequenceSamplingState:
+               bad_words_token_ids: list[list[int]] = (), matcher=None) -> SequenceSamplingState:
         blocked = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(eos_token_ids))
         generator = None
         if params.seed is not None:
@@ -46,7 +48,7 @@ class SequenceSamplingState:
             # Sibling sequences of one seeded request draw from distinct, reproducible streams.
             generator.manual_seed((params.seed * 1_000_003 + seq_index) % (1 << 63))
         return cls(params, prompt_token_ids, [], generator, blocked if params.min_tokens > 0 else (),
-                   tuple(tuple(word) for word in bad_words_token_ids))
+                   tuple(tuple(word) for word in bad_words_token_ids), matcher)
 
     def bad_word_bans(self) -> list[int]:
         """Tokens the bad words forbid next (vLLM's rule): a one-token word's token always, a longer
@@ -78,7 +80,7 @@ class Sampler:
         """logits: [num_samples, >= vocab_size] (padded vocab columns are dropped); one state per row."""
         logits = logits[:, : self.vocab_size].float()
         raw_log_norm = torch.logsumexp(logits, dim=-1)  # [num_samples]
-        controlled = self._apply_logit_controls(logits, states)
+        controlled = self._apply_logit_controls(self._apply_grammars(logits, states), states)
         processed = self._apply_penalties(self._mask_before_min_tokens(controlled, states), states)
         token_ids = self._choose(processed, states)  # [num_samples] int64
         sampled_logprobs = logits.gather(1, token_ids[:, None])[:, 0] - raw_log_norm
@@ -95,6 +97,21 @@ class Sampler:
         both = torch.cat([token_ids.double(), sampled_logprobs.double()]).tolist()
         num = len(states)
         return SamplerOutput([int(t) for t in both[:num]], both[num:], top_logprobs, ranks)
+
+    def _apply_grammars(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
+        """-inf on every token a structured output's grammar does not allow next. The masks are filled
+        on the host (while the forward pass runs) and reach the device in one non-blocking copy. A
+        finished grammar (its sequence ends at this step's commit) masks nothing: that token is dropped."""
+        rows = [i for i, s in enumerate(states) if s.matcher is not None and not s.matcher.is_terminated()]
+        if not rows:
+            return logits
+        allowed = allowed_token_masks([states[i].matcher for i in rows], self.vocab_size)  # [rows, vocab] bool
+        if logits.is_cuda:
+            allowed = allowed.pin_memory().to(logits.device, non_blocking=True)
+        index = _host_tensor(rows, torch.long, logits.device)
+        logits = logits.clone()
+        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+        return logits
 
     def _apply_logit_controls(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
         """allowed_token_ids (everything else -inf), bad words (-inf), logit_bias, then the request's

@@ -1,0 +1,138 @@
+"""Structured outputs (xgrammar) offline: every constrained output of a tiny random model (which
+never produces valid JSON by chance) and of the default model fits its constraint; n > 1,
+preemption, prefix caching and async_scheduling keep greedy outputs; bad constraints are refused."""
+
+import json
+import re
+
+import jsonschema
+import pytest
+from tiny_models import save_tiny_model
+
+from pagedcore import LLM, SamplingParams, StructuredOutputsParams
+
+# Bounded values only: a random model would wander in a free string until max_tokens.
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "n", "color", "tags"],
+          "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": -5, "maximum": 999},
+                         "color": {"enum": ["red", "green", "blue"]},
+                         "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3}}}
+REGEX = r"[a-c]{3}-\d{2}"
+CHOICES = ["yes", "no way", "maybe later"]
+GRAMMAR = 'root ::= "(" digit+ ")" | "none"\ndigit ::= [0-9]'
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_llama_so")
+    save_tiny_model(directory, "llama")
+    return LLM(str(directory), device="cpu", max_model_len=256, kv_cache_memory_bytes=32 << 20, verbose=False)
+
+
+def _check(kind: str, text: str) -> None:
+    if kind == "json":
+        jsonschema.validate(json.loads(text), SCHEMA)
+    elif kind == "json_object":
+        assert isinstance(json.loads(text), dict)
+    elif kind == "regex":
+        assert re.fullmatch(REGEX, text), text
+    elif kind == "choice":
+        assert text in CHOICES, text
+    else:
+        assert re.fullmatch(r"\(\d+\)|none", text), text
+
+
+CONSTRAINTS = {
+    "json": StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True),
+    "json_object": StructuredOutputsParams(json_object=True),
+    "regex": StructuredOutputsParams(regex=REGEX),
+    "choice": StructuredOutputsParams(choice=CHOICES),
+    "grammar": StructuredOutputsParams(grammar=GRAMMAR),
+}
+
+
+def test_fifty_constrained_requests_of_a_random_model_all_fit(tiny):
+    kinds = [kind for _ in range(10) for kind in ("json", "regex", "choice", "grammar", "json")]
+    params = [SamplingParams(temperature=1.0, max_tokens=120, structured_outputs=CONSTRAINTS[k]) for k in kinds]
+    outputs = tiny.generate([f"request {i}" for i in range(len(kinds))], params, use_tqdm=False)
+    for kind, output in zip(kinds, outputs):
+        completion = output.outputs[0]
+        assert completion.finish_reason == "stop", (kind, completion.text)
+        _check(kind, completion.text)
+    # Unconstrained, the same model does not produce JSON.
+    free = tiny.generate(["request 0"], SamplingParams(temperature=1.0, max_tokens=40, seed=0), use_tqdm=False)
+    with pytest.raises(ValueError):
+        json.loads(free[0].outputs[0].text)
+
+
+def test_ignore_eos_ends_where_the_grammar_is_complete(tiny):
+    outputs = tiny.generate(["x"] * 3, SamplingParams(temperature=0.7, seed=5, max_tokens=200, ignore_eos=True,
+                                                      structured_outputs=CONSTRAINTS["choice"]), use_tqdm=False)
+    for output in outputs:
+        assert output.outputs[0].finish_reason == "stop"  # ignore_eos does not run past the grammar
+        _check("choice", output.outputs[0].text)
+
+
+def test_n_preemption_prefix_caching_and_async_scheduling_keep_greedy_outputs(tmp_path):
+    save_tiny_model(tmp_path, "llama")
+    prompts = ["a shared system prompt that fills more than one block of sixteen tokens " * 2 + str(i)
+               for i in range(4)]
+    params = [SamplingParams(temperature=0, max_tokens=60, structured_outputs=CONSTRAINTS["json"]),
+              SamplingParams(temperature=0.9, seed=3, n=2, max_tokens=40, structured_outputs=CONSTRAINTS["regex"]),
+              SamplingParams(temperature=0, max_tokens=40, structured_outputs=CONSTRAINTS["grammar"]),
+              SamplingParams(temperature=0, max_tokens=40)]
+    results = []
+    for settings in (dict(kv_cache_memory_bytes=32 << 20, async_scheduling=False),
+                     dict(kv_cache_memory_bytes=10 * 16 * 2048, max_model_len=96, enable_prefix_caching=False),
+                     dict(kv_cache_memory_bytes=32 << 20, enable_prefix_caching=True)):
+        llm = LLM(str(tmp_path), device="cpu", verbose=False, **{"max_model_len": 256, **settings})
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        results.append([(c.token_ids, c.text, c.finish_reason) for o in outputs for c in o.outputs])
+        if "enable_prefix_caching" in settings and not settings["enable_prefix_caching"]:
+            assert llm.scheduler.stats().num_preemptions > 0
+    assert results[0] == results[1] == results[2]
+    _check("json", results[0][0][1])
+    _check("regex", results[0][1][1])
+    _check("regex", results[0][2][1])
+    _check("grammar", results[0][3][1])
+
+
+def test_the_default_model_fills_a_pydantic_schema():
+    pydantic = pytest.importorskip("pydantic")
+
+    class City(pydantic.BaseModel):
+        name: str
+        country: str
+        is_capital: bool
+
+    llm = LLM(max_model_len=512, verbose=False)
+    so = StructuredOutputsParams(json=City.model_json_schema())
+    prompt = [{"role": "user", "content": "Describe Paris as JSON with name, country and is_capital."}]
+    output = llm.chat(prompt, SamplingParams(temperature=0, max_tokens=80, structured_outputs=so), use_tqdm=False)
+    city = City.model_validate_json(output[0].outputs[0].text)
+    assert output[0].outputs[0].finish_reason == "stop"
+    assert city.name and city.country  # (what a 135M model believes about Paris is not checked)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: StructuredOutputsParams(), "exactly one of json, regex, choice, grammar, json_object; got none"),
+    (lambda: StructuredOutputsParams(regex="a", choice=["b"]), "got regex, choice"),
+    (lambda: StructuredOutputsParams(choice=[]), "choice must be a non-empty list"),
+    (lambda: SamplingParams(min_tokens=2, structured_outputs=StructuredOutputsParams(regex="a+")),
+     "min_tokens cannot be combined with structured_outputs"),
+    (lambda: SamplingParams(structured_outputs={"json": {}}), "must be a StructuredOutputsParams"),
+])
+def test_bad_constraints_are_refused_at_construction(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+@pytest.mark.parametrize("constraint, message", [
+    (StructuredOutputsParams(json='{"type": "object",'), "structured_outputs.json is not valid JSON"),
+    (StructuredOutputsParams(json={"type": "objectx"}), "structured_outputs.json cannot be compiled: Unsupported type"),
+    (StructuredOutputsParams(regex="[a-"), "structured_outputs.regex cannot be compiled"),
+    (StructuredOutputsParams(grammar="root ::= undefined_rule"), "structured_outputs.grammar cannot be compiled"),
+])
+def test_uncompilable_constraints_name_the_problem(tiny, constraint, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny.generate(["x"], SamplingParams(max_tokens=4, structured_outputs=constraint), use_tqdm=False)
+    assert tiny.engine.has_unfinished() is False
