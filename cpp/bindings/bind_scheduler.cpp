@@ -86,14 +86,14 @@ void bind_scheduler(py::module_& m) {
   py::class_<RequestParams>(m, "RequestParams")
       .def(py::init([](int max_tokens, int min_tokens, std::vector<int32_t> eos_token_ids,
                        std::vector<int32_t> stop_token_ids, bool ignore_eos, int n, int priority, double arrival_time,
-                       std::string cache_salt) {
+                       std::string cache_salt, bool overlap) {
              return RequestParams{max_tokens, min_tokens, std::move(eos_token_ids), std::move(stop_token_ids),
-                                  ignore_eos, n, priority, arrival_time, std::move(cache_salt)};
+                                  ignore_eos, n, priority, arrival_time, std::move(cache_salt), overlap};
            }),
            py::kw_only(), py::arg("max_tokens") = 16, py::arg("min_tokens") = 0,
            py::arg("eos_token_ids") = std::vector<int32_t>{}, py::arg("stop_token_ids") = std::vector<int32_t>{},
            py::arg("ignore_eos") = false, py::arg("n") = 1, py::arg("priority") = 0, py::arg("arrival_time") = 0.0,
-           py::arg("cache_salt") = "")
+           py::arg("cache_salt") = "", py::arg("overlap") = true)
       .def_readonly("max_tokens", &RequestParams::max_tokens)
       .def_readonly("min_tokens", &RequestParams::min_tokens)
       .def_readonly("eos_token_ids", &RequestParams::eos_token_ids)
@@ -102,7 +102,8 @@ void bind_scheduler(py::module_& m) {
       .def_readonly("n", &RequestParams::n)
       .def_readonly("priority", &RequestParams::priority)
       .def_readonly("arrival_time", &RequestParams::arrival_time)
-      .def_readonly("cache_salt", &RequestParams::cache_salt);
+      .def_readonly("cache_salt", &RequestParams::cache_salt)
+      .def_readonly("overlap", &RequestParams::overlap);
 
   py::class_<SchedulerEvent>(m, "SchedulerEvent")
       .def_readonly("kind", &SchedulerEvent::kind)
@@ -153,6 +154,11 @@ void bind_scheduler(py::module_& m) {
       .def_property_readonly("logits_indices", flat(&StepPlan::logits_indices), "[num_samples]")
       .def_property_readonly("sample_request_ids", flat(&StepPlan::sample_request_ids), "[num_samples] int64")
       .def_property_readonly("sample_seq_indices", flat(&StepPlan::sample_seq_indices), "[num_samples]")
+      .def_property_readonly("num_deferred", &StepPlan::num_deferred)
+      .def_property_readonly("deferred_input_rows", flat(&StepPlan::deferred_input_rows),
+                             "[num_deferred] token rows whose input id the previous, uncommitted step sampled")
+      .def_property_readonly("deferred_input_samples", flat(&StepPlan::deferred_input_samples),
+                             "[num_deferred] that token's sample row in the previous plan")
       .def_property_readonly("copy_pairs", pairs(&StepPlan::copy_pairs), "[num_copies, 2] (src, dst)")
       .def_property_readonly("swap_out_pairs", pairs(&StepPlan::swap_out_pairs), "[n, 2] (device, host)")
       .def_property_readonly("swap_in_pairs", pairs(&StepPlan::swap_in_pairs), "[n, 2] (host, device)")
@@ -189,6 +195,9 @@ void bind_scheduler(py::module_& m) {
       .def_readonly("query_start_loc", &PackedPlanLayout::query_start_loc)
       .def_readonly("logits_indices", &PackedPlanLayout::logits_indices)
       .def_readonly("block_tables", &PackedPlanLayout::block_tables)
+      .def_readonly("num_deferred", &PackedPlanLayout::num_deferred)
+      .def_readonly("deferred_input_rows", &PackedPlanLayout::deferred_input_rows)
+      .def_readonly("deferred_input_samples", &PackedPlanLayout::deferred_input_samples)
       .def_readonly("size", &PackedPlanLayout::size);
 
   py::class_<Scheduler>(m, "Scheduler",
@@ -217,6 +226,8 @@ void bind_scheduler(py::module_& m) {
              return s.commit(tokens);
            },
            py::arg("sampled_token_ids"))
+      .def_property_readonly("num_uncommitted_steps", &Scheduler::num_uncommitted_steps,
+                             "Planned steps not committed yet (0, 1, or 2 in the overlapped loop).")
       .def("finish", &Scheduler::finish, py::arg("request_id"), py::arg("seq_index"),
            py::arg("reason") = FinishReason::kStop)
       .def("abort", &Scheduler::abort, py::arg("request_id"))

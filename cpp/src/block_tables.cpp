@@ -101,8 +101,20 @@ int BlockTables::num_blocks_needed(SeqId seq, int num_new_tokens) const {
 }
 
 bool BlockTables::append(SeqId seq, std::span<const int32_t> tokens, std::vector<BlockCopy>& copies) {
+  return reserve(seq, tokens, /*pending=*/false, copies);
+}
+
+bool BlockTables::append_pending(SeqId seq, std::vector<BlockCopy>& copies) {
+  const int32_t placeholder = 0;  // never hashed: register_full_blocks stops before a pending token
+  return reserve(seq, std::span<const int32_t>(&placeholder, 1), /*pending=*/true, copies);
+}
+
+bool BlockTables::reserve(SeqId seq, std::span<const int32_t> tokens, bool pending, std::vector<BlockCopy>& copies) {
   Sequence& s = get(seq);
   if (tokens.empty()) return true;
+  if (s.has_pending) {
+    throw std::logic_error("sequence " + std::to_string(seq) + " has a pending token: resolve_pending() it first");
+  }
   if (num_blocks_needed(seq, static_cast<int>(tokens.size())) > pool_.num_free_blocks()) return false;
   const int bs = pool_.block_size();
   if (s.tokens.size() % bs != 0 && pool_.ref_count(s.blocks.back()) > 1) {
@@ -113,6 +125,7 @@ bool BlockTables::append(SeqId seq, std::span<const int32_t> tokens, std::vector
     s.blocks.back() = copy;
   }
   s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+  s.has_pending = pending;
   while (s.blocks.size() * bs < s.tokens.size()) s.blocks.push_back(*pool_.allocate());
   // Registering now (before this step's KV is written) is safe: every layer writes the batch's
   // new K/V before any attention of that layer reads the cache.
@@ -120,9 +133,18 @@ bool BlockTables::append(SeqId seq, std::span<const int32_t> tokens, std::vector
   return true;
 }
 
+void BlockTables::resolve_pending(SeqId seq, int32_t token) {
+  Sequence& s = get(seq);
+  if (!s.has_pending) throw std::logic_error("resolve_pending: sequence " + std::to_string(seq) + " has no pending token");
+  s.tokens.back() = token;
+  s.has_pending = false;
+  // Its KV is written by a step already queued on the device, before any later step reads it.
+  if (enable_prefix_caching_) register_full_blocks(s);
+}
+
 void BlockTables::register_full_blocks(Sequence& s) {
   const int bs = pool_.block_size();
-  const int num_full = static_cast<int>(s.tokens.size() / bs);
+  const int num_full = static_cast<int>((s.tokens.size() - (s.has_pending ? 1 : 0)) / bs);
   for (int i = s.num_hashed_blocks; i < num_full; ++i) {
     BlockKey key = key_for(s.extra_key, i, s.last_hash, s.last_cache_id, s.tokens);
     const BlockId block = s.blocks[i];
@@ -144,6 +166,7 @@ void BlockTables::register_full_blocks(Sequence& s) {
 void BlockTables::fork(SeqId parent, SeqId child) {
   if (seqs_.count(child)) throw std::invalid_argument("sequence " + std::to_string(child) + " already exists");
   const Sequence& original = get(parent);
+  if (original.has_pending) throw std::logic_error("fork: sequence " + std::to_string(parent) + " has a pending token");
   Sequence copy = original;
   copy.tokens.reserve(original.tokens.capacity());  // a copy holds only the size: keep the room
   copy.blocks.reserve(original.blocks.capacity());

@@ -102,11 +102,24 @@ int Scheduler::seq_cost(const Sequence& s) const {
 // ---- step ------------------------------------------------------------------------------------
 
 std::shared_ptr<const StepPlan> Scheduler::step() {
-  if (awaiting_commit_) throw std::logic_error("step() called again before commit() of the previous step");
-  // Reuse the plan buffer unless the caller still holds the previous plan.
-  if (plan_.use_count() > 1) plan_ = std::make_shared<StepPlan>();
+  if (in_flight_.size() >= 2) {
+    throw std::logic_error("step() called with two uncommitted steps: commit() the older one first");
+  }
+  // A plan the caller no longer holds is reused; the in-flight ones stay untouched.
+  plan_.reset();
+  for (auto& spare : spare_plans_) {
+    if (spare.use_count() == 1) {
+      plan_ = spare;
+      break;
+    }
+  }
+  if (!plan_) {
+    plan_ = std::make_shared<StepPlan>();
+    if (spare_plans_.size() < 4) spare_plans_.push_back(plan_);
+  }
   plan_->clear();
   scheduled_.clear();
+  step_events_.clear();
   int budget = config_.max_num_batched_tokens;
   const int64_t preemptions_before = num_preemptions_;
 
@@ -120,8 +133,8 @@ std::shared_ptr<const StepPlan> Scheduler::step() {
       if (it == seqs_.end() || it->second.status != Status::kRunning) continue;
       Sequence& s = it->second;
       if (s.scheduled_in_step == num_steps_) continue;
-      const bool is_decode = static_cast<int>(s.tokens.size()) - s.num_computed == 1;
-      if (is_decode != (pass == 0)) continue;
+      const int num_new = num_schedulable(s);
+      if (num_new == 0 || (num_new == 1) != (pass == 0)) continue;
       schedule_running(sid, budget);
     }
   }
@@ -139,13 +152,30 @@ std::shared_ptr<const StepPlan> Scheduler::step() {
   }
   build_plan(*plan_);
   ++num_steps_;
-  awaiting_commit_ = true;
+  in_flight_.push_back({plan_, std::move(scheduled_), std::move(step_events_)});
+  scheduled_.clear();
+  step_events_.clear();
   return plan_;
+}
+
+int Scheduler::num_schedulable(const Sequence& s) const {
+  const int known = static_cast<int>(s.tokens.size()) - s.num_computed;
+  if (s.num_uncommitted_samples == 0) return std::max(known, 0);
+  // Sampled by the uncommitted step: its next row takes that token on the device, if one sample
+  // (not an n > 1 prompt, which forks at commit), the request allows it, and the token cannot end
+  // the sequence by length (then commit() finishes it anyway).
+  const RequestParams& p = requests_.at(s.request_id).params;
+  const int length_after = static_cast<int>(s.tokens.size()) + 1;
+  if (s.num_uncommitted_samples != 1 || !p.overlap || length_after - s.num_prompt_tokens >= p.max_tokens ||
+      length_after >= config_.max_model_len) {
+    return 0;
+  }
+  return 1;
 }
 
 bool Scheduler::schedule_running(SeqId sid, int& budget) {
   Sequence& s = seq(sid);
-  const int num_new = std::min(static_cast<int>(s.tokens.size()) - s.num_computed, budget);
+  const int num_new = std::min(num_schedulable(s), budget);
   if (num_new <= 0) return false;
   while (!tables_.can_append(sid, num_new)) {
     std::optional<SeqId> victim = pick_victim(sid);
@@ -163,16 +193,22 @@ bool Scheduler::schedule_running(SeqId sid, int& budget) {
 void Scheduler::schedule_tokens(SeqId sid, int num_new) {
   Sequence& s = seq(sid);
   std::vector<BlockCopy> copies;
-  const std::span<const int32_t> new_tokens(s.tokens.data() + s.num_computed, num_new);
-  if (!tables_.append(sid, new_tokens, copies)) throw std::logic_error("scheduler: append failed after can_append");
+  const bool deferred = s.num_uncommitted_samples > 0;
+  const bool appended = deferred ? tables_.append_pending(sid, copies)
+                                 : tables_.append(sid, std::span<const int32_t>(s.tokens.data() + s.num_computed, num_new),
+                                                  copies);
+  if (!appended) throw std::logic_error("scheduler: append failed after can_append");
   for (const BlockCopy& c : copies) {
     plan_->copy_pairs.push_back(c.src);
     plan_->copy_pairs.push_back(c.dst);
   }
-  const bool completes = s.num_computed + num_new == static_cast<int>(s.tokens.size());
+  const int first = s.num_computed;
+  s.num_computed += num_new;
+  const bool completes = deferred || s.num_computed == static_cast<int>(s.tokens.size());
   const int num_samples = completes ? seq_cost(s) : 0;
+  s.num_uncommitted_samples += num_samples;
   s.scheduled_in_step = num_steps_;
-  scheduled_.push_back({sid, num_new, num_samples});
+  scheduled_.push_back({sid, first, num_new, num_samples, deferred});
 }
 
 std::optional<SeqId> Scheduler::pick_victim(SeqId current) const {
@@ -182,6 +218,7 @@ std::optional<SeqId> Scheduler::pick_victim(SeqId current) const {
     if (*it == current) continue;
     const Sequence& s = seq(*it);
     if (s.scheduled_in_step == num_steps_) continue;
+    if (s.num_uncommitted_samples > 1) continue;  // an n > 1 prompt forks at its commit: keep its table
     if (sorts_before(*it, current)) return std::nullopt;
     return *it;
   }
@@ -282,18 +319,23 @@ void Scheduler::build_plan(StepPlan& plan) {
   int row = 0;
   for (int i = 0; i < plan.num_seqs; ++i) {
     const Scheduled& x = scheduled_[i];
-    const Sequence& s = seq(x.seq);
+    Sequence& s = seq(x.seq);
     const std::vector<BlockId>& blocks = tables_.blocks(x.seq);
     std::copy(blocks.begin(), blocks.end(), plan.block_tables.begin() + static_cast<size_t>(i) * max_blocks);
-    for (int p = s.num_computed; p < s.num_computed + x.num_new_tokens; ++p) {
-      plan.input_ids.push_back(s.tokens[p]);
+    if (x.deferred_input) {
+      plan.deferred_input_rows.push_back(row);
+      plan.deferred_input_samples.push_back(s.last_sample_row);
+    }
+    for (int p = x.first_position; p < x.first_position + x.num_new_tokens; ++p) {
+      plan.input_ids.push_back(x.deferred_input ? 0 : s.tokens[p]);
       plan.positions.push_back(p);
       plan.slot_mapping.push_back(blocks[p / bs] * bs + p % bs);
     }
     row += x.num_new_tokens;
-    plan.context_lens.push_back(s.num_computed + x.num_new_tokens);
+    plan.context_lens.push_back(x.first_position + x.num_new_tokens);
     plan.query_start_loc.push_back(row);
     plan.seq_request_ids.push_back(s.request_id);
+    if (x.num_samples > 0) s.last_sample_row = plan.num_samples();
     for (int k = 0; k < x.num_samples; ++k) {
       plan.logits_indices.push_back(row - 1);
       plan.sample_request_ids.push_back(s.request_id);
@@ -306,28 +348,30 @@ void Scheduler::build_plan(StepPlan& plan) {
 // ---- commit ----------------------------------------------------------------------------------
 
 std::vector<SchedulerEvent> Scheduler::commit(std::span<const int32_t> sampled) {
-  if (!awaiting_commit_) throw std::logic_error("commit() called without a step() to commit");
-  if (static_cast<int>(sampled.size()) != plan_->num_samples()) {
+  if (in_flight_.empty()) throw std::logic_error("commit() called without a step() to commit");
+  InFlightStep& step = in_flight_.front();
+  if (static_cast<int>(sampled.size()) != step.plan->num_samples()) {
     throw bad("commit() needs one sampled token per plan sample row: expected " +
-              std::to_string(plan_->num_samples()) + ", got " + std::to_string(sampled.size()));
+              std::to_string(step.plan->num_samples()) + ", got " + std::to_string(sampled.size()));
   }
   for (int32_t t : sampled) {
     if (t < 0) throw bad("sampled token ids must be >= 0, got " + std::to_string(t));
   }
-  awaiting_commit_ = false;
-  std::vector<SchedulerEvent> events = std::move(step_events_);
-  step_events_.clear();
+  std::vector<SchedulerEvent> events = std::move(step.events);
+  const std::vector<Scheduled> scheduled = std::move(step.scheduled);
+  in_flight_.pop_front();
   size_t row = 0;
-  for (const Scheduled& x : scheduled_) {
+  for (const Scheduled& x : scheduled) {
     const size_t first = row;
     row += x.num_samples;
     auto it = seqs_.find(x.seq);
     if (it == seqs_.end()) continue;  // finished or aborted after step()
     Sequence& s = it->second;
-    s.num_computed += x.num_new_tokens;
     if (x.num_samples == 0) continue;
+    s.num_uncommitted_samples -= x.num_samples;
     if (x.num_samples > 1) {
-      // The prompt of an n > 1 request is done: fork n - 1 children sharing every block.
+      // The prompt of an n > 1 request is done: fork n - 1 children sharing every block. A sequence
+      // with an uncommitted fork is never preempted (pick_victim), so its table is there.
       s.forked = true;
       Request& req = requests_.at(s.request_id);
       for (int k = 1; k < x.num_samples; ++k) {
@@ -351,6 +395,8 @@ void Scheduler::append_token(SeqId sid, int32_t token, std::vector<SchedulerEven
   Sequence& s = seq(sid);
   const RequestParams& p = requests_.at(s.request_id).params;
   s.tokens.push_back(token);
+  // Scheduled again before this token was known (overlapped loop): its slot is reserved, now hashable.
+  if (tables_.has_sequence(sid) && tables_.has_pending(sid)) tables_.resolve_pending(sid, token);
   const int generated = static_cast<int>(s.tokens.size()) - s.num_prompt_tokens;
   FinishReason reason = FinishReason::kNone;
   if (generated >= p.min_tokens &&
@@ -454,7 +500,7 @@ void Scheduler::check_invariants() const {
     const Sequence& s = seq(sid);
     if (s.status != Status::kRunning) fail("non-running sequence in running queue");
     if (!tables_.has_sequence(sid)) fail("running sequence without a block table");
-    if (!awaiting_commit_ && tables_.num_tokens(sid) != s.num_computed) fail("block table size differs from computed tokens");
+    if (tables_.num_tokens(sid) != s.num_computed) fail("block table size differs from computed tokens");
     slots += seq_cost(s);
   }
   if (slots != num_running_slots_) fail("running slot count drifted");

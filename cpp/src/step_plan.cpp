@@ -11,12 +11,13 @@ namespace {
 
 int64_t align4(int64_t n) { return (n + 3) / 4 * 4; }
 
-PackedPlanLayout layout_of(int num_seqs, int num_tokens, int num_samples, int width) {
+PackedPlanLayout layout_of(int num_seqs, int num_tokens, int num_samples, int width, int num_deferred) {
   PackedPlanLayout l;
   l.num_seqs = num_seqs;
   l.num_tokens = num_tokens;
   l.num_samples = num_samples;
   l.width = width;
+  l.num_deferred = num_deferred;
   int64_t at = 0;
   auto place = [&at](int64_t count) {
     const int64_t offset = at;
@@ -30,6 +31,8 @@ PackedPlanLayout layout_of(int num_seqs, int num_tokens, int num_samples, int wi
   l.query_start_loc = place(num_seqs + 1);
   l.logits_indices = place(num_samples);
   l.block_tables = place(static_cast<int64_t>(num_seqs) * width);
+  l.deferred_input_rows = place(num_deferred);
+  l.deferred_input_samples = place(num_deferred);
   l.size = at;
   return l;
 }
@@ -37,12 +40,13 @@ PackedPlanLayout layout_of(int num_seqs, int num_tokens, int num_samples, int wi
 }  // namespace
 
 PackedPlanLayout packed_layout(const StepPlan& plan) {
-  return layout_of(plan.num_seqs, plan.num_tokens, plan.num_samples(), plan.max_blocks_per_seq);
+  return layout_of(plan.num_seqs, plan.num_tokens, plan.num_samples(), plan.max_blocks_per_seq, plan.num_deferred());
 }
 
 PackedPlanLayout decode_layout(int num_seqs, int width) {
   if (num_seqs < 0 || width < 0) throw std::invalid_argument("decode_layout: num_seqs and width must be >= 0");
-  return layout_of(num_seqs, num_seqs, num_seqs, width);  // a decode row samples: one index per row
+  // A decode row samples (one index per row) and may take its input from the previous step.
+  return layout_of(num_seqs, num_seqs, num_seqs, width, num_seqs);
 }
 
 PackedPlanLayout padded_decode_layout(const StepPlan& plan, int num_seqs, int width) {
@@ -58,6 +62,10 @@ PackedPlanLayout padded_decode_layout(const StepPlan& plan, int num_seqs, int wi
 }
 
 void pack_plan(const StepPlan& plan, const PackedPlanLayout& l, int32_t* dst) {
+  if (plan.num_deferred() > l.num_deferred) {
+    throw std::invalid_argument("pack_plan: the layout has room for " + std::to_string(l.num_deferred) +
+                                " deferred inputs, the plan has " + std::to_string(plan.num_deferred()));
+  }
   const int n = plan.num_tokens;
   const int s = plan.num_seqs;
   auto copy = [dst](int64_t offset, const std::vector<int32_t>& src) {
@@ -69,6 +77,8 @@ void pack_plan(const StepPlan& plan, const PackedPlanLayout& l, int32_t* dst) {
   copy(l.context_lens, plan.context_lens);
   copy(l.query_start_loc, plan.query_start_loc);
   copy(l.logits_indices, plan.logits_indices);
+  copy(l.deferred_input_rows, plan.deferred_input_rows);
+  copy(l.deferred_input_samples, plan.deferred_input_samples);
   std::fill(dst + l.input_ids + n, dst + l.input_ids + l.num_tokens, 0);
   std::fill(dst + l.positions + n, dst + l.positions + l.num_tokens, 0);
   std::fill(dst + l.slot_mapping + n, dst + l.slot_mapping + l.num_tokens, kPaddingSlot);

@@ -133,7 +133,7 @@ class SchedulerConfig:
 class RequestParams:
     def __init__(self, *, max_tokens: int = 16, min_tokens: int = 0, eos_token_ids: Sequence[int] = ...,
                  stop_token_ids: Sequence[int] = ..., ignore_eos: bool = False, n: int = 1, priority: int = 0,
-                 arrival_time: float = 0.0, cache_salt: str = "") -> None: ...
+                 arrival_time: float = 0.0, cache_salt: str = "", overlap: bool = True) -> None: ...
     max_tokens: int
     min_tokens: int
     eos_token_ids: list[int]
@@ -143,6 +143,7 @@ class RequestParams:
     priority: int
     arrival_time: float
     cache_salt: str
+    overlap: bool  # the next step may be planned before its last token is committed
 
 class SchedulerEvent:
     kind: EventKind
@@ -183,6 +184,10 @@ class StepPlan:
     logits_indices: npt.NDArray[np.int32]     # [num_samples]
     sample_request_ids: npt.NDArray[np.int64] # [num_samples]
     sample_seq_indices: npt.NDArray[np.int32] # [num_samples]
+    @property
+    def num_deferred(self) -> int: ...
+    deferred_input_rows: npt.NDArray[np.int32]     # [num_deferred] rows whose input the previous step sampled
+    deferred_input_samples: npt.NDArray[np.int32]  # [num_deferred] that token's sample row there
     copy_pairs: npt.NDArray[np.int32]         # [num_copies, 2]
     swap_out_pairs: npt.NDArray[np.int32]     # [n, 2]
     swap_in_pairs: npt.NDArray[np.int32]      # [n, 2]
@@ -207,6 +212,9 @@ class PackedPlanLayout:
     query_start_loc: int
     logits_indices: int
     block_tables: int
+    num_deferred: int
+    deferred_input_rows: int
+    deferred_input_samples: int
     size: int
 
 def decode_layout(num_seqs: int, width: int) -> PackedPlanLayout: ...
@@ -219,6 +227,8 @@ class Scheduler:
     def add_request(self, request_id: int, prompt_token_ids: Sequence[int], params: RequestParams) -> None: ...
     def step(self) -> StepPlan: ...
     def commit(self, sampled_token_ids: npt.ArrayLike) -> list[SchedulerEvent]: ...
+    @property
+    def num_uncommitted_steps(self) -> int: ...
     def finish(self, request_id: int, seq_index: int, reason: FinishReason = ...) -> None: ...
     def abort(self, request_id: int) -> None: ...
     def has_unfinished(self) -> bool: ...

@@ -362,17 +362,118 @@ TEST(Scheduler, OnlyAnNGreaterThanOnePromptIsForked) {
   EXPECT_FALSE(s.has_unfinished());
 }
 
-TEST(Scheduler, StepTwiceWithoutCommitIsRefused) {
+TEST(Scheduler, ThirdStepWithoutCommitIsRefused) {
   Scheduler s(small_config());
-  s.add_request(1, prompt_of(3), params(2));
+  s.add_request(1, prompt_of(3), params(4));
   s.step();
+  s.step();  // the overlapped loop plans one step ahead of its commits
+  EXPECT_EQ(s.num_uncommitted_steps(), 2);
   EXPECT_THROW(s.step(), std::logic_error);
+  EXPECT_FALSE(s.reset_prefix_cache());
+}
+
+// The overlapped loop: a decoding sequence is planned again before its token is committed; the
+// new row's input is the previous plan's sample, its slot reserved, its block hashed at commit.
+TEST(Scheduler, OverlappedStepDefersTheInput) {
+  Scheduler s(small_config(16, 4));
+  s.add_request(1, prompt_of(3), params(4));
+  auto first = s.step();  // prefill of 3 tokens, samples position 3
+  ASSERT_EQ(first->num_samples(), 1);
+  auto second = s.step();  // position 3 with the input sampled by `first`
+  EXPECT_EQ(second->num_tokens, 1);
+  EXPECT_EQ(second->positions, vec({3}));
+  EXPECT_EQ(second->input_ids, vec({0}));
+  EXPECT_EQ(second->deferred_input_rows, vec({0}));
+  EXPECT_EQ(second->deferred_input_samples, vec({0}));
+  EXPECT_EQ(second->context_lens, vec({4}));
+  EXPECT_EQ(second->slot_mapping, vec({first->slot_mapping[0] + 3}));
+  s.check_invariants();
+  auto events = s.commit(std::vector<int32_t>{50});  // first's token: position 3
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].token, 50);
+  // Block 0 (tokens 1, 2, 3, 50) is full: a new request with the same 4 tokens + 1 hits it.
+  EXPECT_EQ(s.block_tables().cached_prefix_length(std::vector<int32_t>{1, 2, 3, 50, 9}), 4);
+  auto third = s.step();  // position 4, input sampled by `second`
+  EXPECT_EQ(third->positions, vec({4}));
+  EXPECT_EQ(third->deferred_input_samples, vec({0}));
+  events = s.commit(std::vector<int32_t>{51});
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].token, 51);
+  s.check_invariants();
+}
+
+TEST(Scheduler, OverlappedStepDropsTheRowOfASequenceItsTokenEnded) {
+  Scheduler s(small_config(16, 4));
+  RequestParams p = params(8);
+  p.eos_token_ids = {2};
+  s.add_request(1, prompt_of(3), p);
+  s.step();
+  auto second = s.step();
+  ASSERT_EQ(second->num_deferred(), 1);
+  auto events = s.commit(std::vector<int32_t>{2});  // EOS: finished, blocks freed
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].kind, EventKind::kFinished);
+  EXPECT_FALSE(s.has_unfinished());
+  EXPECT_EQ(s.stats().num_used_blocks, 0);
+  EXPECT_TRUE(s.commit(std::vector<int32_t>{77}).empty());  // the extra row's token is dropped
+  s.check_invariants();
+}
+
+TEST(Scheduler, OverlapWaitsWhereTheRequestOrTheLengthSaysSo) {
+  Scheduler s(small_config(16, 4));
+  RequestParams host_side = params(8);
+  host_side.overlap = false;  // e.g. penalties read the previous tokens on the host
+  s.add_request(1, prompt_of(3), host_side);
+  s.add_request(2, prompt_of(3, 20), params(1));  // its first token is its last
+  auto first = s.step();
+  ASSERT_EQ(first->num_samples(), 2);
+  auto second = s.step();
+  EXPECT_EQ(second->num_tokens, 0);  // neither can run before the commit
+  s.commit(std::vector<int32_t>{40, 41});
+  s.commit(std::vector<int32_t>{});
+  auto third = s.step();
+  EXPECT_EQ(third->num_tokens, 1);  // request 1, its token known
+  EXPECT_EQ(third->input_ids, vec({40}));
+  EXPECT_EQ(third->num_deferred(), 0);
+  s.commit(std::vector<int32_t>{42});
+  s.check_invariants();
+}
+
+TEST(Scheduler, AnUncommittedForkIsNeverPreempted) {
+  SchedulerConfig c = small_config(4, 4);  // 16 slots
+  Scheduler s(c);
+  s.add_request(1, prompt_of(8), params(3));  // 2 full blocks
+  s.add_request(2, prompt_of(6, 50), params(2, 2));  // 2 blocks, forks into 2 at its commit
+  auto first = s.step();
+  ASSERT_EQ(first->num_samples(), 3);
+  // Request 1 needs a third block for position 8 in a pool with none free: the only other running
+  // sequence has an uncommitted fork, so request 1 itself waits (preempted), not request 2.
+  auto second = s.step();
+  s.check_invariants();
+  auto events = s.commit(std::vector<int32_t>{60, 61, 62});
+  s.check_invariants();
+  EXPECT_EQ(s.stats().num_running, 2);
+  int tokens_of_2 = 0;
+  for (const auto& e : events) tokens_of_2 += e.request_id == 2 && e.kind == EventKind::kToken;
+  EXPECT_EQ(tokens_of_2, 2);
+  s.commit(std::vector<int32_t>(second->num_samples(), 63));
+  s.check_invariants();
+}
+
+// The fake sampler's token for the sequence's `position`: a pure function, so the input every row
+// should read is known, and EOS (3) now and then.
+int32_t fake_token(int64_t request, int seq_index, int position) {
+  const uint32_t h = static_cast<uint32_t>(request * 7919 + seq_index * 104729 + position * 1299709) * 2654435761u;
+  return (h >> 7) % 23 == 0 ? 3 : 10 + static_cast<int32_t>((h >> 9) % 4000);
 }
 
 // Thousands of requests with random lengths, arrivals, priorities and n, a fake sampler and a
-// pool small enough to force preemption: every sequence finishes with exactly max_tokens tokens,
-// the invariants hold after every step, and the pool is empty at the end.
-void simulate(PreemptionMode mode, bool prefix_caching, uint32_t seed) {
+// pool small enough to force preemption: every row reads the input the sequence holds at its
+// position (deferred inputs resolved through the previous plan's samples), every sequence ends at
+// its first EOS or at max_tokens with exactly those tokens, the invariants hold after every step,
+// and the pool is empty at the end. `overlapped` plans each step before committing the previous
+// one, as the engine's overlapped loop does; some requests opt out of overlap.
+void simulate(PreemptionMode mode, bool prefix_caching, uint32_t seed, bool overlapped = false) {
   std::mt19937 rng(seed);
   SchedulerConfig c;
   c.num_blocks = 48;
@@ -385,46 +486,101 @@ void simulate(PreemptionMode mode, bool prefix_caching, uint32_t seed) {
   c.num_host_blocks = mode == PreemptionMode::kSwap ? 40 : 0;
   Scheduler s(c);
   const int kRequests = 2000;
-  std::map<int64_t, int> expected_tokens;             // request -> max_tokens
+  std::map<int64_t, std::vector<int32_t>> prompts;
+  std::map<int64_t, RequestParams> params_of;
   std::map<std::pair<int64_t, int>, int> produced;    // (request, seq) -> tokens
-  std::map<int64_t, int> n_of;
-  int added = 0, steps = 0;
+  std::map<std::pair<int64_t, int>, bool> finished;
+  int added = 0, steps = 0, deferred_rows = 0;
+  std::shared_ptr<const StepPlan> previous;
+  std::vector<int32_t> previous_sampled;
+  auto apply = [&](const std::vector<SchedulerEvent>& events) {
+    for (const auto& e : events) {
+      if (e.kind != EventKind::kToken && e.kind != EventKind::kFinished) continue;
+      const std::pair<int64_t, int> key{e.request_id, e.seq_index};
+      ASSERT_FALSE(finished[key]) << "a token after the end";
+      const int position = static_cast<int>(prompts[e.request_id].size()) + produced[key];
+      ASSERT_EQ(e.token, fake_token(e.request_id, e.seq_index, position));
+      ++produced[key];
+      if (e.kind == EventKind::kFinished) {
+        finished[key] = true;
+        const bool eos = e.token == 3;
+        ASSERT_EQ(e.finish_reason, eos ? FinishReason::kStop : FinishReason::kLength);
+        if (!eos) ASSERT_EQ(produced[key], params_of[e.request_id].max_tokens);
+      }
+    }
+  };
   while ((added < kRequests || s.has_unfinished()) && steps < 200000) {
     for (int k = std::uniform_int_distribution<int>(0, 3)(rng); k > 0 && added < kRequests; --k) {
       RequestParams p;
       p.max_tokens = std::uniform_int_distribution<int>(1, 40)(rng);
       p.n = std::uniform_int_distribution<int>(0, 9)(rng) == 0 ? 2 : 1;
       p.priority = std::uniform_int_distribution<int>(0, 2)(rng);
-      p.eos_token_ids = {3};  // sampled tokens are >= 10, so EOS never fires
+      p.eos_token_ids = {3};
+      p.overlap = std::uniform_int_distribution<int>(0, 4)(rng) != 0;
       const int len = std::uniform_int_distribution<int>(1, 60)(rng);
       std::vector<int32_t> prompt(len);
       const int family = std::uniform_int_distribution<int>(0, 3)(rng);  // shared prefixes
       for (int i = 0; i < len; ++i) prompt[i] = i < 16 ? family * 100 + i : std::uniform_int_distribution<int>(0, 999)(rng);
       s.add_request(added, prompt, p);
-      expected_tokens[added] = p.max_tokens;
-      n_of[added] = p.n;
+      prompts[added] = prompt;
+      params_of[added] = p;
       ++added;
     }
     auto plan = s.step();
     ++steps;
     ASSERT_LE(plan->num_tokens, c.max_num_batched_tokens);
     ASSERT_LE(plan->num_seqs, c.max_num_seqs);
+    std::vector<int32_t> inputs = plan->input_ids;
+    for (int i = 0; i < plan->num_deferred(); ++i) {
+      ASSERT_TRUE(overlapped && previous);
+      inputs[plan->deferred_input_rows[i]] = previous_sampled[plan->deferred_input_samples[i]];
+      ++deferred_rows;
+    }
     std::vector<int32_t> sampled(plan->num_samples());
-    for (auto& t : sampled) t = std::uniform_int_distribution<int>(10, 5000)(rng);
-    for (const auto& e : s.commit(sampled)) {
-      if (e.kind == EventKind::kToken || e.kind == EventKind::kFinished) {
-        ++produced[{e.request_id, e.seq_index}];
+    for (int j = 0; j < plan->num_samples(); ++j) {
+      const int64_t rid = plan->sample_request_ids[j];
+      sampled[j] = fake_token(rid, plan->sample_seq_indices[j], plan->positions[plan->logits_indices[j]] + 1);
+    }
+    // Every row reads what its sequence holds at that position (the prompt, or a sampled token).
+    for (int i = 0; i < plan->num_seqs; ++i) {
+      const int64_t rid = plan->seq_request_ids[i];
+      const int last = plan->query_start_loc[i + 1] - 1;
+      int seq_index = -1;
+      for (int j = 0; j < plan->num_samples(); ++j) {
+        if (plan->logits_indices[j] == last) seq_index = plan->sample_seq_indices[j];
       }
-      if (e.kind == EventKind::kFinished) {
-        ASSERT_EQ(e.finish_reason, FinishReason::kLength);
-        ASSERT_EQ((produced[{e.request_id, e.seq_index}]), expected_tokens[e.request_id]);
+      for (int row = plan->query_start_loc[i]; row <= last; ++row) {
+        const int position = plan->positions[row];
+        const std::vector<int32_t>& prompt = prompts[rid];
+        if (position < static_cast<int>(prompt.size())) {
+          ASSERT_EQ(inputs[row], prompt[position]) << "request " << rid << " position " << position;
+        } else if (seq_index >= 0) {
+          ASSERT_EQ(inputs[row], fake_token(rid, seq_index, position)) << "request " << rid << " position " << position;
+        }
+      }
+      if (!params_of[rid].overlap) {
+        for (int d : plan->deferred_input_rows) ASSERT_NE(d, plan->query_start_loc[i]) << "request " << rid << " opted out";
       }
     }
+    if (!overlapped) {
+      apply(s.commit(sampled));
+    } else if (previous) {
+      apply(s.commit(previous_sampled));
+    }
+    previous = plan;
+    previous_sampled = sampled;
+    if (overlapped && plan->num_tokens == 0) {  // nothing runs: commit it at once, as the engine does
+      apply(s.commit(sampled));
+      previous.reset();
+    }
+    if (!overlapped) previous.reset();
     s.check_invariants();
   }
+  if (previous) apply(s.commit(previous_sampled));
+  ASSERT_EQ(s.num_uncommitted_steps(), 0);
   ASSERT_FALSE(s.has_unfinished()) << "did not drain in " << steps << " steps";
-  for (const auto& [rid, n] : n_of) {
-    for (int k = 0; k < n; ++k) ASSERT_EQ((produced[{rid, k}]), expected_tokens[rid]) << rid << "/" << k;
+  for (const auto& [rid, p] : params_of) {
+    for (int k = 0; k < p.n; ++k) ASSERT_TRUE((finished[{rid, k}])) << rid << "/" << k;
   }
   const SchedulerStats st = s.stats();
   EXPECT_GT(st.num_preemptions, 0) << "pool was not small enough to force preemption";
@@ -433,11 +589,15 @@ void simulate(PreemptionMode mode, bool prefix_caching, uint32_t seed) {
   if (prefix_caching) {
     EXPECT_GT(st.num_prefix_hit_tokens, 0);
   }
+  if (overlapped) EXPECT_GT(deferred_rows, 1000);
 }
 
 TEST(SchedulerSimulation, RecomputeWithPrefixCaching) { simulate(PreemptionMode::kRecompute, true, 1); }
 TEST(SchedulerSimulation, RecomputeWithoutPrefixCaching) { simulate(PreemptionMode::kRecompute, false, 2); }
 TEST(SchedulerSimulation, SwapWithPrefixCaching) { simulate(PreemptionMode::kSwap, true, 3); }
+TEST(SchedulerSimulation, OverlappedRecomputeWithPrefixCaching) { simulate(PreemptionMode::kRecompute, true, 4, true); }
+TEST(SchedulerSimulation, OverlappedSwapWithPrefixCaching) { simulate(PreemptionMode::kSwap, true, 5, true); }
+TEST(SchedulerSimulation, OverlappedRecomputeWithoutPrefixCaching) { simulate(PreemptionMode::kRecompute, false, 6, true); }
 
 }  // namespace
 }  // namespace pagedcore

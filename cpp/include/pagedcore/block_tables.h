@@ -64,6 +64,14 @@ class BlockTables {
   // Returns false, with no state changed, when the pool has too few free blocks.
   bool append(SeqId seq, std::span<const int32_t> tokens, std::vector<BlockCopy>& copies);
 
+  // Reserves the slot of one token whose id is not known yet (sampled by a step still running on
+  // the device: the overlapped loop computes its KV in the next step). A block holding it is not
+  // registered in the prefix cache until resolve_pending() gives the id. At most one pending token.
+  bool append_pending(SeqId seq, std::vector<BlockCopy>& copies);
+  // The pending token's id is known: record it and register the blocks it completes.
+  void resolve_pending(SeqId seq, int32_t token);
+  bool has_pending(SeqId seq) const { return get(seq).has_pending; }
+
   // `child` shares every block of `parent` (ref count + 1 each) and its tokens.
   void fork(SeqId parent, SeqId child);
 
@@ -91,6 +99,7 @@ class BlockTables {
     std::vector<int32_t> tokens;   // tokens with reserved slots
     std::string extra_key;
     int num_hashed_blocks = 0;     // leading full blocks registered in (or taken from) the cache
+    bool has_pending = false;      // the last token's id is not known yet (append_pending)
     uint64_t last_hash = 0;        // chain state after the hashed blocks
     uint64_t last_cache_id = 0;
   };
@@ -110,7 +119,9 @@ class BlockTables {
   // Stops at the first miss and before the block holding the prompt's last token (at least that
   // token is left to compute). Changes no state.
   CachedPrefix find_cached_prefix(std::span<const int32_t> prompt, std::string_view extra_key) const;
+  // Full blocks up to the pending token, if any, enter the prefix cache.
   void register_full_blocks(Sequence& s);
+  bool reserve(SeqId seq, std::span<const int32_t> tokens, bool pending, std::vector<BlockCopy>& copies);
 
   BlockPool pool_;
   bool enable_prefix_caching_;

@@ -5,6 +5,14 @@
 // Protocol: add_request() any time; then repeatedly plan = step(), run the model on the plan,
 // sample one token per entry of plan.sample_*, events = commit(sampled). finish() / abort() may be
 // called between steps (a sequence finished or aborted after step() is skipped by commit()).
+//
+// Overlapped loop: step() may also be called while one step is still uncommitted (its tokens are
+// being sampled on the device); commit() then applies the oldest uncommitted step. A sequence that
+// sampled one token in that step and whose request allows it (RequestParams::overlap) is scheduled
+// again at once: its row's input is that not-yet-known token, which the runner takes on the device
+// from the previous step's sampled tokens (plan.deferred_input_rows / deferred_input_samples). If
+// the token ends the sequence (EOS, stop token), commit() frees it and the next commit() skips its
+// extra row. At most two steps are uncommitted at once.
 #pragma once
 
 #include <cstdint>
@@ -49,6 +57,10 @@ struct RequestParams {
   int priority = 0;                      // smaller runs first; preemption takes the largest first
   double arrival_time = 0.0;             // informational; FCFS uses the order of add_request
   std::string cache_salt;                // separates prefix caches (folded into block hashes)
+  // The next step may be planned before this sequence's last sampled token is committed (its input
+  // id read on the device). False where sampling reads the previous tokens on the host (penalties,
+  // grammars, ...): such a sequence skips the step planned while its token is uncommitted.
+  bool overlap = true;
 };
 
 enum class FinishReason : int32_t { kNone = 0, kStop = 1, kLength = 2, kAbort = 3 };
@@ -90,8 +102,10 @@ class Scheduler {
   // Plans the next step. The returned plan stays valid until the caller drops it.
   std::shared_ptr<const StepPlan> step();
 
-  // Applies the tokens sampled for the last plan (one per plan sample row) and returns what happened.
+  // Applies the tokens sampled for the oldest uncommitted plan (one per plan sample row) and returns
+  // what happened.
   std::vector<SchedulerEvent> commit(std::span<const int32_t> sampled_tokens);
+  int num_uncommitted_steps() const { return static_cast<int>(in_flight_.size()); }
 
   // Finishes one sequence (e.g. a stop string matched) and frees its blocks.
   void finish(RequestId id, int seq_index, FinishReason reason = FinishReason::kStop);
@@ -102,7 +116,7 @@ class Scheduler {
   bool has_unfinished() const { return !requests_.empty(); }
   // Empties the prefix cache (vLLM's reset_prefix_cache); false, changing nothing, while requests
   // are queued or running, or between step() and commit().
-  bool reset_prefix_cache() { return requests_.empty() && !awaiting_commit_ && tables_.reset_prefix_cache(); }
+  bool reset_prefix_cache() { return requests_.empty() && in_flight_.empty() && tables_.reset_prefix_cache(); }
   bool has_request(RequestId id) const { return requests_.count(id) != 0; }
   SchedulerStats stats() const;
   const BlockTables& block_tables() const { return tables_; }
@@ -120,7 +134,9 @@ class Scheduler {
     Status status = Status::kWaiting;
     std::vector<int32_t> tokens;         // prompt + generated
     int num_prompt_tokens = 0;
-    int num_computed = 0;                // tokens whose KV is in the cache (or scheduled and committed)
+    int num_computed = 0;                // tokens whose KV is in the cache or computed by a planned step
+    int num_uncommitted_samples = 0;     // tokens sampled for it by planned, uncommitted steps
+    int32_t last_sample_row = 0;         // its sample row in the plan it was last scheduled in
     uint64_t order = 0;                  // FCFS order of the request (ties: seq_index)
     int priority = 0;
     bool forked = false;                 // its n > 1 prompt was forked into n sequences (false for n == 1)
@@ -137,17 +153,29 @@ class Scheduler {
 
   struct Scheduled {
     SeqId seq;
+    int first_position;                  // position of its first computed token
     int num_new_tokens;
     int num_samples;                     // 0 (prefill chunk), 1, or n (the prompt of an n > 1 request)
+    bool deferred_input = false;         // one token: the one sampled for it by the uncommitted step
+  };
+
+  // A planned step whose tokens are not committed yet.
+  struct InFlightStep {
+    std::shared_ptr<StepPlan> plan;
+    std::vector<Scheduled> scheduled;
+    std::vector<SchedulerEvent> events;  // preempted / resumed during its step(), reported by its commit()
   };
 
   bool sorts_before(SeqId a, SeqId b) const;
   void insert_sorted(std::deque<SeqId>& queue, SeqId seq);
   void remove_from(std::deque<SeqId>& queue, SeqId seq);
   int seq_cost(const Sequence& s) const;  // running slots the sequence will take (n before forking, else 1)
+  // Tokens the running sequence can compute now (the uncommitted token included, where allowed), or 0.
+  int num_schedulable(const Sequence& s) const;
   bool schedule_running(SeqId seq, int& budget);
   std::optional<SeqId> pick_victim(SeqId current) const;
-  void schedule_tokens(SeqId seq, int num_new_tokens);
+  void schedule_tokens(SeqId seq, int num_new_tokens);  // tokens from num_computed on (the last one deferred
+                                                        // when the sequence has an uncommitted sample)
   void append_token(SeqId seq, int32_t token, std::vector<SchedulerEvent>& events);
   void preempt(SeqId seq);
   bool try_swap_in(SeqId seq, int& budget);  // the front of swapped_
@@ -168,14 +196,16 @@ class Scheduler {
   std::deque<SeqId> swapped_;    // sorted likewise
   int num_running_slots_ = 0;    // sum of seq_cost over running_
   std::vector<int32_t> free_host_blocks_;
+  // The step being planned (moved to in_flight_ when step() returns).
   std::vector<Scheduled> scheduled_;
   std::vector<SchedulerEvent> step_events_;  // preempted / resumed during step(), reported by commit()
   std::shared_ptr<StepPlan> plan_;
+  std::deque<InFlightStep> in_flight_;           // planned, not committed; oldest first (at most 2)
+  std::vector<std::shared_ptr<StepPlan>> spare_plans_;  // committed plans, reused once the caller drops them
   uint64_t next_order_ = 0;
   SeqId next_seq_id_ = 0;
   int64_t num_preemptions_ = 0;
   int64_t num_steps_ = 0;
-  bool awaiting_commit_ = false;
 };
 
 }  // namespace pagedcore

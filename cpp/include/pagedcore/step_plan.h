@@ -26,12 +26,18 @@ struct StepPlan {
   std::vector<int32_t> logits_indices;   // [num_samples] token row whose logits are sampled
   std::vector<int64_t> sample_request_ids;  // [num_samples] request of each sampled row
   std::vector<int32_t> sample_seq_indices;  // [num_samples] which of the request's n sequences
+  // Rows whose input id was sampled by the previous, still uncommitted step (the overlapped loop):
+  // input_ids[deferred_input_rows[i]] = that step's sampled token deferred_input_samples[i]; the
+  // plan's input_ids hold 0 there until the runner writes the token on the device.
+  std::vector<int32_t> deferred_input_rows;     // [num_deferred] token rows of this plan
+  std::vector<int32_t> deferred_input_samples;  // [num_deferred] sample rows of the previous plan
   std::vector<int32_t> copy_pairs;       // [num_copies, 2] (src, dst) device blocks: copy-on-write
   std::vector<int32_t> swap_out_pairs;   // [num_swap_out, 2] (device block, host block)
   std::vector<int32_t> swap_in_pairs;    // [num_swap_in, 2] (host block, device block)
   // Execution order for the runner: swap_out, swap_in, copy_pairs, then the forward pass.
 
   int num_samples() const { return static_cast<int>(logits_indices.size()); }
+  int num_deferred() const { return static_cast<int>(deferred_input_rows.size()); }
 
   void clear() {
     num_seqs = num_tokens = num_decode_seqs = max_blocks_per_seq = 0;
@@ -45,6 +51,8 @@ struct StepPlan {
     logits_indices.clear();
     sample_request_ids.clear();
     sample_seq_indices.clear();
+    deferred_input_rows.clear();
+    deferred_input_samples.clear();
     copy_pairs.clear();
     swap_out_pairs.clear();
     swap_in_pairs.clear();
@@ -61,6 +69,7 @@ struct PackedPlanLayout {
   int num_tokens = 0;   // rows of input_ids / positions / slot_mapping
   int num_samples = 0;  // entries of logits_indices
   int width = 0;        // block_tables columns (>= the plan's max_blocks_per_seq)
+  int num_deferred = 0; // room for deferred-input entries (the plan's own count is plan.num_deferred())
   int64_t input_ids = 0;        // [num_tokens]
   int64_t positions = 0;        // [num_tokens]
   int64_t slot_mapping = 0;     // [num_tokens]; padding rows kPaddingSlot (write nothing)
@@ -68,6 +77,8 @@ struct PackedPlanLayout {
   int64_t query_start_loc = 0;  // [num_seqs + 1]; padding rows one token each
   int64_t logits_indices = 0;   // [num_samples]; padding entries the padding rows
   int64_t block_tables = 0;     // [num_seqs, width]; padding entries block 0 (read only by padding rows)
+  int64_t deferred_input_rows = 0;     // [num_deferred]; only the plan's first entries are written
+  int64_t deferred_input_samples = 0;  // [num_deferred]
   int64_t size = 0;             // int32 elements of the whole buffer
 };
 
