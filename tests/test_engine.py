@@ -78,8 +78,10 @@ def test_n_sequences_share_the_prompt_blocks(model_dir):
     assert len(prompt) == 64
     params = SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=8, ignore_eos=True)
     llm.engine.add_request(None, prompt, params)
-    llm.engine.step()  # prefill; the 4 sequences fork from it
-    llm.engine.step()  # each sequence writes its own 65th token into a new block
+    llm.engine.step()  # prefill; the 4 sequences fork from it at its commit
+    while llm.scheduler.stats().num_running < 4 or llm.scheduler.num_uncommitted_steps == 0:
+        llm.engine.step()  # (the overlapped loop plans an empty step while the fork is uncommitted)
+    # each sequence has written its own 65th token into a new block
     used = llm.scheduler.stats().num_used_blocks
     assert used == 4 + 4, used  # not 4 x 5 blocks: the prompt's 4 blocks are shared
     while llm.engine.has_unfinished():
@@ -455,3 +457,68 @@ def test_async_scheduling_gives_the_synchronous_loops_outputs(model_dir):
         assert llm.scheduler.stats().num_used_blocks == 0  # nothing left behind by the dropped tokens
     assert results[True] == results[False]
     assert results[False][0][2] == "stop" and results[False][0][1] == free[0].outputs[0].text[:6]
+
+
+def _count_deferred_rows(llm: LLM) -> list[int]:
+    """Wraps the runner so the returned list's one entry counts the rows that took their input token
+    on the device from the previous, uncommitted step."""
+    counted = [0]
+    execute = llm.engine.runner.execute
+
+    def counting(plan, *args, **kwargs):
+        counted[0] += plan.num_deferred
+        return execute(plan, *args, **kwargs)
+
+    llm.engine.runner.execute = counting
+    return counted
+
+
+def test_overlapped_loop_gives_the_synchronous_loops_outputs(model_dir):
+    # The overlapped loop plans step t + 1 before step t's tokens are known: decode rows take their
+    # inputs from step t's sampled tokens on the device, and a sequence that step t's token ends
+    # (EOS, a stop token, a stop string, its grammar) has an extra row whose token is dropped.
+    # Greedy and seeded tokens, stop strings, EOS, logprobs, prefix caching and preemption at once;
+    # a penalty request joining midway makes the loop commit before planning while it lives.
+    free = _llm(model_dir).generate(PROMPTS, GREEDY, use_tqdm=False)
+    stops = [o.outputs[0].text[6:9] for o in free]
+    eos = free[1].outputs[0].token_ids[4]  # request 1 ends at its fifth token
+    params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stops[0]]),
+              SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[eos]),
+              SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stops[2]], logprobs=2),
+              SamplingParams(temperature=0.9, seed=3, n=2, max_tokens=16, ignore_eos=True)]
+    late = SamplingParams(temperature=0.8, seed=5, max_tokens=12, ignore_eos=True, presence_penalty=0.5)
+    results, logprobs, deferred = {}, {}, {}
+    for async_scheduling in (False, True):
+        for settings in (dict(enable_prefix_caching=True),
+                         dict(kv_cache_memory_bytes=12 * 16 * 2048, max_model_len=96, enable_prefix_caching=False)):
+            llm = _llm(model_dir, async_scheduling=async_scheduling, **settings)
+            counted = _count_deferred_rows(llm)
+            outputs = llm.generate(PROMPTS + PROMPTS[:1], params + [params[0]], use_tqdm=False)
+            outputs += llm.generate(PROMPTS, GREEDY, use_tqdm=False)  # preempts in the tight budget
+            ids = [llm.engine.add_request(None, llm.tokenizer.encode(p), params[k]) for k, p in enumerate(PROMPTS)]
+            mid_run = {}
+            for _ in range(3):
+                mid_run.update({r.request_id: r.to_output() for r in llm.engine.step()})
+            ids.append(llm.engine.add_request(None, llm.tokenizer.encode(PROMPTS[2]), late))
+            while llm.engine.has_unfinished():
+                mid_run.update({r.request_id: r.to_output() for r in llm.engine.step()})
+            outputs += [mid_run[i] for i in ids]
+            key = (async_scheduling, settings["enable_prefix_caching"])
+            results[key] = [(c.token_ids, c.text, c.finish_reason, c.stop_reason,
+                             None if c.logprobs is None else [sorted(entry) for entry in c.logprobs])
+                            for o in outputs for c in o.outputs]
+            logprobs[key] = [c.cumulative_logprob for o in outputs for c in o.outputs]
+            deferred[key] = counted[0]
+            if not settings["enable_prefix_caching"]:
+                assert llm.scheduler.stats().num_preemptions > 0
+            assert llm.scheduler.num_uncommitted_steps == 0  # nothing left in flight once idle
+            assert llm.scheduler.stats().num_used_blocks == 0  # nor blocks held by the dropped rows
+            llm.scheduler.check_invariants()
+    for caching in (True, False):
+        assert results[(True, caching)] == results[(False, caching)]
+        # Other batch compositions round float32 differently: the same tokens, logprobs within 1e-3.
+        assert logprobs[(True, caching)] == pytest.approx(logprobs[(False, caching)], abs=1e-3)
+        assert deferred[(False, caching)] == 0 and deferred[(True, caching)] > 100
+    synchronous = results[(False, True)]
+    assert synchronous[0][2] == "stop" and synchronous[0][1] == free[0].outputs[0].text[:6]
+    assert synchronous[1][2] == "stop" and synchronous[1][3] == eos and len(synchronous[1][0]) == 5

@@ -103,3 +103,32 @@ def test_eager_decode_keeps_one_split_kv_workspace(tmp_path):
     assert llm.engine.runner.workspace is workspace
     torch.cuda.synchronize()
     assert not workspace[:workspace.numel() // 33 // 16 * 16].any()  # split_counter_region_bytes
+
+
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
+def test_overlapped_loop_gives_the_synchronous_loops_tokens_on_gpu(tmp_path, enforce_eager):
+    """The overlapped loop (decode inputs taken on the device from the previous step's sampled tokens,
+    into CUDA graphs' static inputs too) gives exactly the synchronous loop's tokens: with
+    ignore_eos and one max_tokens both loops run the same batches, so even bf16 rounding agrees."""
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512)
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 512, (n,), generator=generator).tolist() for n in (5, 17, 40, 63, 100)]
+    params = [SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True),
+              SamplingParams(temperature=0.8, seed=11, max_tokens=NUM_TOKENS, ignore_eos=True)]
+    tokens, deferred = {}, {}
+    for async_scheduling in (False, True):
+        llm = LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16, max_model_len=256, verbose=False,
+                  kv_cache_memory_bytes=64 << 20, enforce_eager=enforce_eager, async_scheduling=async_scheduling)
+        execute, counted = llm.engine.runner.execute, [0]
+
+        def counting(plan, *args, **kwargs):
+            counted[0] += plan.num_deferred
+            return execute(plan, *args, **kwargs)
+
+        llm.engine.runner.execute = counting
+        outputs = llm.generate(prompts, [params[i % 2] for i in range(len(prompts))], use_tqdm=False)
+        tokens[async_scheduling] = [c.token_ids for o in outputs for c in o.outputs]
+        deferred[async_scheduling] = counted[0]
+        assert llm.scheduler.num_uncommitted_steps == 0 and llm.scheduler.stats().num_used_blocks == 0
+    assert deferred[False] == 0 and deferred[True] > 0
+    assert tokens[True] == tokens[False]

@@ -1,6 +1,15 @@
 """LLMEngine: the step loop. scheduler.step() -> model runner (block copies, forward) -> sampler ->
 scheduler.commit() -> detokenize -> stop strings.
 
+With async_scheduling (the default) the loop is overlapped: step t + 1 is planned, uploaded and
+launched before step t's tokens reach the host, so the device never waits for the host between
+steps. A decoding sequence's row in step t + 1 takes its input token on the device from step t's
+sampled tokens (the plan's deferred inputs); step t is committed (tokens, events, detokenization,
+stop strings) while step t + 1 runs. A sequence that step t's token ends (EOS, a stop token or a
+stop string) has computed one extra token in step t + 1, which is dropped, never emitted. While a
+live request samples from its previous tokens on the host (penalties, logit controls, min_tokens,
+structured outputs), steps are committed before the next is planned, as in the synchronous loop.
+
 The native scheduler finishes sequences on max_tokens, max_model_len, EOS and stop token ids;
 this loop finishes them on stop strings (scheduler.finish) and turns events into outputs.
 
@@ -21,7 +30,7 @@ import torch
 from pagedcore import _core
 from pagedcore.model_executor.model_runner import ModelRunner
 from pagedcore.engine.request_state import RequestState, SequenceState
-from pagedcore.model_executor.sampler import Sampler, SamplerOutput
+from pagedcore.model_executor.sampler import SampledBatch, Sampler, SamplerOutput
 from pagedcore.engine.sampling_params import SamplingParams
 from pagedcore.engine.structured_outputs import GrammarCompiler
 from pagedcore.tokenizers.tokenizer import Tokenizer
@@ -37,9 +46,11 @@ class LLMEngine:
         """async_scheduling: a step's outputs (detokenization, stop strings, events) are processed while
         the GPU runs the next step's forward pass; False processes them before the next step starts."""
         self.async_scheduling = async_scheduling
-        # A step's (events, sample rows, sampler output), processed during the next step's forward pass.
-        # (the commit's wall-clock time stamps its tokens, as in the synchronous loop).
-        self._pending: tuple[list, dict[tuple[int, int], int], SamplerOutput, float] | None = None
+        # The planned step whose tokens are still being sampled on the device: its sample rows
+        # ((native request id, seq index) -> row) and its sampler output; committed during the next
+        # step's forward pass (or at once, when the loop does not overlap).
+        self._in_flight: tuple[dict[tuple[int, int], int], SampledBatch] | None = None
+        self._num_host_sampled = 0  # live requests whose sampling reads their previous tokens on the host
         self.scheduler = scheduler
         self.runner = runner
         self.sampler = sampler
@@ -89,6 +100,7 @@ class LLMEngine:
         # still share its blocks).
         salt = f"prompt-logprobs-{request_id}" if params.prompt_logprobs is not None else ""
         max_per_native = self.scheduler.config.max_num_seqs
+        host_sampled = params.reads_output_tokens
         try:
             for first in range(0, params.n, max_per_native):
                 native_id = self._next_request_id
@@ -97,7 +109,7 @@ class LLMEngine:
                     max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens),
                     eos_token_ids=self.eos_token_ids, stop_token_ids=params.stop_token_ids,
                     ignore_eos=params.ignore_eos, n=min(max_per_native, params.n - first), arrival_time=arrival,
-                    cache_salt=salt)
+                    cache_salt=salt, overlap=not host_sampled)
                 self.scheduler.add_request(native_id, prompt_token_ids, native_params)
                 request.native_request_ids.append(native_id)
                 self._native[native_id] = (request, first)
@@ -105,6 +117,7 @@ class LLMEngine:
             self._forget(request)
             raise
         self.requests[request_id] = request
+        self._num_host_sampled += host_sampled
         self._unscheduled.add(request_id)
         if request.num_missing_prompt_logprobs:
             self._awaiting_prompt_logprobs.add(request_id)
@@ -138,6 +151,7 @@ class LLMEngine:
         request = self.requests.pop(request_id, None)
         if request is not None:
             self._forget(request)
+            self._num_host_sampled -= request.params.reads_output_tokens
         self._unscheduled.discard(request_id)
         self._awaiting_prompt_logprobs.discard(request_id)
 
@@ -148,44 +162,44 @@ class LLMEngine:
             self._native.pop(native_id, None)
 
     def step(self) -> list[RequestState]:
-        """Runs one scheduler step; returns the requests that finished in it (with async_scheduling,
-        in the step whose outputs were processed: the previous one).
-
-        With async_scheduling the outputs of step t are processed while the GPU runs step t + 1, so
-        step t + 1 may already hold a sequence that a stop string of step t ends: its extra token is
-        sampled (the native commit needs one per row) and dropped, never emitted. Greedy and seeded
-        tokens are those of the synchronous loop."""
+        """Runs one scheduler step; returns the requests that finished in it (in the overlapped loop,
+        those the previous step's tokens finished)."""
+        overlap = self.async_scheduling and self._num_host_sampled == 0
+        finished = [] if overlap else self._commit_in_flight()
         plan = self.scheduler.step()
         if self._unscheduled and plan.num_seqs:
             self._record_first_scheduled(plan.seq_request_ids.tolist())
         if plan.num_tokens == 0:
-            finished = self._process_pending()
-            events = self.scheduler.commit(np.empty(0, dtype=np.int32))
-            return finished + self._apply_events(events, {}, None)
+            finished += self._commit_in_flight()
+            return finished + self._apply_events(self.scheduler.commit(np.empty(0, dtype=np.int32)), {}, None)
         prompt_rows, prompt_positions = (self._prompt_logprob_rows(plan) if self._awaiting_prompt_logprobs
                                          else ([], []))
+        previous_tokens = self._in_flight[1].token_ids if plan.num_deferred else None
         logits = self.runner.execute(plan, np.asarray([row for row, _ in prompt_rows], dtype=np.int32)
-                                     if prompt_rows else None)
-        # Sampling states are taken before the previous step's outputs can finish (and forget) a request.
+                                     if prompt_rows else None, previous_tokens)
+        # Sampling states are taken before the previous step's tokens can finish (and forget) a request.
         rows = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(plan.sample_request_ids, plan.sample_seq_indices))}
         states = [self._sequence(r, s).sampling for (r, s) in rows]
-        finished = self._process_pending()  # host work while the GPU runs the forward pass
         num_samples = plan.num_samples
+        sampled = self.sampler.sample(logits[:num_samples], states)  # on the device, not read back yet
         if prompt_rows:
             self._record_prompt_logprobs(logits[num_samples:], prompt_positions)
-        sampled = self.sampler(logits[:num_samples], states)
-        events = self.scheduler.commit(np.asarray(sampled.token_ids, dtype=np.int32))
-        if self.async_scheduling:
-            self._pending = (events, rows, sampled, time.time())
-            return finished
-        return finished + self._apply_events(events, rows, sampled)
+        finished += self._commit_in_flight()  # host work while the device runs this step
+        self._in_flight = (rows, sampled)
+        if not overlap or not self.requests:
+            finished += self._commit_in_flight()  # nothing left to overlap with: leave no step uncommitted
+        return finished
 
-    def _process_pending(self) -> list[RequestState]:
-        if self._pending is None:
+    def _commit_in_flight(self) -> list[RequestState]:
+        """Commits the in-flight step: reads its tokens back (the step's one host sync), hands them to
+        the scheduler and turns its events into outputs."""
+        if self._in_flight is None:
             return []
-        events, rows, sampled, committed = self._pending
-        self._pending = None
-        return self._apply_events(events, rows, sampled, committed)
+        rows, sampled = self._in_flight
+        self._in_flight = None
+        output = sampled.result()
+        events = self.scheduler.commit(np.asarray(output.token_ids, dtype=np.int32))
+        return self._apply_events(events, rows, output)
 
     def _sequence(self, native_id: int, seq_index: int) -> SequenceState:
         request, first = self._native[native_id]
@@ -230,9 +244,8 @@ class LLMEngine:
         self._unscheduled.difference_update(request_ids)
 
     def _apply_events(self, events, rows: dict[tuple[int, int], int], sampled: SamplerOutput | None,
-                      committed: float | None = None) -> list[RequestState]:
-        """committed: when the scheduler committed these events (token and finish times); default now."""
-        now = time.time() if committed is None else committed
+                      ) -> list[RequestState]:
+        now = time.time()
         touched: dict[int, RequestState] = {}
         for event in events:
             if event.request_id not in self._native:
@@ -267,6 +280,7 @@ class LLMEngine:
             if request.finished:
                 request.metrics.finished_time = now
                 finished.append(self.requests.pop(request.request_id))
+                self._num_host_sampled -= request.params.reads_output_tokens
                 self._awaiting_prompt_logprobs.discard(request.request_id)
                 for native_id in request.native_request_ids:
                     self._native.pop(native_id, None)

@@ -64,11 +64,14 @@ class DecodeGraphs:
         return (plan.num_decode_seqs == plan.num_seqs and plan.num_seqs <= self.max_batch
                 and plan.max_blocks_per_seq <= self.max_blocks_per_seq)
 
-    def run(self, plan, uploader: PlanUploader) -> tuple[torch.Tensor, StepInputs]:
-        """plan: a decode-only StepPlan -> (hidden states [batch, hidden_size] of the padded batch,
-        the step's inputs as the graph read them)."""
+    def run(self, plan, uploader: PlanUploader, previous_tokens: torch.Tensor | None = None,
+            ) -> tuple[torch.Tensor, StepInputs]:
+        """plan: a decode-only StepPlan; previous_tokens: the previous step's sampled tokens, which its
+        deferred inputs take -> (hidden states [batch, hidden_size] of the padded batch, the step's
+        inputs as the graph read them)."""
         batch = next(b for b in self.batch_sizes if b >= plan.num_seqs)
         layout = plan.padded_decode_layout(batch, self.max_blocks_per_seq)
         inputs = uploader.upload(plan, layout, dst=self.buffers[batch])
+        inputs.take_deferred_inputs(plan.num_deferred, previous_tokens)
         self.graphs[batch].replay()
         return self.outputs[batch], inputs

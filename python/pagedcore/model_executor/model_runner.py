@@ -36,19 +36,22 @@ class ModelRunner:
                                        max_blocks_per_seq=max_blocks_per_seq)
 
     @torch.inference_mode()
-    def execute(self, plan, extra_rows: np.ndarray | None = None) -> torch.Tensor:
+    def execute(self, plan, extra_rows: np.ndarray | None = None,
+                previous_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """plan: a pagedcore._core.StepPlan with num_tokens > 0; extra_rows: [num_extra] int32 token rows
-        of the plan whose logits are wanted too (prompt logprobs) -> logits [num_samples + num_extra,
-        vocab] float32: the sampled rows, then the extra rows."""
+        of the plan whose logits are wanted too (prompt logprobs); previous_tokens: [num_samples of the
+        previous step] int64 on the device, the tokens the plan's deferred inputs take -> logits
+        [num_samples + num_extra, vocab] float32: the sampled rows, then the extra rows."""
         if len(plan.swap_out_pairs) or len(plan.swap_in_pairs):
             self._swap(plan.swap_out_pairs, plan.swap_in_pairs)
         if len(plan.copy_pairs):
             pairs = torch.from_numpy(np.array(plan.copy_pairs, dtype=np.int32).reshape(-1, 2)).to(self.device)
             ops.copy_blocks([c.key for c in self.kv_caches] + [c.value for c in self.kv_caches], pairs)
         if self.graphs is not None and self.graphs.can_run(plan):
-            hidden, inputs = self.graphs.run(plan, self.uploader)  # hidden: [padded batch, hidden_size]
+            hidden, inputs = self.graphs.run(plan, self.uploader, previous_tokens)  # [padded batch, hidden_size]
         else:
             inputs = self.uploader.upload(plan, plan.packed_layout())
+            inputs.take_deferred_inputs(plan.num_deferred, previous_tokens)
             hidden = self._run_eager(plan, inputs)  # [num_tokens, hidden_size]
         rows = inputs.logits_indices[:plan.num_samples]  # a graph's padded rows are not sampled
         if extra_rows is not None and len(extra_rows):

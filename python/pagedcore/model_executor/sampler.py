@@ -70,14 +70,47 @@ class SamplerOutput:
     ranks: list[dict[int, int] | None]  # [num_samples] the same tokens' ranks (1 = most likely)
 
 
+class SampledBatch:
+    """A step's sampled tokens, on the device, with their copy to the host under way: the next step
+    can take its input ids from token_ids before result() waits for the copy."""
+
+    def __init__(self, token_ids: torch.Tensor, sampled_logprobs: torch.Tensor,
+                 top_logprobs: list[dict[int, float] | None], ranks: list[dict[int, int] | None]):
+        self.token_ids = token_ids  # [num_samples] int64, on the logits' device
+        num = token_ids.shape[0]
+        both = torch.cat([token_ids.double(), sampled_logprobs.double()])  # token ids are exact in float64
+        if both.is_cuda:
+            self._host = torch.empty(both.shape, dtype=both.dtype, pin_memory=True)
+            self._host.copy_(both, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        else:
+            self._host, self._copied = both, None
+        self._num = num
+        self._top_logprobs, self._ranks = top_logprobs, ranks
+
+    def result(self) -> SamplerOutput:
+        """Waits for the copy (the step's one host sync) and returns the tokens and logprobs."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        both = self._host.tolist()
+        num = self._num
+        return SamplerOutput([int(t) for t in both[:num]], both[num:], self._top_logprobs, self._ranks)
+
+
 class Sampler:
     def __init__(self, vocab_size: int, generator: torch.Generator):
         self.vocab_size = vocab_size
         self.generator = generator  # for rows of requests without a seed
 
-    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> SamplerOutput:
         """logits: [num_samples, >= vocab_size] (padded vocab columns are dropped); one state per row."""
+        return self.sample(logits, states).result()
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> SampledBatch:
+        """As __call__, but the tokens stay on the device, their read-back started, not waited for
+        (requests with logprobs still read their top-k entries back here)."""
         logits = logits[:, : self.vocab_size].float()
         raw_log_norm = torch.logsumexp(logits, dim=-1)  # [num_samples]
         controlled = self._apply_logit_controls(self._apply_grammars(logits, states), states)
@@ -93,10 +126,7 @@ class Sampler:
                                                     [states[row].params.logprobs for row in rows])
             for row, entry, rank in zip(rows, entries, entry_ranks):
                 top_logprobs[row], ranks[row] = entry, rank
-        # One read-back for both (token ids are exact in float64): the step's one host sync.
-        both = torch.cat([token_ids.double(), sampled_logprobs.double()]).tolist()
-        num = len(states)
-        return SamplerOutput([int(t) for t in both[:num]], both[num:], top_logprobs, ranks)
+        return SampledBatch(token_ids, sampled_logprobs, top_logprobs, ranks)
 
     def _apply_grammars(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
         """-inf on every token a structured output's grammar does not allow next. The masks are filled

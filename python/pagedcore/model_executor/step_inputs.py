@@ -19,6 +19,19 @@ class StepInputs:
     query_start_loc: torch.Tensor  # [num_seqs + 1]
     logits_indices: torch.Tensor  # [num_samples] token rows whose logits are sampled
     block_tables: torch.Tensor  # [num_seqs, width]
+    deferred_input_rows: torch.Tensor  # [room] rows whose input the previous step sampled (plan.num_deferred used)
+    deferred_input_samples: torch.Tensor  # [room] that token's sample row in the previous step
+
+    def take_deferred_inputs(self, num_deferred: int, previous_tokens: torch.Tensor | None) -> None:
+        """Writes the previous step's sampled tokens (previous_tokens [num_samples] int64, on the device)
+        into the rows that take them, on the device: the host never waits for them."""
+        if num_deferred == 0:
+            return
+        if previous_tokens is None:
+            raise RuntimeError("the plan takes inputs from a previous step, but no sampled tokens were given")
+        rows = self.deferred_input_rows[:num_deferred].long()
+        samples = self.deferred_input_samples[:num_deferred].long()
+        self.input_ids.index_copy_(0, rows, previous_tokens.index_select(0, samples).to(self.input_ids.dtype))
 
     @classmethod
     def view(cls, buffer: torch.Tensor, layout) -> StepInputs:
@@ -29,7 +42,9 @@ class StepInputs:
         return cls(part(layout.input_ids, tokens), part(layout.positions, tokens), part(layout.slot_mapping, tokens),
                    part(layout.context_lens, seqs), part(layout.query_start_loc, seqs + 1),
                    part(layout.logits_indices, layout.num_samples),
-                   part(layout.block_tables, seqs * layout.width).view(seqs, layout.width))
+                   part(layout.block_tables, seqs * layout.width).view(seqs, layout.width),
+                   part(layout.deferred_input_rows, layout.num_deferred),
+                   part(layout.deferred_input_samples, layout.num_deferred))
 
 
 class PlanUploader:
