@@ -76,8 +76,8 @@ class EngineArgs:
     seed: int = _setting(0, "seed of the engine's sampling generator and of dummy weights")
     load_format: str = _setting("auto", "auto | dummy (random weights at the config's shape)")
     enforce_eager: bool = _setting(False, "never capture CUDA graphs")
-    async_scheduling: bool = _setting(True, "process a step's outputs while the GPU runs the next step "
-                                      "(False: the synchronous loop)")
+    async_scheduling: bool = _setting(True, "plan and launch the next step before this step's tokens are read "
+                                      "back, and process outputs while the GPU runs (False: the synchronous loop)")
     preemption_mode: str = _setting("recompute", "recompute | swap (KV blocks to pinned host memory; CUDA)")
     swap_space: float = _setting(4.0, "GiB of pinned host memory for preemption_mode=swap")
     verbose: bool = _setting(True, "print the KV memory plan", cli=False)
