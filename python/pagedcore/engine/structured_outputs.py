@@ -110,7 +110,9 @@ class GrammarCompiler:
                 json_module.loads(schema)  # malformed JSON gets its own message
                 return compiler.compile_json_schema(schema, any_whitespace=any_whitespace)
             if params.json_object:
-                return compiler.compile_builtin_json_grammar()
+                # An object, not any JSON value (xgrammar's builtin grammar also allows arrays and
+                # scalars, and free whitespace whatever disable_any_whitespace says), as vLLM compiles it.
+                return compiler.compile_json_schema('{"type": "object"}', any_whitespace=any_whitespace)
             if params.regex is not None:
                 return compiler.compile_regex(params.regex)
             if params.choice is not None:
