@@ -4,7 +4,8 @@ One engine thread owns the LLMEngine: it takes submissions and aborts from a thr
 runs step() while there is work, and after each step hands every live request's delta (new token
 ids, new text, logprobs, finish reason) to the event loop with one call_soon_threadsafe. Each
 HTTP request gets a GenerationHandle: one asyncio queue fed with the deltas of its engine requests
-(one per prompt). No other thread ever touches the engine.
+(one per prompt). No other thread ever steps or changes the engine; the one call made elsewhere is
+compile_grammar (thread-safe), which the HTTP handlers run in worker threads before submitting.
 """
 
 from __future__ import annotations
@@ -141,6 +142,13 @@ class AsyncEngine:
         """Alive, not failed, and the loop ticked recently (it ticks after every step and when idle)."""
         return (self._thread.is_alive() and self.error is None and not self._stopping
                 and time.monotonic() - self.heartbeat < self.stall_timeout_s)
+
+    async def compile_grammar(self, params: SamplingParams) -> None:
+        """Compiles the request's structured output in a worker thread, so that a slow schema never stalls
+        the engine thread (whose add_request then finds it in xgrammar's cache); ValueError naming what is
+        wrong with a schema / regex / grammar."""
+        if params.structured_outputs is not None:
+            await asyncio.to_thread(self.engine.compile_grammar, params)
 
     async def submit(self, requests: list[EngineRequest]) -> GenerationHandle:
         """Queues the requests of one HTTP request. QueueFullError / EngineDeadError at once;

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from pagedcore.engine.sampling_params import SamplingParams
 from pagedcore.tokenizers.chat_template import render_chat
 from pagedcore.server.async_engine import (AsyncEngine, EngineDeadError, EngineRequest, GenerationHandle, QueueFullError,
                                            RequestDelta)
@@ -50,6 +51,7 @@ class OpenAIHandlers:
         body = parse_body(CompletionRequest, await request.body())
         self._check_model(body.model)
         params = body.to_sampling_params()
+        await self._compile_grammar(params, body.structured_outputs_param)
         prompts = []
         for prompt in body.prompts():
             ids = await self._encode(prompt, "prompt") if isinstance(prompt, str) else list(prompt)
@@ -67,6 +69,7 @@ class OpenAIHandlers:
         body = parse_body(ChatCompletionRequest, await request.body())
         self._check_model(body.model)
         params = body.to_sampling_params()
+        await self._compile_grammar(params, body.structured_outputs_param)
         text = self._render(body.conversation(), body.add_generation_prompt)
         ids = await self._encode(text, "messages", add_special_tokens=False)
         handle = await self._submit([EngineRequest(None, ids, params)], "messages")
@@ -142,6 +145,22 @@ class OpenAIHandlers:
                               f"{self.max_model_len} tokens (prompt + completion)", param=param,
                               code="context_length_exceeded")
         return ids
+
+    async def _compile_grammar(self, params: SamplingParams, param: str | None) -> None:
+        """Compiles the structured output off the engine thread; what xgrammar refuses is a 400 naming
+        the field it came from (the engine's messages say structured_outputs.<kind>)."""
+        try:
+            await self.engine.compile_grammar(params)
+        except ValueError as error:
+            message = str(error)
+            engine_name = f"structured_outputs.{params.structured_outputs.key[0]}"
+            if param is not None and message.startswith(engine_name):
+                message = param + message[len(engine_name):]
+            raise bad_request(message, param=param, code="invalid_value") from None
+        except RuntimeError as error:
+            if isinstance(error.__cause__, ImportError):  # xgrammar is not installed
+                raise bad_request(str(error), param=param, code="unsupported") from None
+            raise
 
     async def _submit(self, requests: list[EngineRequest], param: str) -> GenerationHandle:
         try:

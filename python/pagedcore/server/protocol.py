@@ -3,15 +3,19 @@
 Strict means: no coercion ("1" is not 1, true is not 1), no NaN or infinity, bounded sizes. Types
 and coarse bounds are checked here; the meaning of each sampling field is checked once, by
 SamplingParams, whose ValueError names the field (mapped to a 400 with `param` set).
+
+Structured outputs arrive as vLLM's server takes them: OpenAI's `response_format`, vLLM's
+`structured_outputs` object, or vLLM's older `guided_*` fields; at most one constraint per request.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pagedcore.engine.sampling_params import MAX_BAD_WORDS, MAX_LOGPROBS, SamplingParams
+from pagedcore.engine.structured_outputs import StructuredOutputsParams
 from pagedcore.server.errors import APIError, bad_request, from_validation_error
 
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
@@ -23,9 +27,15 @@ MAX_MESSAGES = 1024
 MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32
 INT64 = 2**63
 MAX_INT32 = 2**31 - 1  # counts the native scheduler takes as int32
+MAX_CHOICES = 1024  # strings of one choice constraint
+MAX_SCHEMA_NAME = 64  # response_format.json_schema.name, as OpenAI limits it
+STRUCTURED_OUTPUTS_BACKENDS = ("xgrammar", "auto")  # guided_decoding_backend values this server honours
 
 TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
 Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Choices = Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_CHOICES)]
+JsonSchema = str | dict[str, Any]  # a JSON schema, as an object or as its text
 
 
 class _Strict(BaseModel):
@@ -35,6 +45,52 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(_Strict):
+    """OpenAI's response_format.json_schema."""
+
+    name: str = Field(min_length=1, max_length=MAX_SCHEMA_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # the schema is enforced either way, as in vLLM
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def constraint(self) -> dict:
+        """The StructuredOutputsParams fields this format sets ({} for text)."""
+        if self.type != "json_schema":
+            if self.json_schema is not None:
+                raise bad_request(f"response_format.json_schema is only allowed with type 'json_schema', "
+                                  f"got type {self.type!r}", param="response_format.json_schema")
+            return {"json_object": True} if self.type == "json_object" else {}
+        if self.json_schema is None:
+            raise bad_request("response_format.json_schema is required with type 'json_schema': "
+                              '{"name": ..., "schema": {...}}', param="response_format.json_schema")
+        if self.json_schema.schema_ is None:
+            raise bad_request("response_format.json_schema.schema is required: the JSON schema the output "
+                              "must follow", param="response_format.json_schema.schema")
+        return {"json": self.json_schema.schema_}
+
+
+class StructuredOutputsRequest(_Strict):
+    """vLLM's structured_outputs field: one constraint, and JSON's whitespace option."""
+
+    json_: JsonSchema | None = Field(default=None, alias="json")
+    regex: NonEmpty | None = None
+    choice: Choices | None = None
+    grammar: NonEmpty | None = None  # EBNF / GBNF with a `root` rule
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+
+    def constraint(self) -> dict:
+        """The StructuredOutputsParams constraint fields given here (none: the options only)."""
+        given = {"json": self.json_, "regex": self.regex, "choice": self.choice, "grammar": self.grammar,
+                 "json_object": self.json_object or None}
+        return {kind: value for kind, value in given.items() if value is not None}
 
 
 class _SamplingRequest(_Strict):
@@ -63,6 +119,15 @@ class _SamplingRequest(_Strict):
     bad_words: Annotated[list[Stop], Field(max_length=MAX_BAD_WORDS)] | None = None  # vLLM's: never generated
     prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # vLLM's; not with stream=true
     user: str | None = Field(default=None, max_length=256)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsRequest | None = None  # vLLM's
+    # vLLM's older spellings of structured_outputs (removed in vLLM 0.12; many clients still send them)
+    guided_json: JsonSchema | None = None
+    guided_regex: NonEmpty | None = None
+    guided_choice: Choices | None = None
+    guided_grammar: NonEmpty | None = None
+    guided_whitespace_pattern: str | None = None  # refused: xgrammar takes no whitespace pattern
+    guided_decoding_backend: str | None = Field(default=None, max_length=64)  # vLLM V1: the server's backend only
 
     @property
     def include_usage(self) -> bool:
@@ -80,6 +145,55 @@ class _SamplingRequest(_Strict):
             bias[int(key)] = value
         return bias
 
+    def _constraint_sources(self) -> dict[str, dict]:
+        """Each field asking for a structured output -> the StructuredOutputsParams fields it sets."""
+        sources = {}
+        if self.response_format is not None and (constraint := self.response_format.constraint()):
+            sources["response_format"] = constraint
+        if self.structured_outputs is not None and (constraint := self.structured_outputs.constraint()):
+            sources["structured_outputs"] = constraint
+        for kind in ("json", "regex", "choice", "grammar"):
+            if (value := getattr(self, f"guided_{kind}")) is not None:
+                sources[f"guided_{kind}"] = {kind: value}
+        return sources
+
+    @property
+    def structured_outputs_param(self) -> str | None:
+        """The field holding the request's constraint (what a compile error names), or None; for a
+        request that to_sampling_params accepted (one constraint at most)."""
+        sources = self._constraint_sources()
+        if not sources:
+            return None
+        field, constraint = next(iter(sources.items()))
+        if field == "response_format":
+            return "response_format.json_schema.schema" if "json" in constraint else field
+        if field == "structured_outputs" and len(constraint) == 1:
+            return f"structured_outputs.{next(iter(constraint))}"
+        return field
+
+    def _structured_outputs(self) -> StructuredOutputsParams | None:
+        """The request's constraint; APIError(400) for conflicting or refused fields, ValueError (naming
+        structured_outputs) for a structured_outputs object without exactly one constraint. As in vLLM, a structured_outputs object carrying only disable_any_whitespace applies it to the
+        response_format or guided_json constraint."""
+        if self.guided_whitespace_pattern is not None:
+            raise bad_request("guided_whitespace_pattern is not supported: xgrammar takes no whitespace pattern "
+                              "(structured_outputs.disable_any_whitespace=true gives JSON without free whitespace)",
+                              param="guided_whitespace_pattern", code="unsupported")
+        if self.guided_decoding_backend not in (None, *STRUCTURED_OUTPUTS_BACKENDS):
+            raise bad_request(f"guided_decoding_backend must be one of {', '.join(STRUCTURED_OUTPUTS_BACKENDS)} "
+                              f"(this server's only backend is xgrammar) or left out, got "
+                              f"{self.guided_decoding_backend!r}", param="guided_decoding_backend", code="unsupported")
+        sources = self._constraint_sources()
+        if len(sources) > 1:
+            raise bad_request(f"a request takes one structured output constraint; this one has {len(sources)}: "
+                              f"{', '.join(sources)}", param=list(sources)[1], code="invalid_value")
+        if not sources and self.structured_outputs is None:
+            return None
+        options = self.structured_outputs
+        constraint = next(iter(sources.values()), {})  # {}: structured_outputs without a constraint (refused)
+        return StructuredOutputsParams(**constraint,
+                                       disable_any_whitespace=options is not None and options.disable_any_whitespace)
+
     def _sampling_params(self, max_tokens: int | None, logprobs: int | None,
                          prompt_logprobs: int | None = None) -> SamplingParams:
         if self.stream_options is not None and not self.stream:
@@ -96,7 +210,8 @@ class _SamplingRequest(_Strict):
                 logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
                 include_stop_str_in_output=self.include_stop_str_in_output, logit_bias=self._logit_bias(),
                 bad_words=self.bad_words,
-                prompt_logprobs=self.prompt_logprobs if prompt_logprobs is None else prompt_logprobs)
+                prompt_logprobs=self.prompt_logprobs if prompt_logprobs is None else prompt_logprobs,
+                structured_outputs=self._structured_outputs())
         except ValueError as error:  # SamplingParams names the field first: "top_p must be in (0, 1], got 0.0"
             field = str(error).split(" ", 1)[0]
             raise bad_request(str(error), param=field if field in type(self).model_fields else None,
