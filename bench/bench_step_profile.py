@@ -39,13 +39,15 @@ def main() -> None:
     p.add_argument("--kv-gib", type=float, default=40.0)
     p.add_argument("--json", default=None)
     p.add_argument("--label", default="")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True,
+                   help="the overlapped loop (default) or the synchronous one")
     p.add_argument("--cprofile", type=int, default=0, metavar="N",
                    help="also run the traced requests under cProfile and report the N functions of most host time")
     args = p.parse_args()
     device = torch.device("cuda")
     requests = common.w1_requests()
     llm = common.build_llm("gpu", device=device, kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)),
-                           max_model_len=2048, enable_prefix_caching=False)
+                           max_model_len=2048, enable_prefix_caching=False, async_scheduling=args.async_scheduling)
     shape = common.model_shape_of(llm)
     common.run_pagedcore(llm, [Request(r.prompt_token_ids, 16) for r in requests[-8:]], temperature=0.6)
 
