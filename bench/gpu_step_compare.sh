@@ -60,9 +60,12 @@ if has llama; then
   done
 fi
 if has latency; then
-  for side in before after; do
-    echo "== online latency (bench latency --preset gpu): $side"
-    PYTHONPATH=/tmp/pc-$side:${PYTHONPATH:-} timeout 120 python3 -m pagedcore.cli bench latency --preset gpu \
-      --out "$OUT_DIR/latency_$side" 2>&1 | grep -v "^\[" | tail -8
+  # LATENCY_ROUNDS alternating before / after runs (the figures move between runs of the same code).
+  for round in $(seq "${LATENCY_ROUNDS:-1}"); do
+    for side in before after; do
+      echo "== online latency (bench latency --preset gpu): $side, round $round"
+      PYTHONPATH=/tmp/pc-$side:${PYTHONPATH:-} timeout 120 python3 -m pagedcore.cli bench latency --preset gpu \
+        --out "$OUT_DIR/latency_${side}_$round" 2>&1 | grep -v "^\[" | tail -6
+    done
   done
 fi
