@@ -23,6 +23,7 @@ from pagedcore import __version__
 from pagedcore.engine.engine import LLMEngine
 from pagedcore.server.async_engine import AsyncEngine
 from pagedcore.server.errors import APIError
+from pagedcore.server.tools import resolve_tool_parser
 from pagedcore.server.handlers import OpenAIHandlers
 from pagedcore.server.metrics import ServerMetrics
 from pagedcore.tokenizers.tokenizer import Tokenizer
@@ -37,6 +38,8 @@ class ServerConfig:
     max_body_bytes: int = 4 << 20  # larger bodies get 413
     max_queued_requests: int = 1024  # beyond max_num_seqs running; more get 429
     stall_timeout_s: float = 60.0  # /health turns 503 when the engine loop has not ticked for this long
+    tool_call_parser: str = "auto"  # tool_choice "auto": the model family's parser (tools.PARSER_OF_MODEL_TYPE),
+                                    # a parser's name, or "none"
 
 
 class BodyTooLarge(Exception):
@@ -99,8 +102,10 @@ def build_app(engine: LLMEngine, tokenizer: Tokenizer | None, max_model_len: int
     async_engine = AsyncEngine(engine, max_in_flight=max_in_flight, metrics=metrics,
                                stall_timeout_s=config.stall_timeout_s)
     metrics.bind_stats(lambda: async_engine.stats)
+    model_type = getattr(getattr(engine.runner.model, "config", None), "model_type", None)
     handlers = OpenAIHandlers(async_engine, tokenizer, config.model_name, max_model_len,
-                              on_rejected=lambda reason: metrics.rejected_requests.labels(reason=reason).inc())
+                              on_rejected=lambda reason: metrics.rejected_requests.labels(reason=reason).inc(),
+                              tool_parser=resolve_tool_parser(config.tool_call_parser, model_type))
     created = int(time.time())
 
     @asynccontextmanager

@@ -13,11 +13,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from pagedcore.engine.sampling_params import SamplingParams
 from pagedcore.tokenizers.chat_template import render_chat
+from pagedcore.server.tools import TOOL_PARSERS, ToolOutput, ToolParser
 from pagedcore.server.async_engine import (AsyncEngine, EngineDeadError, EngineRequest, GenerationHandle, QueueFullError,
                                            RequestDelta)
 from pagedcore.server.errors import APIError, bad_request
-from pagedcore.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
-                                      conversation_of, parse_body)
+from pagedcore.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, NamedToolChoice,
+                                      TokenizeRequest, conversation_of, parse_body)
 from pagedcore.server.responses import (ChoiceAccumulator, TokenText, Usage, chat_logprobs, completion_logprobs,
                                         echoed, new_id, prompt_logprobs_body, response_base, sse, without_generated)
 from pagedcore.tokenizers.tokenizer import Tokenizer
@@ -37,8 +38,9 @@ def log_user(request_id: str, user: str | None) -> None:
 
 class OpenAIHandlers:
     def __init__(self, engine: AsyncEngine, tokenizer: Tokenizer | None, model_name: str, max_model_len: int,
-                 on_rejected: Callable[[str], None]):
+                 on_rejected: Callable[[str], None], tool_parser: ToolParser | None = None):
         self.engine = engine
+        self.tool_parser = tool_parser  # reads the model's tool calls under tool_choice "auto" (None: refused)
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
@@ -69,16 +71,20 @@ class OpenAIHandlers:
         body = parse_body(ChatCompletionRequest, await request.body())
         self._check_model(body.model)
         params = body.to_sampling_params()
+        tools = self._tool_output_of(body)
+        if tools.parser is not None and tools.parser.needs_special_tokens and params.skip_special_tokens:
+            params = params.clone()
+            params.skip_special_tokens = False  # the call marker is a special token
         await self._compile_grammar(params, body.structured_outputs_param)
-        text = self._render(body.conversation(), body.add_generation_prompt)
+        text = self._render(body.conversation(), body.add_generation_prompt, body.tool_definitions() or None)
         ids = await self._encode(text, "messages", add_special_tokens=False)
         handle = await self._submit([EngineRequest(None, ids, params)], "messages")
         request_id = new_id("chatcmpl")
         log_user(request_id, body.user)
         base = response_base(request_id, "chat.completion", self.model_name)
         if body.stream:
-            return self._stream(self._chat_chunks(handle, {**base, "object": "chat.completion.chunk"}, body))
-        return await self._collect(request, handle, lambda: self._chat_body(handle, base, body))
+            return self._stream(self._chat_chunks(handle, {**base, "object": "chat.completion.chunk"}, body, tools))
+        return await self._collect(request, handle, lambda: self._chat_body(handle, base, body, tools))
 
     async def tokenize(self, request: Request) -> Response:
         """vLLM's /tokenize: {"prompt"} or {"messages"} -> {"count", "max_model_len", "tokens"}."""
@@ -111,13 +117,27 @@ class OpenAIHandlers:
 
     # ---- shared steps ------------------------------------------------------------------------
 
-    def _render(self, conversation: list[dict], add_generation_prompt: bool) -> str:
+    def _tool_output_of(self, body: ChatCompletionRequest) -> ToolOutput:
+        choice = body.effective_tool_choice
+        if isinstance(choice, NamedToolChoice):
+            return ToolOutput("named", function=choice.function.name)
+        if choice == "auto":
+            if self.tool_parser is None:
+                raise bad_request("tool_choice 'auto' needs a parser of this model's tool-call syntax, and this "
+                                  "model family has none: start the server with --tool-call-parser "
+                                  f"{'|'.join(TOOL_PARSERS)}, or use tool_choice 'required' or a named function",
+                                  param="tool_choice", code="unsupported")
+            return ToolOutput("auto", parser=self.tool_parser)
+        return ToolOutput(choice if choice == "required" else "text")
+
+    def _render(self, conversation: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         template = self.tokenizer.chat_template if self.tokenizer is not None else None
         if template is None:
             raise bad_request("this model has no chat template: use /v1/completions", param="messages")
         try:
             return render_chat(template, conversation, add_generation_prompt=add_generation_prompt,
-                               bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
+                               bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token,
+                               template_kwargs={"tools": tools} if tools else None)
         except Exception as error:  # the template refused the conversation (raise_exception, bad roles)
             raise bad_request(f"the chat template refused these messages: {error}", param="messages") from error
 
@@ -287,22 +307,25 @@ class OpenAIHandlers:
 
     # ---- chat --------------------------------------------------------------------------------
 
-    def _chat_chunks(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest):
+    def _chat_chunks(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest, tools: ToolOutput):
         num_top = body.top_logprobs or 0
         roles = [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None} for index in range(body.n)]
+        shapers = [ToolOutput(tools.mode, tools.parser, tools.function) for _ in range(body.n)]
 
         def choices_of(delta: RequestDelta) -> Iterator[dict]:
             for seq in delta.sequences:
-                if not seq.text and seq.finish_reason is None and seq.logprobs is None:
+                message, finish_reason = shapers[seq.index].delta(seq.text, seq.finish_reason)
+                if not message and finish_reason is None and seq.logprobs is None:
                     continue
-                yield {"index": seq.index, "delta": {"content": seq.text} if seq.text else {},
-                       "logprobs": chat_logprobs(seq, self.token_text, num_top), "finish_reason": seq.finish_reason,
+                yield {"index": seq.index, "delta": message,
+                       "logprobs": chat_logprobs(seq, self.token_text, num_top), "finish_reason": finish_reason,
                        "stop_reason": seq.stop_reason}
 
         return self._sse_chunks(handle, base, body.include_usage, choices_of, first=roles)
 
-    async def _chat_body(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest) -> dict:
+    async def _chat_body(self, handle: GenerationHandle, base: dict, body: ChatCompletionRequest,
+                         tools: ToolOutput) -> dict:
         usage = Usage()
         choices = [ChoiceAccumulator() for _ in range(body.n)]
         prompt_logprobs = None
@@ -314,8 +337,9 @@ class OpenAIHandlers:
         out = []
         for index, choice in enumerate(choices):
             merged = choice.merged()
-            out.append({"index": index, "message": {"role": "assistant", "content": merged.text},
+            message, finish_reason = tools.message(merged.text, merged.finish_reason)
+            out.append({"index": index, "message": message,
                         "logprobs": chat_logprobs(merged, self.token_text, body.top_logprobs or 0),
-                        "finish_reason": merged.finish_reason, "stop_reason": merged.stop_reason})
+                        "finish_reason": finish_reason, "stop_reason": merged.stop_reason})
         extra = {"prompt_logprobs": prompt_logprobs_body(prompt_logprobs)} if body.prompt_logprobs is not None else {}
         return {**base, "choices": out, "usage": usage.body(), **extra}

@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 from pagedcore.engine.engine_args import EngineArgs
+from pagedcore.server.tools import TOOL_PARSERS
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--max-queued-requests", type=int, default=1024,
                         help="requests that may wait beyond --max-num-seqs running ones; more get 429")
     server.add_argument("--max-body-bytes", type=int, default=4 << 20, help="larger request bodies get 413")
+    server.add_argument("--tool-call-parser", default="auto", choices=["auto", "none", *TOOL_PARSERS],
+                        help="how tool_choice 'auto' reads the model's tool calls: auto (the model family's: "
+                             "hermes for Qwen2/Qwen3, llama3_json for Llama, mistral for Mistral), hermes, "
+                             "llama3_json, mistral, or none (tool_choice 'auto' refused)")
     server.add_argument("--stall-timeout", type=float, default=60.0,
                         help="seconds without an engine-loop tick before /health reports 503")
     server.add_argument("--drain-timeout", type=float, default=60.0,
@@ -54,7 +59,8 @@ def serve(args: argparse.Namespace) -> int:
     llm = LLM(**EngineArgs.from_cli(args).to_kwargs())
     config = ServerConfig(model_name=args.served_model_name or Path(str(args.model)).name or str(args.model),
                           api_key=args.api_key or None, max_body_bytes=args.max_body_bytes,
-                          max_queued_requests=args.max_queued_requests, stall_timeout_s=args.stall_timeout)
+                          max_queued_requests=args.max_queued_requests, stall_timeout_s=args.stall_timeout,
+                          tool_call_parser=args.tool_call_parser)
     app = build_app(llm.engine, llm.tokenizer, llm.max_model_len, config)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.drain_timeout)

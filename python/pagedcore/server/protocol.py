@@ -10,6 +10,7 @@ Structured outputs arrive as vLLM's server takes them: OpenAI's `response_format
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pagedcore.engine.sampling_params import MAX_BAD_WORDS, MAX_LOGPROBS, SamplingParams
 from pagedcore.engine.structured_outputs import StructuredOutputsParams
 from pagedcore.server.errors import APIError, bad_request, from_validation_error
+from pagedcore.server.tools import required_schema
 
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
 MAX_N = 64  # completions per prompt (above max_num_seqs, the engine runs them in turns)
@@ -28,6 +30,8 @@ MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32
 INT64 = 2**63
 MAX_INT32 = 2**31 - 1  # counts the native scheduler takes as int32
 MAX_CHOICES = 1024  # strings of one choice constraint
+MAX_TOOLS = 128  # tools of one request, tool calls of one message
+MAX_TOOL_NAME = 64  # a function's name, as OpenAI limits it
 MAX_SCHEMA_NAME = 64  # response_format.json_schema.name, as OpenAI limits it
 STRUCTURED_OUTPUTS_BACKENDS = ("xgrammar", "auto")  # guided_decoding_backend values this server honours
 
@@ -169,6 +173,8 @@ class _SamplingRequest(_Strict):
             return "response_format.json_schema.schema" if "json" in constraint else field
         if field == "structured_outputs" and len(constraint) == 1:
             return f"structured_outputs.{next(iter(constraint))}"
+        if field == "tool_choice":
+            return "tools"  # the schema compiled is the tools' parameters
         return field
 
     def _structured_outputs(self) -> StructuredOutputsParams | None:
@@ -266,10 +272,25 @@ _UNSUPPORTED_PARTS = {"image_url": "images are not supported", "input_image": "i
                       "input_audio": "audio is not supported", "file": "file inputs are not supported"}
 
 
+class FunctionCall(_Strict):
+    name: str = Field(min_length=1, max_length=MAX_TOOL_NAME)
+    arguments: str  # JSON text
+
+
+class MessageToolCall(_Strict):
+    """A tool call of an earlier assistant turn, sent back in the conversation."""
+
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
     name: str | None = Field(default=None, max_length=256)
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=MAX_TOOLS)] | None = None  # assistant turns
+    tool_call_id: str | None = Field(default=None, max_length=256)  # role "tool": the call it answers
 
     @field_validator("content", mode="before")
     @classmethod
@@ -290,11 +311,55 @@ class ChatMessage(_Strict):
         return "\n".join(part.text for part in self.content)
 
 
-def conversation_of(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template expects them; 'developer' is OpenAI's new name for 'system'."""
-    # A participant's `name` reaches the template as HF transformers passes it (templates that know it use it).
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
-             **({"name": m.name} if m.name is not None else {})} for m in messages]
+def conversation_of(messages: list[ChatMessage]) -> list[dict]:
+    """Messages as the chat template expects them; 'developer' is OpenAI's new name for 'system'.
+    A participant's `name`, an assistant turn's tool_calls (arguments as objects, as HF templates
+    take them) and a tool message's tool_call_id reach the template as HF transformers passes them."""
+    conversation = []
+    for index, m in enumerate(messages):
+        if m.tool_calls is not None and m.role != "assistant":
+            raise bad_request("tool_calls are only allowed on assistant messages", param=f"messages.{index}.tool_calls")
+        if m.tool_call_id is not None and m.role != "tool":
+            raise bad_request("tool_call_id is only allowed on tool messages", param=f"messages.{index}.tool_call_id")
+        message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.name is not None:
+            message["name"] = m.name
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        if m.tool_calls is not None:
+            calls = []
+            for k, call in enumerate(m.tool_calls):
+                try:
+                    arguments = json.loads(call.function.arguments)
+                except ValueError:
+                    raise bad_request("a tool call's arguments must be JSON text",
+                                      param=f"messages.{index}.tool_calls.{k}.function.arguments") from None
+                calls.append({"id": call.id, "type": "function",
+                              "function": {"name": call.function.name, "arguments": arguments}})
+            message["tool_calls"] = calls
+        conversation.append(message)
+    return conversation
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(min_length=1, max_length=MAX_TOOL_NAME, pattern=r"^[a-zA-Z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None  # the schema is enforced either way where the output is constrained
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str = Field(min_length=1, max_length=MAX_TOOL_NAME)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -303,9 +368,47 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
+    tools: Annotated[list[ToolDefinition], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # false: at most one call
 
-    def conversation(self) -> list[dict[str, str]]:
+    def conversation(self) -> list[dict]:
         return conversation_of(self.messages)
+
+    def tool_definitions(self) -> list[dict]:
+        """The tools as the chat template takes them (OpenAI's {"type": "function", "function": ...})."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools or ()]
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        """tool_choice with OpenAI's defaults: "auto" when tools are given, else "none"; checked
+        against the tools (a named function must be one of them; auto / required need tools)."""
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise bad_request("tools must have distinct function names", param="tools")
+        choice = self.tool_choice if self.tool_choice is not None else ("auto" if names else "none")
+        if isinstance(choice, NamedToolChoice):
+            if choice.function.name not in names:
+                raise bad_request(f"tool_choice names function {choice.function.name!r}, which is not among the "
+                                  f"tools ({', '.join(names) or 'none given'})", param="tool_choice.function.name")
+        elif choice in ("auto", "required") and not names:
+            raise bad_request(f"tool_choice {choice!r} needs tools", param="tool_choice")
+        if self.parallel_tool_calls is False and choice == "auto":
+            raise bad_request("parallel_tool_calls=false is supported with tool_choice 'required' or a named "
+                              "function (whose output is constrained), not with 'auto'", param="parallel_tool_calls",
+                              code="unsupported")
+        return choice
+
+    def _constraint_sources(self) -> dict[str, dict]:
+        sources = super()._constraint_sources()
+        choice = self.effective_tool_choice
+        if isinstance(choice, NamedToolChoice):
+            tool = next(t.function for t in self.tools if t.function.name == choice.function.name)
+            sources["tool_choice"] = {"json": tool.parameters or {"type": "object"}}
+        elif choice == "required":
+            functions = [t.function.model_dump(exclude_none=True) for t in self.tools]
+            sources["tool_choice"] = {"json": required_schema(functions, 1 if self.parallel_tool_calls is False else None)}
+        return sources
 
     def to_sampling_params(self) -> SamplingParams:
         if self.top_logprobs is not None and not self.logprobs:
