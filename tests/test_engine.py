@@ -473,19 +473,32 @@ def _count_deferred_rows(llm: LLM) -> list[int]:
     return counted
 
 
+def _follow_the_last_token(output_ids, logits):
+    """A logits processor whose choice is a function of the last output token: stale output ids
+    (a step sampled before the previous one's token is committed) change every token after."""
+    if output_ids:
+        chosen = 100 + (output_ids[-1] * 7 + 3) % 1000
+        logits[:] = float("-inf")
+        logits[chosen] = 0.0
+    return logits
+
+
 def test_overlapped_loop_gives_the_synchronous_loops_outputs(model_dir):
     # The overlapped loop plans step t + 1 before step t's tokens are known: decode rows take their
     # inputs from step t's sampled tokens on the device, and a sequence that step t's token ends
     # (EOS, a stop token, a stop string, its grammar) has an extra row whose token is dropped.
     # Greedy and seeded tokens, stop strings, EOS, logprobs, prefix caching and preemption at once;
-    # a penalty request joining midway makes the loop commit before planning while it lives.
+    # a penalty request (it reads its output tokens on the host) joins midway.
     free = _llm(model_dir).generate(PROMPTS, GREEDY, use_tqdm=False)
     stops = [o.outputs[0].text[6:9] for o in free]
     eos = free[1].outputs[0].token_ids[4]  # request 1 ends at its fifth token
     params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stops[0]]),
               SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[eos]),
               SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stops[2]], logprobs=2),
-              SamplingParams(temperature=0.9, seed=3, n=2, max_tokens=16, ignore_eos=True)]
+              SamplingParams(temperature=0.9, seed=3, n=2, max_tokens=16, ignore_eos=True),
+              # reads its previous tokens on the host: each step's must be committed before the next samples
+              SamplingParams(temperature=0, max_tokens=16, min_tokens=6, frequency_penalty=0.4,
+                             logits_processors=[_follow_the_last_token])]
     late = SamplingParams(temperature=0.8, seed=5, max_tokens=12, ignore_eos=True, presence_penalty=0.5)
     results, logprobs, deferred = {}, {}, {}
     for async_scheduling in (False, True):
@@ -493,9 +506,9 @@ def test_overlapped_loop_gives_the_synchronous_loops_outputs(model_dir):
                          dict(kv_cache_memory_bytes=12 * 16 * 2048, max_model_len=96, enable_prefix_caching=False)):
             llm = _llm(model_dir, async_scheduling=async_scheduling, **settings)
             counted = _count_deferred_rows(llm)
-            outputs = llm.generate(PROMPTS + PROMPTS[:1], params + [params[0]], use_tqdm=False)
+            outputs = llm.generate(PROMPTS + PROMPTS[:1], params, use_tqdm=False)
             outputs += llm.generate(PROMPTS, GREEDY, use_tqdm=False)  # preempts in the tight budget
-            ids = [llm.engine.add_request(None, llm.tokenizer.encode(p), params[k]) for k, p in enumerate(PROMPTS)]
+            ids = [llm.engine.add_request(None, llm.tokenizer.encode(p), params[k]) for k, p in enumerate(PROMPTS + PROMPTS[:1])]
             mid_run = {}
             for _ in range(3):
                 mid_run.update({r.request_id: r.to_output() for r in llm.engine.step()})

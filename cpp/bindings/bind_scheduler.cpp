@@ -86,14 +86,14 @@ void bind_scheduler(py::module_& m) {
   py::class_<RequestParams>(m, "RequestParams")
       .def(py::init([](int max_tokens, int min_tokens, std::vector<int32_t> eos_token_ids,
                        std::vector<int32_t> stop_token_ids, bool ignore_eos, int n, int priority, double arrival_time,
-                       std::string cache_salt, bool overlap) {
+                       std::string cache_salt) {
              return RequestParams{max_tokens, min_tokens, std::move(eos_token_ids), std::move(stop_token_ids),
-                                  ignore_eos, n, priority, arrival_time, std::move(cache_salt), overlap};
+                                  ignore_eos, n, priority, arrival_time, std::move(cache_salt)};
            }),
            py::kw_only(), py::arg("max_tokens") = 16, py::arg("min_tokens") = 0,
            py::arg("eos_token_ids") = std::vector<int32_t>{}, py::arg("stop_token_ids") = std::vector<int32_t>{},
            py::arg("ignore_eos") = false, py::arg("n") = 1, py::arg("priority") = 0, py::arg("arrival_time") = 0.0,
-           py::arg("cache_salt") = "", py::arg("overlap") = true)
+           py::arg("cache_salt") = "")
       .def_readonly("max_tokens", &RequestParams::max_tokens)
       .def_readonly("min_tokens", &RequestParams::min_tokens)
       .def_readonly("eos_token_ids", &RequestParams::eos_token_ids)
@@ -102,8 +102,7 @@ void bind_scheduler(py::module_& m) {
       .def_readonly("n", &RequestParams::n)
       .def_readonly("priority", &RequestParams::priority)
       .def_readonly("arrival_time", &RequestParams::arrival_time)
-      .def_readonly("cache_salt", &RequestParams::cache_salt)
-      .def_readonly("overlap", &RequestParams::overlap);
+      .def_readonly("cache_salt", &RequestParams::cache_salt);
 
   py::class_<SchedulerEvent>(m, "SchedulerEvent")
       .def_readonly("kind", &SchedulerEvent::kind)

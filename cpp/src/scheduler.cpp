@@ -162,11 +162,11 @@ int Scheduler::num_schedulable(const Sequence& s) const {
   const int known = static_cast<int>(s.tokens.size()) - s.num_computed;
   if (s.num_uncommitted_samples == 0) return std::max(known, 0);
   // Sampled by the uncommitted step: its next row takes that token on the device, if one sample
-  // (not an n > 1 prompt, which forks at commit), the request allows it, and the token cannot end
-  // the sequence by length (then commit() finishes it anyway).
+  // (not an n > 1 prompt, which forks at commit) and the token cannot end the sequence by length
+  // (then commit() finishes it anyway).
   const RequestParams& p = requests_.at(s.request_id).params;
   const int length_after = static_cast<int>(s.tokens.size()) + 1;
-  if (s.num_uncommitted_samples != 1 || !p.overlap || length_after - s.num_prompt_tokens >= p.max_tokens ||
+  if (s.num_uncommitted_samples != 1 || length_after - s.num_prompt_tokens >= p.max_tokens ||
       length_after >= config_.max_model_len) {
     return 0;
   }

@@ -133,7 +133,7 @@ class SchedulerConfig:
 class RequestParams:
     def __init__(self, *, max_tokens: int = 16, min_tokens: int = 0, eos_token_ids: Sequence[int] = ...,
                  stop_token_ids: Sequence[int] = ..., ignore_eos: bool = False, n: int = 1, priority: int = 0,
-                 arrival_time: float = 0.0, cache_salt: str = "", overlap: bool = True) -> None: ...
+                 arrival_time: float = 0.0, cache_salt: str = "") -> None: ...
     max_tokens: int
     min_tokens: int
     eos_token_ids: list[int]
@@ -143,7 +143,6 @@ class RequestParams:
     priority: int
     arrival_time: float
     cache_salt: str
-    overlap: bool  # the next step may be planned before its last token is committed
 
 class SchedulerEvent:
     kind: EventKind

@@ -419,23 +419,24 @@ TEST(Scheduler, OverlappedStepDropsTheRowOfASequenceItsTokenEnded) {
   s.check_invariants();
 }
 
-TEST(Scheduler, OverlapWaitsWhereTheRequestOrTheLengthSaysSo) {
+TEST(Scheduler, OverlapWaitsWhereTheTokenEndsTheSequenceByLength) {
   Scheduler s(small_config(16, 4));
-  RequestParams host_side = params(8);
-  host_side.overlap = false;  // e.g. penalties read the previous tokens on the host
-  s.add_request(1, prompt_of(3), host_side);
+  s.add_request(1, prompt_of(3), params(2));
   s.add_request(2, prompt_of(3, 20), params(1));  // its first token is its last
   auto first = s.step();
   ASSERT_EQ(first->num_samples(), 2);
-  auto second = s.step();
-  EXPECT_EQ(second->num_tokens, 0);  // neither can run before the commit
-  s.commit(std::vector<int32_t>{40, 41});
+  auto second = s.step();  // request 1 only: position 3, input deferred
+  EXPECT_EQ(second->seq_request_ids, std::vector<int64_t>({1}));
+  EXPECT_EQ(second->num_deferred(), 1);
+  s.commit(std::vector<int32_t>{40, 41});  // request 2 finishes (length)
+  EXPECT_FALSE(s.has_request(2));
+  auto third = s.step();  // request 1's second token (from `second`) is its last: nothing runs
+  EXPECT_EQ(third->num_tokens, 0);
+  auto events = s.commit(std::vector<int32_t>{42});
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].kind, EventKind::kFinished);
   s.commit(std::vector<int32_t>{});
-  auto third = s.step();
-  EXPECT_EQ(third->num_tokens, 1);  // request 1, its token known
-  EXPECT_EQ(third->input_ids, vec({40}));
-  EXPECT_EQ(third->num_deferred(), 0);
-  s.commit(std::vector<int32_t>{42});
+  EXPECT_FALSE(s.has_unfinished());
   s.check_invariants();
 }
 
@@ -472,7 +473,7 @@ int32_t fake_token(int64_t request, int seq_index, int position) {
 // position (deferred inputs resolved through the previous plan's samples), every sequence ends at
 // its first EOS or at max_tokens with exactly those tokens, the invariants hold after every step,
 // and the pool is empty at the end. `overlapped` plans each step before committing the previous
-// one, as the engine's overlapped loop does; some requests opt out of overlap.
+// one, as the engine's overlapped loop does.
 void simulate(PreemptionMode mode, bool prefix_caching, uint32_t seed, bool overlapped = false) {
   std::mt19937 rng(seed);
   SchedulerConfig c;
@@ -516,7 +517,6 @@ void simulate(PreemptionMode mode, bool prefix_caching, uint32_t seed, bool over
       p.n = std::uniform_int_distribution<int>(0, 9)(rng) == 0 ? 2 : 1;
       p.priority = std::uniform_int_distribution<int>(0, 2)(rng);
       p.eos_token_ids = {3};
-      p.overlap = std::uniform_int_distribution<int>(0, 4)(rng) != 0;
       const int len = std::uniform_int_distribution<int>(1, 60)(rng);
       std::vector<int32_t> prompt(len);
       const int family = std::uniform_int_distribution<int>(0, 3)(rng);  // shared prefixes
@@ -557,9 +557,6 @@ void simulate(PreemptionMode mode, bool prefix_caching, uint32_t seed, bool over
         } else if (seq_index >= 0) {
           ASSERT_EQ(inputs[row], fake_token(rid, seq_index, position)) << "request " << rid << " position " << position;
         }
-      }
-      if (!params_of[rid].overlap) {
-        for (int d : plan->deferred_input_rows) ASSERT_NE(d, plan->query_start_loc[i]) << "request " << rid << " opted out";
       }
     }
     if (!overlapped) {

@@ -8,8 +8,8 @@
 //
 // Overlapped loop: step() may also be called while one step is still uncommitted (its tokens are
 // being sampled on the device); commit() then applies the oldest uncommitted step. A sequence that
-// sampled one token in that step and whose request allows it (RequestParams::overlap) is scheduled
-// again at once: its row's input is that not-yet-known token, which the runner takes on the device
+// sampled one token in that step is scheduled again at once (unless that token ends it by length):
+// its row's input is that not-yet-known token, which the runner takes on the device
 // from the previous step's sampled tokens (plan.deferred_input_rows / deferred_input_samples). If
 // the token ends the sequence (EOS, stop token), commit() frees it and the next commit() skips its
 // extra row. At most two steps are uncommitted at once.
@@ -57,10 +57,6 @@ struct RequestParams {
   int priority = 0;                      // smaller runs first; preemption takes the largest first
   double arrival_time = 0.0;             // informational; FCFS uses the order of add_request
   std::string cache_salt;                // separates prefix caches (folded into block hashes)
-  // The next step may be planned before this sequence's last sampled token is committed (its input
-  // id read on the device). False where sampling reads the previous tokens on the host (penalties,
-  // grammars, ...): such a sequence skips the step planned while its token is uncommitted.
-  bool overlap = true;
 };
 
 enum class FinishReason : int32_t { kNone = 0, kStop = 1, kLength = 2, kAbort = 3 };

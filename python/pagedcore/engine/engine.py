@@ -6,9 +6,10 @@ launched before step t's tokens reach the host, so the device never waits for th
 steps. A decoding sequence's row in step t + 1 takes its input token on the device from step t's
 sampled tokens (the plan's deferred inputs); step t is committed (tokens, events, detokenization,
 stop strings) while step t + 1 runs. A sequence that step t's token ends (EOS, a stop token or a
-stop string) has computed one extra token in step t + 1, which is dropped, never emitted. While a
-live request samples from its previous tokens on the host (penalties, logit controls, min_tokens,
-structured outputs), steps are committed before the next is planned, as in the synchronous loop.
+stop string) has computed one extra token in step t + 1, which is dropped, never emitted. Step t is
+committed after step t + 1's forward pass is launched and before step t + 1 samples, so what
+sampling reads on the host (a grammar's state, the output tokens of penalties, logit controls and
+min_tokens) already holds step t's token: outputs are those of the synchronous loop.
 
 The native scheduler finishes sequences on max_tokens, max_model_len, EOS and stop token ids;
 this loop finishes them on stop strings (scheduler.finish) and turns events into outputs.
@@ -48,9 +49,8 @@ class LLMEngine:
         self.async_scheduling = async_scheduling
         # The planned step whose tokens are still being sampled on the device: its sample rows
         # ((native request id, seq index) -> row) and its sampler output; committed during the next
-        # step's forward pass (or at once, when the loop does not overlap).
+        # step's forward pass (at once in the synchronous loop).
         self._in_flight: tuple[dict[tuple[int, int], int], SampledBatch] | None = None
-        self._num_host_sampled = 0  # live requests whose sampling reads their previous tokens on the host
         self.scheduler = scheduler
         self.runner = runner
         self.sampler = sampler
@@ -100,7 +100,6 @@ class LLMEngine:
         # still share its blocks).
         salt = f"prompt-logprobs-{request_id}" if params.prompt_logprobs is not None else ""
         max_per_native = self.scheduler.config.max_num_seqs
-        host_sampled = params.reads_output_tokens
         try:
             for first in range(0, params.n, max_per_native):
                 native_id = self._next_request_id
@@ -109,7 +108,7 @@ class LLMEngine:
                     max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens),
                     eos_token_ids=self.eos_token_ids, stop_token_ids=params.stop_token_ids,
                     ignore_eos=params.ignore_eos, n=min(max_per_native, params.n - first), arrival_time=arrival,
-                    cache_salt=salt, overlap=not host_sampled)
+                    cache_salt=salt)
                 self.scheduler.add_request(native_id, prompt_token_ids, native_params)
                 request.native_request_ids.append(native_id)
                 self._native[native_id] = (request, first)
@@ -117,7 +116,6 @@ class LLMEngine:
             self._forget(request)
             raise
         self.requests[request_id] = request
-        self._num_host_sampled += host_sampled
         self._unscheduled.add(request_id)
         if request.num_missing_prompt_logprobs:
             self._awaiting_prompt_logprobs.add(request_id)
@@ -151,7 +149,6 @@ class LLMEngine:
         request = self.requests.pop(request_id, None)
         if request is not None:
             self._forget(request)
-            self._num_host_sampled -= request.params.reads_output_tokens
         self._unscheduled.discard(request_id)
         self._awaiting_prompt_logprobs.discard(request_id)
 
@@ -164,9 +161,8 @@ class LLMEngine:
     def step(self) -> list[RequestState]:
         """Runs one scheduler step; returns the requests that finished in it (in the overlapped loop,
         those the previous step's tokens finished)."""
-        overlap = self.async_scheduling and self._num_host_sampled == 0
-        finished = [] if overlap else self._commit_in_flight()
         plan = self.scheduler.step()
+        finished = []
         if self._unscheduled and plan.num_seqs:
             self._record_first_scheduled(plan.seq_request_ids.tolist())
         if plan.num_tokens == 0:
@@ -180,14 +176,16 @@ class LLMEngine:
         # Sampling states are taken before the previous step's tokens can finish (and forget) a request.
         rows = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(plan.sample_request_ids, plan.sample_seq_indices))}
         states = [self._sequence(r, s).sampling for (r, s) in rows]
+        # The previous step's tokens, while the device runs this forward pass: committed before this
+        # step samples, so grammars and output tokens hold them.
+        finished += self._commit_in_flight()
         num_samples = plan.num_samples
         sampled = self.sampler.sample(logits[:num_samples], states)  # on the device, not read back yet
         if prompt_rows:
             self._record_prompt_logprobs(logits[num_samples:], prompt_positions)
-        finished += self._commit_in_flight()  # host work while the device runs this step
         self._in_flight = (rows, sampled)
-        if not overlap or not self.requests:
-            finished += self._commit_in_flight()  # nothing left to overlap with: leave no step uncommitted
+        if not self.async_scheduling or not self.requests:
+            finished += self._commit_in_flight()  # synchronous, or nothing left to overlap with
         return finished
 
     def _commit_in_flight(self) -> list[RequestState]:
@@ -280,7 +278,6 @@ class LLMEngine:
             if request.finished:
                 request.metrics.finished_time = now
                 finished.append(self.requests.pop(request.request_id))
-                self._num_host_sampled -= request.params.reads_output_tokens
                 self._awaiting_prompt_logprobs.discard(request.request_id)
                 for native_id in request.native_request_ids:
                     self._native.pop(native_id, None)

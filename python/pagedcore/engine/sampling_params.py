@@ -171,13 +171,6 @@ class SamplingParams:
                 or bool(self.bad_words))
 
     @property
-    def reads_output_tokens(self) -> bool:
-        """Sampling reads the sequence's previous tokens on the host (penalties, logit controls, the
-        min_tokens mask, a grammar), so its next step cannot be planned before its last token is known."""
-        return (self.uses_penalties or self.uses_logit_controls or self.min_tokens > 0
-                or self.structured_outputs is not None)
-
-    @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
 
