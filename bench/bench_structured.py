@@ -1,0 +1,94 @@
+"""Structured outputs' cost (issue 16): throughput of a workload with half its requests under a JSON
+schema against the same workload with none, in the same process, and the time xgrammar takes to
+compile a typical schema (cold: a schema not seen before; warm: the cache).
+
+    python3 bench/bench_structured.py [--device cpu|cuda] [--model DIR] [--rounds 2] [--json out.json]
+
+Default: the default model (SmolLM2-135M-Instruct, fp32) on the CPU with W5's requests (32 prompts,
+64 output tokens, greedy). Unconstrained requests ignore EOS; a constrained one ends when its grammar
+is complete (or at 64 tokens), so the figure compared is output tokens per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from pagedcore.bench import common
+from pagedcore.engine.sampling_params import SamplingParams
+from pagedcore.engine.structured_outputs import StructuredOutputsParams
+
+# A typical response schema: an object with a bounded string, a number, an enum and a list.
+SCHEMA = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    "role": {"enum": ["admin", "user", "guest"]},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 6}},
+    "required": ["name", "age", "role", "tags"], "additionalProperties": False}
+
+
+def run(llm, requests, constrained_every: int) -> tuple[float, int]:
+    """-> (wall s, output tokens); every constrained_every-th request under SCHEMA (0: none)."""
+    params = []
+    for i, request in enumerate(requests):
+        constrained = constrained_every and i % constrained_every == 0
+        params.append(SamplingParams(
+            temperature=0, max_tokens=request.max_tokens, ignore_eos=not constrained,
+            structured_outputs=StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True) if constrained else None))
+    common.synchronize(llm.device)
+    start = time.perf_counter()
+    outputs = llm.generate([r.prompt_token_ids for r in requests], params, use_tqdm=False)
+    common.synchronize(llm.device)
+    wall = time.perf_counter() - start
+    for i, output in enumerate(outputs):
+        if constrained_every and i % constrained_every == 0 and output.outputs[0].finish_reason == "stop":
+            json.loads(output.outputs[0].text)  # a complete output parses
+    return wall, sum(len(o.outputs[0].token_ids) for o in outputs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default=None, help="an HF directory or .gguf with a tokenizer (default: the default model)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    llm = common.build_llm("cpu", device=device, model=args.model, enable_prefix_caching=False)
+    requests = common.w5_requests()
+
+    schemas = [{**SCHEMA, "title": f"schema-{k}"} for k in range(3)]  # distinct: each compile is cold
+    cold = []
+    for schema in schemas:
+        start = time.perf_counter()
+        llm.engine.compile_grammar(SamplingParams(structured_outputs=StructuredOutputsParams(json=schema)))
+        cold.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    llm.engine.compile_grammar(SamplingParams(structured_outputs=StructuredOutputsParams(json=schemas[0])))
+    warm = time.perf_counter() - start
+
+    run(llm, requests[:4], 2)  # warm-up
+    results = {"none": [], "half": []}
+    for _ in range(args.rounds):  # alternate, so drift in the machine's speed hits both alike
+        for name, every in (("none", 0), ("half", 2)):
+            wall, tokens = run(llm, requests, every)
+            results[name].append(tokens / wall)
+    none, half = statistics.median(results["none"]), statistics.median(results["half"])
+    report = {"device": common.device_description(device), "requests": len(requests),
+              "output_tok_s_none": none, "output_tok_s_half_constrained": half, "slowdown": 1 - half / none,
+              "rounds": results, "compile_cold_s_first": cold[0], "compile_cold_s_later": cold[1:],
+              "compile_warm_s": warm}
+    print(f"{report['device']}: {len(requests)} requests, output tok/s median of {args.rounds}: none {none:.1f}, "
+          f"half under a JSON schema {half:.1f} ({100 * (1 - half / none):+.1f}% slower); schema compile "
+          f"{1e3 * cold[0]:.0f} ms first (tokenizer scan included), {1e3 * statistics.mean(cold[1:]):.1f} ms cold, "
+          f"{1e3 * warm:.2f} ms cached")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
