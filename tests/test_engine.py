@@ -535,3 +535,14 @@ def test_overlapped_loop_gives_the_synchronous_loops_outputs(model_dir):
     synchronous = results[(False, True)]
     assert synchronous[0][2] == "stop" and synchronous[0][1] == free[0].outputs[0].text[:6]
     assert synchronous[1][2] == "stop" and synchronous[1][3] == eos and len(synchronous[1][0]) == 5
+
+
+def test_aborting_the_last_request_leaves_no_step_in_flight(model_dir):
+    llm = _llm(model_dir)
+    request_id = llm.engine.add_request(None, llm.tokenizer.encode(PROMPTS[0]), GREEDY)
+    for _ in range(3):
+        llm.engine.step()
+    assert llm.scheduler.num_uncommitted_steps == 1  # the overlapped loop keeps one step in flight
+    llm.engine.abort(request_id)
+    assert llm.scheduler.num_uncommitted_steps == 0 and llm.scheduler.stats().num_used_blocks == 0
+    assert llm.reset_prefix_cache()

@@ -5,11 +5,11 @@ With async_scheduling (the default) the loop is overlapped: step t + 1 is planne
 launched before step t's tokens reach the host, so the device never waits for the host between
 steps. A decoding sequence's row in step t + 1 takes its input token on the device from step t's
 sampled tokens (the plan's deferred inputs); step t is committed (tokens, events, detokenization,
-stop strings) while step t + 1 runs. A sequence that step t's token ends (EOS, a stop token or a
-stop string) has computed one extra token in step t + 1, which is dropped, never emitted. Step t is
-committed after step t + 1's forward pass is launched and before step t + 1 samples, so what
-sampling reads on the host (a grammar's state, the output tokens of penalties, logit controls and
-min_tokens) already holds step t's token: outputs are those of the synchronous loop.
+stop strings) while step t + 1's forward pass runs, and before step t + 1 samples, so what sampling
+reads on the host (a grammar's state, the output tokens of penalties, logit controls and min_tokens)
+already holds step t's token. A sequence that step t's token ends (EOS, a stop token or a stop
+string) has computed one extra token in step t + 1, which is dropped, never emitted. Outputs are
+those of the synchronous loop.
 
 The native scheduler finishes sequences on max_tokens, max_model_len, EOS and stop token ids;
 this loop finishes them on stop strings (scheduler.finish) and turns events into outputs.
@@ -44,8 +44,8 @@ class LLMEngine:
     def __init__(self, scheduler: _core.Scheduler, runner: ModelRunner, sampler: Sampler,
                  tokenizer: Tokenizer | None, eos_token_ids: list[int], max_model_len: int,
                  async_scheduling: bool = True):
-        """async_scheduling: a step's outputs (detokenization, stop strings, events) are processed while
-        the GPU runs the next step's forward pass; False processes them before the next step starts."""
+        """async_scheduling: the overlapped loop (above); False: the synchronous loop, each step committed
+        before the next is planned."""
         self.async_scheduling = async_scheduling
         # The planned step whose tokens are still being sampled on the device: its sample rows
         # ((native request id, seq index) -> row) and its sampler output; committed during the next
@@ -149,6 +149,8 @@ class LLMEngine:
         request = self.requests.pop(request_id, None)
         if request is not None:
             self._forget(request)
+        if not self.requests:
+            self._commit_in_flight()  # only rows of finished or aborted sequences: leave nothing uncommitted
         self._unscheduled.discard(request_id)
         self._awaiting_prompt_logprobs.discard(request_id)
 
