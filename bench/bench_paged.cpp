@@ -16,7 +16,7 @@ void usage() {
       "usage: bench_paged MODE [--json] [options]\n"
       "modes:\n"
       "  pool    block pool: allocate/free, append, fork, prefix lookup (ops/s, ns/op)\n"
-      "  scheduler  step() + commit() latency with 64, 256, 1024 decoding sequences\n"
+      "  scheduler  step() + commit() latency with 64, 256, 1024 decoding sequences, synchronous and overlapped\n"
       "  attention  W4 decode paged attention (GB/s, fraction of measured read bandwidth; CUDA)\n"
       "options:\n"
       "  --json            print the results as JSON instead of a table\n"

@@ -238,6 +238,12 @@ def test_chat_forms_vllm_accepts(model_dir):
     assert cont.prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nThe answer is"
     with pytest.raises(ValueError, match="needs add_generation_prompt=False"):
         llm.chat(partial, chat_template=TEMPLATE, continue_final_message=True)
+    # tools reach the template as vLLM's LLM.chat hands them over
+    with_tools = "{% for t in tools or [] %}[{{ t.function.name }}]{% endfor %}" + TEMPLATE
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    called = llm.chat(text, GREEDY, use_tqdm=False, chat_template=with_tools, tools=[tool])[0]
+    assert called.prompt.startswith("[get_weather]<|im_start|>user")
+    assert llm.chat(text, GREEDY, use_tqdm=False, chat_template=with_tools)[0].prompt == as_text.prompt
     # chat_template_kwargs reach the template.
     switch = "{% if enable_thinking %}<think>{% endif %}" + TEMPLATE
     thinking = llm.chat(text, GREEDY, use_tqdm=False, chat_template=switch,

@@ -66,6 +66,7 @@ void Scheduler::add_request(RequestId id, std::span<const int32_t> prompt, const
   s.tokens.reserve(total);  // prompt + max_tokens: appends never reallocate inside a commit
   s.tokens.assign(prompt.begin(), prompt.end());
   s.num_prompt_tokens = static_cast<int>(prompt.size());
+  s.max_tokens = params.max_tokens;
   s.order = next_order_++;
   s.priority = params.priority;
   seqs_.emplace(sid, std::move(s));
@@ -164,9 +165,8 @@ int Scheduler::num_schedulable(const Sequence& s) const {
   // Sampled by the uncommitted step: its next row takes that token on the device, if one sample
   // (not an n > 1 prompt, which forks at commit) and the token cannot end the sequence by length
   // (then commit() finishes it anyway).
-  const RequestParams& p = requests_.at(s.request_id).params;
   const int length_after = static_cast<int>(s.tokens.size()) + 1;
-  if (s.num_uncommitted_samples != 1 || length_after - s.num_prompt_tokens >= p.max_tokens ||
+  if (s.num_uncommitted_samples != 1 || length_after - s.num_prompt_tokens >= s.max_tokens ||
       length_after >= config_.max_model_len) {
     return 0;
   }
@@ -198,6 +198,7 @@ void Scheduler::schedule_tokens(SeqId sid, int num_new) {
                                  : tables_.append(sid, std::span<const int32_t>(s.tokens.data() + s.num_computed, num_new),
                                                   copies);
   if (!appended) throw std::logic_error("scheduler: append failed after can_append");
+  s.table_has_pending = deferred;
   for (const BlockCopy& c : copies) {
     plan_->copy_pairs.push_back(c.src);
     plan_->copy_pairs.push_back(c.dst);
@@ -231,6 +232,7 @@ void Scheduler::preempt(SeqId sid) {
   ++num_preemptions_;
   remove_from(running_, sid);
   num_running_slots_ -= seq_cost(s);
+  s.table_has_pending = false;  // (never set here: a pending slot resolves before the next step)
   const std::vector<BlockId>& blocks = tables_.blocks(sid);
   if (config_.preemption_mode == PreemptionMode::kSwap && blocks.size() <= free_host_blocks_.size()) {
     for (BlockId b : blocks) {
@@ -396,7 +398,10 @@ void Scheduler::append_token(SeqId sid, int32_t token, std::vector<SchedulerEven
   const RequestParams& p = requests_.at(s.request_id).params;
   s.tokens.push_back(token);
   // Scheduled again before this token was known (overlapped loop): its slot is reserved, now hashable.
-  if (tables_.has_sequence(sid) && tables_.has_pending(sid)) tables_.resolve_pending(sid, token);
+  if (s.table_has_pending) {
+    tables_.resolve_pending(sid, token);
+    s.table_has_pending = false;
+  }
   const int generated = static_cast<int>(s.tokens.size()) - s.num_prompt_tokens;
   FinishReason reason = FinishReason::kNone;
   if (generated >= p.min_tokens &&
@@ -501,6 +506,7 @@ void Scheduler::check_invariants() const {
     if (s.status != Status::kRunning) fail("non-running sequence in running queue");
     if (!tables_.has_sequence(sid)) fail("running sequence without a block table");
     if (tables_.num_tokens(sid) != s.num_computed) fail("block table size differs from computed tokens");
+    if (tables_.has_pending(sid) != s.table_has_pending) fail("pending-slot flag differs from the block table's");
     slots += seq_cost(s);
   }
   if (slots != num_running_slots_) fail("running slot count drifted");

@@ -130,9 +130,11 @@ class Scheduler {
     Status status = Status::kWaiting;
     std::vector<int32_t> tokens;         // prompt + generated
     int num_prompt_tokens = 0;
+    int max_tokens = 0;                  // its request's (read every step: kept here, not looked up)
     int num_computed = 0;                // tokens whose KV is in the cache or computed by a planned step
     int num_uncommitted_samples = 0;     // tokens sampled for it by planned, uncommitted steps
     int32_t last_sample_row = 0;         // its sample row in the plan it was last scheduled in
+    bool table_has_pending = false;      // its block table holds the slot of a token not committed yet
     uint64_t order = 0;                  // FCFS order of the request (ties: seq_index)
     int priority = 0;
     bool forked = false;                 // its n > 1 prompt was forked into n sequences (false for n == 1)

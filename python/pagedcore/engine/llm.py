@@ -131,9 +131,11 @@ class LLM:
     def chat(self, messages: list[Message] | list[list[Message]], sampling_params: SamplingParams
              | Sequence[SamplingParams] | None = None, use_tqdm: bool = True, add_generation_prompt: bool = True,
              chat_template: str | None = None, continue_final_message: bool = False,
-             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+             chat_template_kwargs: dict | None = None, tools: list[dict] | None = None) -> list[RequestOutput]:
         """messages: one conversation ([{"role", "content"}, ...]; content a string or OpenAI text
-        parts) or a list of them. The rendered text is each output's `prompt`."""
+        parts) or a list of them. The rendered text is each output's `prompt`. tools: OpenAI tool
+        definitions handed to the template as `tools`, as vLLM's LLM.chat does (the output is text:
+        reading calls from it is the caller's, or use the server's tool_choice)."""
         if not isinstance(messages, list) or not messages:
             raise ValueError("chat() needs a conversation (a non-empty list of messages) or a list of them")
         template = chat_template or (self.tokenizer.chat_template if self.tokenizer else None)
@@ -144,7 +146,8 @@ class LLM:
         for conversation in conversations:
             text = render_chat(template, conversation, add_generation_prompt=add_generation_prompt,
                                continue_final_message=continue_final_message, bos_token=self.tokenizer.bos_token,
-                               eos_token=self.tokenizer.eos_token, template_kwargs=chat_template_kwargs)
+                               eos_token=self.tokenizer.eos_token,
+                               template_kwargs={**(chat_template_kwargs or {}), **({"tools": tools} if tools else {})})
             check_unicode(text)
             prompts.append((text, self.tokenizer.encode(text, add_special_tokens=False)))
         return self._generate(prompts, self._as_params_list(sampling_params, len(prompts)), use_tqdm)
