@@ -84,6 +84,15 @@ def test_streamed_auto_output_never_leaks_a_call_marker():
     assert "".join(sent) == "a <toast" and sent[0] == "a "
 
 
+def test_a_constrained_call_cut_short_stays_text():
+    # max_tokens or a stop string can end a constrained output before its JSON closes.
+    for mode, extra in (("named", {"function": "get_weather"}), ("required", {})):
+        shaper = ToolOutput(mode, **extra)
+        message, reason = shaper.message('{"city": "Os', "length")
+        assert message == {"role": "assistant", "content": '{"city": "Os'} and reason == "length"
+        assert shaper.delta('[{"name": "get_w', "stop") == ({"content": '[{"name": "get_w'}, "stop")
+
+
 def test_tools_and_tool_turns_reach_the_template():
     template = ("{% if tools %}{% for t in tools %}[tool {{ t.function.name }}]{% endfor %}{% endif %}"
                 "{% for m in messages %}<{{ m.role }}>{{ m.content }}"

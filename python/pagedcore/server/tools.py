@@ -43,8 +43,21 @@ def required_schema(tools: list[dict], max_calls: int | None) -> dict:
 
 
 def calls_of_required(text: str) -> list[ToolCall]:
-    """The calls of a tool_choice="required" output (the grammar made it a JSON array)."""
-    return [ToolCall(call["name"], json.dumps(call["parameters"], ensure_ascii=False)) for call in json.loads(text)]
+    """The calls of a tool_choice="required" output (the grammar makes it a JSON array); [] when the
+    output was cut short (max_tokens, a stop string) and does not parse."""
+    try:
+        calls = json.loads(text)
+        return [ToolCall(call["name"], json.dumps(call["parameters"], ensure_ascii=False)) for call in calls]
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
+def is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_call(value) -> ToolCall | None:
@@ -188,14 +201,13 @@ class ToolOutput:
         self.streamed = 0  # characters of text sent as content
 
     def calls(self, text: str, finish_reason: str | None) -> tuple[str | None, list[ToolCall]]:
-        """(content, calls) of a finished output. A constrained output cut short by max_tokens is no
-        call: it stays text (finish_reason "length")."""
+        """(content, calls) of a finished output. A constrained output cut short (max_tokens, a stop
+        string) is no call: it stays text."""
         if self.mode == "named":
-            return (text, []) if finish_reason == "length" else (None, [ToolCall(self.function, text)])
+            return (None, [ToolCall(self.function, text)]) if is_json(text) else (text, [])
         if self.mode == "required":
-            if finish_reason == "length":
-                return text, []
-            return None, calls_of_required(text)
+            calls = calls_of_required(text)
+            return (None, calls) if calls else (text, [])
         if self.mode == "auto":
             return self.parser.parse(text)
         return text, []
