@@ -3,10 +3,16 @@ schema against the same workload with none, in the same process, and the time xg
 compile a typical schema (cold: a schema not seen before; warm: the cache).
 
     python3 bench/bench_structured.py [--device cpu|cuda] [--model DIR] [--rounds 2] [--json out.json]
+    python3 bench/bench_structured.py --export-tokenizer .bench_tokenizer   # here
+    python3 bench/bench_structured.py --device cuda --shape gpu --tokenizer .bench_tokenizer
 
 Default: the default model (SmolLM2-135M-Instruct, fp32) on the CPU with W5's requests (32 prompts,
-64 output tokens, greedy). Unconstrained requests ignore EOS; a constrained one ends when its grammar
-is complete (or at 64 tokens), so the figure compared is output tokens per second.
+64 output tokens, greedy). `--shape gpu`: W1's requests on the Qwen3-0.6B shape with random bf16
+weights and the tokenizer given (a folder with tokenizer.json and tokenizer_config.json: a grammar
+needs one; the GPU machine has no default model, so export it here and carry it; ids past its
+vocabulary are never allowed under a grammar).
+Unconstrained requests ignore EOS; a constrained one ends when its grammar is complete (or at its
+max_tokens), so the figure compared is output tokens per second.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ import argparse
 import json
 import statistics
 import time
+
+import shutil
+import sys
+from pathlib import Path
 
 import torch
 
@@ -55,10 +65,42 @@ def main() -> None:
     p.add_argument("--model", default=None, help="an HF directory or .gguf with a tokenizer (default: the default model)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--shape", choices=sorted(common.GPU_SHAPES), default=None,
+                   help="random bf16 weights at this shape with W1's requests (needs --tokenizer)")
+    p.add_argument("--tokenizer", default=None, help="for --shape: a folder with tokenizer.json and tokenizer_config.json")
+    p.add_argument("--num-requests", type=int, default=None, help="the first N requests only")
+    p.add_argument("--export-tokenizer", default=None, metavar="DIR",
+                   help="write the default model's tokenizer.json and tokenizer_config.json to DIR and exit")
     args = p.parse_args()
+    if args.export_tokenizer:
+        from pagedcore.loaders.model_loader import default_model_path
+        from pagedcore.tokenizers.loader import load_tokenizer
+
+        tokenizer = load_tokenizer(default_model_path())
+        folder = Path(args.export_tokenizer)
+        folder.mkdir(parents=True, exist_ok=True)
+        tokenizer.backend.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": tokenizer.bos_token,
+                                                                   "eos_token": tokenizer.eos_token}))
+        print(f"wrote {folder}/tokenizer.json and tokenizer_config.json", file=sys.stderr)
+        return
     device = torch.device(args.device)
-    llm = common.build_llm("cpu", device=device, model=args.model, enable_prefix_caching=False)
-    requests = common.w5_requests()
+    if args.shape is not None:
+        if args.tokenizer is None:
+            p.error("--shape needs --tokenizer (a tokenizer.json: see --export-tokenizer)")
+        from pagedcore.engine.llm import LLM
+
+        directory = common.write_model_dir(common.GPU_SHAPES[args.shape])
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(Path(args.tokenizer) / name, directory / name)
+        llm = LLM(str(directory), device=args.device, dtype="bfloat16", load_format="dummy", max_model_len=2048,
+                  kv_cache_memory_bytes=(40 << 30) if device.type == "cuda" else (1 << 30),
+                  enable_prefix_caching=False, verbose=False)
+        requests = common.w1_requests()
+    else:
+        llm = common.build_llm("cpu", device=device, model=args.model, enable_prefix_caching=False)
+        requests = common.w5_requests()
+    requests = requests[:args.num_requests] if args.num_requests else requests
 
     schemas = [{**SCHEMA, "title": f"schema-{k}"} for k in range(3)]  # distinct: each compile is cold
     cold = []
