@@ -23,8 +23,8 @@ def hf_config(model_type: str, vocab_size: int, **overrides):
     classes = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
                "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}
     extra = {"sliding_window": None} if model_type in ("mistral",) else {}
-    return classes[model_type](vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, **SHAPE,
-                               **{**extra, **overrides})
+    return classes[model_type](vocab_size=vocab_size, bos_token_id=1, eos_token_id=2,
+                               **{**SHAPE, **extra, **overrides})
 
 
 def save_tiny_model(directory: Path, model_type: str, *, seed: int = 0, with_tokenizer: bool = True,

