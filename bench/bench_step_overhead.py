@@ -29,26 +29,18 @@ def main() -> None:
     llm = common.build_llm("gpu", device=torch.device("cuda"), kv_cache_memory_bytes=4 << 30, max_model_len=1024,
                            enable_prefix_caching=False, async_scheduling=args.async_scheduling)
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-    steps = 0
-    engine_step = llm.engine.step
-
-    def counted_step():
-        nonlocal steps
-        steps += 1
-        return engine_step()
-
-    llm.engine.step = counted_step
+    counter = common.StepCounter(llm)
     for num_seqs in args.seqs:
         prompts = [[100 + i] * 64 for i in range(num_seqs)]
         llm.generate(prompts, params, use_tqdm=False)  # warm-up (graphs of this batch)
         per_step = []
         for _ in range(args.repeats):
-            steps = 0
+            counter.count = 0
             start = time.perf_counter()
             llm.generate(prompts, params, use_tqdm=False)
-            per_step.append((time.perf_counter() - start) * 1e3 / steps)
+            per_step.append((time.perf_counter() - start) * 1e3 / counter.count)
         print(f"seqs={num_seqs:3d} async_scheduling={args.async_scheduling}: "
-              f"{statistics.median(per_step):.3f} ms per step (median of {args.repeats}, {steps} steps)")
+              f"{statistics.median(per_step):.3f} ms per step (median of {args.repeats}, {counter.count} steps)")
         if args.cprofile:
             import cProfile
             import pstats

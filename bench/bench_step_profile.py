@@ -56,20 +56,14 @@ def main() -> None:
     floor = common.workload_floor(shape, requests, matmul_flops_per_s=ceilings.matmul_flops_per_s,
                                   bandwidth_bytes_per_s=ceilings.read_bytes_per_s, dtype_bytes=2)
 
-    steps = 0
-    engine_step = llm.engine.step
-
-    def counted_step():
-        nonlocal steps
-        steps += 1
-        return engine_step()
-    llm.engine.step = counted_step
+    counter = common.StepCounter(llm)
     traced_requests = requests[:args.requests]
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         common.run_pagedcore(llm, traced_requests, temperature=common.W1_TEMPERATURE)
         wall_us = (time.perf_counter() - start) * 1e6
-    llm.engine.step = engine_step
+    counter.remove()
+    steps = counter.count
 
     events = prof.events()
     device_intervals, kernel_durations, kernel_names = [], [], Counter()

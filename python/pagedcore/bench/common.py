@@ -487,3 +487,20 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class StepCounter:
+    """Counts llm.engine.step() calls while installed, for per-step figures; remove() uninstalls it."""
+
+    def __init__(self, llm):
+        self.count = 0
+        self._engine = llm.engine
+        self._step = llm.engine.step
+        self._engine.step = self._counted_step
+
+    def _counted_step(self):
+        self.count += 1
+        return self._step()
+
+    def remove(self) -> None:
+        self._engine.step = self._step
