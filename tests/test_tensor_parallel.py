@@ -110,3 +110,34 @@ def test_shapes_that_do_not_split_are_refused_by_name():
         TensorParallel.check(12, 3, 256, 2)
     with pytest.raises(ValueError, match="intermediate size 250"):
         TensorParallel.check(4, 2, 250, 4)
+
+
+def test_each_rank_reads_only_its_slices(tmp_path):
+    """safetensors: each tensor's slice is read lazily (get_slice), and equals the whole tensor's slice;
+    GGUF (the default model, 9 heads / 3 KV heads over 3 ranks): cut after dequantization. A rank's
+    shard is built without a process group (loading needs no collective)."""
+    from pagedcore.loaders.model_loader import default_model_path
+    from pagedcore.model_executor.model import LlamaForCausalLM
+
+    save_tiny_model(tmp_path, "qwen2", with_tokenizer=False, vocab_size=509)
+    source = resolve_model(str(tmp_path))
+    whole = dict(source.iter_weights())
+    with torch.device("meta"):
+        shard = LlamaForCausalLM(source.config, MAX_MODEL_LEN, TensorParallel(1, 2))
+    sliced = dict(source.iter_weights(shard=shard.shard_spec))
+    assert sliced.keys() == whole.keys()
+    for name, tensor in sliced.items():
+        spec = shard.shard_spec(name, tuple(whole[name].shape))
+        assert torch.equal(tensor, whole[name] if spec is None else whole[name].narrow(*spec)), name
+    assert sliced["model.embed_tokens.weight"].shape == (254, 128)  # 509 = 255 + 254 rows
+    assert sliced["model.layers.0.self_attn.q_proj.bias"].shape == (128,)  # 2 of 4 heads x 64
+
+    gguf = resolve_model(str(default_model_path()))
+    full = build_model(gguf, dtype=torch.float32, device=torch.device("cpu"), max_positions=64, load_format="auto",
+                       seed=0)
+    rank2 = build_model(gguf, dtype=torch.float32, device=torch.device("cpu"), max_positions=64, load_format="auto",
+                        seed=0, tp=TensorParallel(2, 3))
+    down_full = full.model.layers[0].mlp.down_proj.weight  # [hidden, intermediate]
+    down_rank2 = rank2.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(down_rank2, down_full[:, 2 * down_rank2.shape[1]:])
+    assert rank2.model.layers[0].self_attn.num_kv_heads == 1

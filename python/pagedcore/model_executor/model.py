@@ -142,8 +142,10 @@ class LlamaForCausalLM(nn.Module):
         return logits if self.tp is None else self.tp.gather_vocab(logits, self.config.vocab_size)
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """weights: (HF parameter name, tensor) pairs. Every parameter must be filled exactly once."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], sharded: bool = False) -> None:
+        """weights: (HF parameter name, tensor) pairs, whole (a tensor-parallel rank keeps its slice) or,
+        with sharded=True, already this rank's slices (shard_spec). Every parameter must be filled
+        exactly once."""
         params = dict(self.named_parameters())
         filled: set[str] = set()
         for name, tensor in weights:
@@ -156,7 +158,7 @@ class LlamaForCausalLM(nn.Module):
                 raise ValueError(f"checkpoint tensor {name!r} has no place in a {self.config.model_type} model")
             param = params[target]
             if self.tp is not None:
-                tensor = self._shard(name, tensor)
+                tensor = self._shard(name, tensor, sliced=sharded)
             dest = param if part is None else self._fused_slice(param, target, part)
             if dest.shape != tensor.shape:
                 raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
@@ -187,27 +189,32 @@ class LlamaForCausalLM(nn.Module):
                 return ".".join([*parts[:index], fused, *parts[index + 1:]]), slice_index
         return name, None
 
-    def _shard(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """This rank's slice of a full HF tensor (parallel.py says which)."""
+    def shard_spec(self, name: str, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+        """(dim, start, length) of this rank's slice of the HF tensor `name` of full `shape`, or None
+        when every rank holds all of it (norms, o_proj's bias; parallel.py says which)."""
         attn, mlp = self.model.layers[0].self_attn, self.model.layers[0].mlp
         leaf = name.split(".")[-2] if name.endswith((".weight", ".bias")) else ""
-        is_bias = name.endswith(".bias")
-        head_dim = attn.head_dim
         if leaf == "q_proj":
-            return tensor.narrow(0, self.tp.rank * attn.q_size, attn.q_size)
+            return 0, self.tp.rank * attn.q_size, attn.q_size
         if leaf in ("k_proj", "v_proj"):
-            return tensor.narrow(0, attn.first_kv_head * head_dim, attn.kv_size)
+            return 0, attn.first_kv_head * attn.head_dim, attn.kv_size
         if leaf == "o_proj":
-            if is_bias:  # added once: the all-reduce sums every rank's output
-                return tensor if self.tp.rank == 0 else torch.zeros_like(tensor)
-            return tensor.narrow(1, self.tp.rank * attn.q_size, attn.q_size)
+            return None if name.endswith(".bias") else (1, self.tp.rank * attn.q_size, attn.q_size)
         if leaf in ("gate_proj", "up_proj"):
-            return tensor.narrow(0, self.tp.rank * mlp.intermediate_size, mlp.intermediate_size)
+            return 0, self.tp.rank * mlp.intermediate_size, mlp.intermediate_size
         if leaf == "down_proj":
-            return tensor.narrow(1, self.tp.rank * mlp.intermediate_size, mlp.intermediate_size)
+            return 1, self.tp.rank * mlp.intermediate_size, mlp.intermediate_size
         if leaf in ("embed_tokens", "lm_head"):
-            return tensor.narrow(0, self.model.vocab_start, self.model.vocab_end - self.model.vocab_start)
-        return tensor  # norms: replicated
+            return 0, self.model.vocab_start, self.model.vocab_end - self.model.vocab_start
+        return None
+
+    def _shard(self, name: str, tensor: torch.Tensor, sliced: bool) -> torch.Tensor:
+        """This rank's slice of an HF tensor (sliced: it is already), o_proj's bias kept on rank 0 only
+        (the all-reduce sums every rank's output, so it is added once)."""
+        if name.endswith("o_proj.bias") and self.tp.rank != 0:
+            return torch.zeros_like(tensor)
+        spec = None if sliced else self.shard_spec(name, tuple(tensor.shape))
+        return tensor if spec is None else tensor.narrow(*spec)
 
     def _fused_slice(self, param: torch.Tensor, target: str, part: int) -> torch.Tensor:
         if ".qkv_proj." in target:
