@@ -232,7 +232,6 @@ void Scheduler::preempt(SeqId sid) {
   ++num_preemptions_;
   remove_from(running_, sid);
   num_running_slots_ -= seq_cost(s);
-  s.table_has_pending = false;  // (never set here: a pending slot resolves before the next step)
   const std::vector<BlockId>& blocks = tables_.blocks(sid);
   if (config_.preemption_mode == PreemptionMode::kSwap && blocks.size() <= free_host_blocks_.size()) {
     for (BlockId b : blocks) {

@@ -49,9 +49,12 @@ class TensorParallel:
             return self.rank * count, count
         return self.rank * num_kv_heads // self.size, 1
 
+    def vocab_per_rank(self, vocab_size: int) -> int:
+        return -(-vocab_size // self.size)
+
     def vocab_range(self, vocab_size: int) -> tuple[int, int]:
         """[start, end) of this rank's vocabulary slice (the last slices may be shorter)."""
-        per_rank = -(-vocab_size // self.size)
+        per_rank = self.vocab_per_rank(vocab_size)
         start = min(self.rank * per_rank, vocab_size)
         return start, min(start + per_rank, vocab_size)
 
@@ -61,8 +64,7 @@ class TensorParallel:
 
     def gather_vocab(self, logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """logits: [rows, this rank's vocabulary slice] -> [rows, vocab_size] on every rank."""
-        per_rank = -(-vocab_size // self.size)
-        padded = logits.new_zeros(logits.shape[0], per_rank)
+        padded = logits.new_zeros(logits.shape[0], self.vocab_per_rank(vocab_size))
         padded[:, :logits.shape[1]] = logits
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded.contiguous(), group=self.group)
