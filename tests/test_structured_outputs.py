@@ -7,9 +7,11 @@ import re
 
 import jsonschema
 import pytest
+import torch
 from tiny_models import save_tiny_model
 
 from pagedcore import LLM, SamplingParams, StructuredOutputsParams
+from pagedcore.engine.structured_outputs import bounded_strings_as_patterns
 
 # Bounded values only: a random model would wander in a free string until max_tokens.
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "n", "color", "tags"],
@@ -94,6 +96,40 @@ def test_n_preemption_prefix_caching_and_async_scheduling_keep_greedy_outputs(tm
     _check("regex", results[0][1][1])
     _check("regex", results[0][2][1])
     _check("grammar", results[0][3][1])
+
+
+# Free strings bounded by length: xgrammar 0.2.x lets raw control characters into these (invalid JSON).
+BOUNDED = {"type": "object", "additionalProperties": False, "required": ["name", "tags", "note"],
+           "properties": {"name": {"type": "string", "maxLength": 40},
+                          "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 12},
+                                   "maxItems": 4},
+                          "note": {"type": ["string", "null"], "maxLength": 20}}}
+
+
+def test_length_bounded_strings_hold_no_raw_control_characters(tiny):
+    """Before bounded_strings_as_patterns, 4 of these 64 greedy outputs held a raw U+0002 or U+0019
+    that strict json.loads rejects (mlc-ai/xgrammar#800)."""
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 49000, (20,), generator=generator).tolist() for _ in range(64)]
+    params = SamplingParams(temperature=0, max_tokens=300,
+                            structured_outputs=StructuredOutputsParams(json=BOUNDED, disable_any_whitespace=True))
+    for output in tiny.generate(prompts, params, use_tqdm=False):
+        completion = output.outputs[0]
+        if completion.finish_reason == "stop":
+            jsonschema.validate(json.loads(completion.text), BOUNDED)  # strict: no raw control characters
+
+
+def test_bounded_strings_become_patterns_and_nothing_else_changes():
+    rewritten = bounded_strings_as_patterns(BOUNDED)
+    assert rewritten["properties"]["name"] == {"type": "string", "pattern": "^.{0,40}$"}
+    assert rewritten["properties"]["tags"]["items"] == {"type": "string", "pattern": "^.{1,12}$"}
+    assert rewritten["properties"]["note"] == {"type": ["string", "null"], "pattern": "^.{0,20}$"}
+    assert BOUNDED["properties"]["name"] == {"type": "string", "maxLength": 40}  # a copy
+    kept = {"type": "object", "properties": {
+        "a": {"type": "string", "maxLength": 3, "pattern": "^x+$"}, "b": {"type": "string", "enum": ["u", "v"]},
+        "c": {"type": "string", "format": "email", "maxLength": 30}, "d": {"type": "string"},
+        "maxLength": {"type": "integer", "maxLength": 2}}}
+    assert bounded_strings_as_patterns(kept) == kept
 
 
 def test_the_default_model_fills_a_pydantic_schema():

@@ -106,8 +106,8 @@ class GrammarCompiler:
         any_whitespace = not params.disable_any_whitespace
         try:
             if params.json is not None:
-                schema = params.json if isinstance(params.json, str) else json_module.dumps(params.json)
-                json_module.loads(schema)  # malformed JSON gets its own message
+                schema = json_module.loads(params.json) if isinstance(params.json, str) else params.json
+                schema = json_module.dumps(bounded_strings_as_patterns(schema))
                 return compiler.compile_json_schema(schema, any_whitespace=any_whitespace)
             if params.json_object:
                 # An object, not any JSON value (xgrammar's builtin grammar also allows arrays and
@@ -124,6 +124,31 @@ class GrammarCompiler:
             kind = params.key[0]
             detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
             raise ValueError(f"structured_outputs.{kind} cannot be compiled: {_strip_location(detail)}") from None
+
+
+def bounded_strings_as_patterns(schema):
+    """The schema with every string bounded by minLength / maxLength (and no pattern, format, enum or
+    const of its own) given the same bound as a pattern instead, `^.{min,max}$`; a copy.
+
+    xgrammar (0.2.x) compiles such a string to a repetition of any character but the quote, the
+    backslash, CR and LF, which admits the other raw control characters (U+0000-U+001F): the output is
+    not JSON (json.loads and pydantic reject it; mlc-ai/xgrammar#800). A pattern goes through its
+    JSON-string-aware regex, which excludes them; neither form emits escapes, so nothing else changes.
+    Other schemas are returned as they are."""
+    if isinstance(schema, list):
+        return [bounded_strings_as_patterns(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: bounded_strings_as_patterns(value) for key, value in schema.items()}
+    types = schema.get("type")
+    if ("string" in types if isinstance(types, list) else types == "string") \
+            and not any(key in schema for key in ("pattern", "format", "enum", "const")):
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        if ("minLength" in schema or "maxLength" in schema) and all(
+                isinstance(bound, int) and not isinstance(bound, bool) and bound >= 0 for bound in (low, high or 0)):
+            result["pattern"] = f"^.{{{low},{'' if high is None else high}}}$"
+            result.pop("minLength", None), result.pop("maxLength", None)  # the pattern holds them
+    return result
 
 
 def _strip_location(message: str) -> str:
