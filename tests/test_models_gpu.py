@@ -132,3 +132,38 @@ def test_overlapped_loop_gives_the_synchronous_loops_tokens_on_gpu(tmp_path, enf
         assert llm.scheduler.num_uncommitted_steps == 0 and llm.scheduler.stats().num_used_blocks == 0
     assert deferred[False] == 0 and deferred[True] > 0
     assert tokens[True] == tokens[False]
+
+
+def test_structured_outputs_of_a_random_model_fit_on_gpu(tmp_path):
+    """The grammar bitmask applied to the device's logits (CUDA graphs, overlapped loop): every output of
+    a random model (which never writes JSON by chance) under a schema, a regex and a choice fits it."""
+    import json
+    import re
+
+    from pagedcore import StructuredOutputsParams
+    from tiny_models import save_byte_tokenizer
+
+    vocab = save_byte_tokenizer(tmp_path)
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=vocab + 61)  # ids past the tokenizer's
+    schema = {"type": "object", "additionalProperties": False, "required": ["ok", "n", "color"],
+              "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 99},
+                             "color": {"enum": ["red", "green", "blue"]}}}
+    constraints = [StructuredOutputsParams(json=schema, disable_any_whitespace=True),
+                   StructuredOutputsParams(regex=r"[a-c]{3}-\d{2}"), StructuredOutputsParams(choice=["yes", "no way"])]
+    llm = LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16, max_model_len=256, verbose=False,
+              kv_cache_memory_bytes=64 << 20)
+    params = [SamplingParams(temperature=1.0, seed=i, max_tokens=100, structured_outputs=constraints[i % 3], n=1 + i % 2)
+              for i in range(24)]
+    outputs = llm.generate([f"request {i}" for i in range(24)], params, use_tqdm=False)
+    for i, output in enumerate(outputs):
+        for completion in output.outputs:
+            assert completion.finish_reason == "stop", completion.text
+            if i % 3 == 0:
+                value = json.loads(completion.text)
+                assert set(value) == {"ok", "n", "color"} and isinstance(value["ok"], bool), value
+                assert 0 <= value["n"] <= 99 and value["color"] in ("red", "green", "blue"), value
+            elif i % 3 == 1:
+                assert re.fullmatch(r"[a-c]{3}-\d{2}", completion.text), completion.text
+            else:
+                assert completion.text in ("yes", "no way"), completion.text
+    assert llm.scheduler.stats().num_used_blocks == 0

@@ -43,6 +43,23 @@ def save_tiny_model(directory: Path, model_type: str, *, seed: int = 0, with_tok
     return model
 
 
+def save_byte_tokenizer(directory: Path) -> int:
+    """Writes a byte-level tokenizer.json (ids 0-2: <unk>, <s>, </s>; then one token per byte, no merges)
+    that needs no default model (the GPU machine has none); returns its vocabulary size (259). Grammars
+    work with it token by token; pad the model's vocabulary above it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<unk>", "<s>", "</s>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(specials + sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(specials)
+    backend.save(str(directory / "tokenizer.json"))
+    return len(vocab)
+
+
 def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], torch.Tensor]:
     """HF greedy decoding of one prompt: (new token ids, raw logits [max_new_tokens, vocab])."""
     model.generation_config.eos_token_id = None  # run the full length, like ignore_eos
