@@ -54,3 +54,14 @@ def test_memory_simulation_paged_fits_more_sequences_than_contiguous():
     assert contiguous["utilization_at_peak"] <= 64 / 256
     assert paged["max_concurrent_seqs"] >= 8  # 512 slots / 64 tokens
     assert 0.5 < paged["utilization_at_peak"] <= 1.0
+
+
+def test_latency_server_args_add_to_the_presets():
+    """--server-args once replaced the preset's server flags (a GPU run lost --device cuda and
+    --load-format dummy, and the server exited with a usage error)."""
+    from pagedcore.bench import latency
+
+    preset = latency.PRESETS["gpu"]["server_args"]
+    args = latency.resolve_args(["--preset", "gpu", "--rates", "4", "--server-args", "--no-async-scheduling"])
+    assert args.server_args == [*preset, "--no-async-scheduling"] and args.rates == [4.0]
+    assert latency.resolve_args(["--preset", "cpu"]).server_args == latency.PRESETS["cpu"]["server_args"]

@@ -254,11 +254,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def resolve_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line with the preset's settings filled in; --server-args come after the preset's
+    own server flags (so they add to them, and win where they repeat one)."""
     args = parser().parse_args(argv)
+    extra, args.server_args = args.server_args or [], None
+    common.apply_preset(args, PRESETS)
+    args.server_args = [*args.server_args, *extra]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = resolve_args(argv)
     # A time limit's SIGTERM unwinds through run()'s `finally`, which stops the server it started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    common.apply_preset(args, PRESETS)
     payload = run(args, common.command_line(NAME, argv))
     common.report(payload, common.results_dir(NAME, args.out) / f"{NAME}_{payload['device_type']}", print_report, plot)
     return 0
