@@ -11,7 +11,7 @@ import torch
 from tiny_models import save_tiny_model
 
 from pagedcore import LLM, SamplingParams, StructuredOutputsParams
-from pagedcore.engine.structured_outputs import bounded_strings_as_patterns
+from pagedcore.engine.structured_outputs import bounded_strings_as_patterns, token_bitmasks, unpack_token_bitmasks
 
 # Bounded values only: a random model would wander in a free string until max_tokens.
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "n", "color", "tags"],
@@ -172,3 +172,26 @@ def test_uncompilable_constraints_name_the_problem(tiny, constraint, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         tiny.generate(["x"], SamplingParams(max_tokens=4, structured_outputs=constraint), use_tqdm=False)
     assert tiny.engine.has_unfinished() is False
+
+
+def test_packed_masks_unpack_to_xgrammars_own_masking(tiny):
+    """token_bitmasks (batch-filled, packed 32 a word) unpacked give exactly the tokens xgrammar's
+    apply_token_bitmask_inplace leaves finite, for matchers at different states, over a vocabulary
+    that is not a multiple of 32."""
+    import xgrammar
+
+    engine = tiny.engine
+    matchers = []
+    for constraint, prefix in [(CONSTRAINTS["json"], '{"ok": true'), (CONSTRAINTS["regex"], "ab"),
+                               (CONSTRAINTS["choice"], ""), (CONSTRAINTS["grammar"], "(1")]:
+        matcher = xgrammar.GrammarMatcher(engine.grammars.compile(constraint))
+        assert matcher.accept_string(prefix) if prefix else True
+        matchers.append(matcher)
+    vocab = engine.sampler.vocab_size - 5
+    allowed = unpack_token_bitmasks(token_bitmasks(matchers, vocab), vocab)
+    for row, matcher in enumerate(matchers):
+        single = xgrammar.allocate_token_bitmask(1, vocab)
+        matcher.fill_next_token_bitmask(single)
+        logits = torch.zeros(1, vocab)
+        xgrammar.apply_token_bitmask_inplace(logits, single)
+        assert torch.equal(allowed[row], logits[0].isfinite()) and 0 < int(allowed[row].sum()) < vocab

@@ -158,12 +158,27 @@ def _strip_location(message: str) -> str:
     return message
 
 
-def allowed_token_masks(matchers: list, vocab_size: int) -> torch.Tensor:
-    """bool [len(matchers), vocab_size] on the CPU: the tokens each matcher allows next."""
+_batch_matcher = None  # xgrammar.BatchGrammarMatcher: fills many rows' masks on its own threads
+
+
+def token_bitmasks(matchers: list, vocab_size: int, pin: bool = False) -> torch.Tensor:
+    """The tokens each matcher allows next, packed: int32 [len(matchers), ceil(vocab_size / 32)] on
+    the CPU (bit j of word w: token 32 w + j), in pinned memory when `pin` (for a non-blocking copy),
+    filled by xgrammar's batch filler (one call, several threads)."""
     import xgrammar
 
-    bitmask = xgrammar.allocate_token_bitmask(len(matchers), vocab_size)  # int32 [rows, ceil(vocab / 32)]
-    for row, matcher in enumerate(matchers):
-        matcher.fill_next_token_bitmask(bitmask, row)
-    bits = (bitmask[:, :, None] >> torch.arange(32, dtype=torch.int32)) & 1  # [rows, words, 32]
-    return bits.reshape(len(matchers), -1)[:, :vocab_size].bool()
+    global _batch_matcher
+    if _batch_matcher is None:
+        _batch_matcher = xgrammar.BatchGrammarMatcher()
+    shape = (len(matchers), (vocab_size + 31) // 32)
+    bitmask = torch.empty(shape, dtype=torch.int32, pin_memory=pin) if pin else torch.empty(shape, dtype=torch.int32)
+    _batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask)
+    return bitmask
+
+
+def unpack_token_bitmasks(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """bool [rows, vocab_size] of a token_bitmasks result, on the bitmask's device."""
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask[:, :, None] >> shifts) & 1  # [rows, words, 32]
+    return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
+

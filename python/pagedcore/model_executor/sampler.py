@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pagedcore.engine.sampling_params import SamplingParams, _processor_arity
-from pagedcore.engine.structured_outputs import allowed_token_masks
+from pagedcore.engine.structured_outputs import token_bitmasks, unpack_token_bitmasks
 
 
 def _takes_prompt(fn) -> bool:
@@ -130,14 +130,14 @@ class Sampler:
 
     def _apply_grammars(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
         """-inf on every token a structured output's grammar does not allow next. The masks are filled
-        on the host (while the forward pass runs) and reach the device in one non-blocking copy. A
+        on the host (while the forward pass runs) and reach the device packed, in one non-blocking copy. A
         finished grammar (its sequence ends at this step's commit) masks nothing: that token is dropped."""
         rows = [i for i, s in enumerate(states) if s.matcher is not None and not s.matcher.is_terminated()]
         if not rows:
             return logits
-        allowed = allowed_token_masks([states[i].matcher for i in rows], self.vocab_size)  # [rows, vocab] bool
-        if logits.is_cuda:
-            allowed = allowed.pin_memory().to(logits.device, non_blocking=True)
+        # Packed (32 tokens a word), copied as such and unpacked on the device.
+        packed = token_bitmasks([states[i].matcher for i in rows], self.vocab_size, pin=logits.is_cuda)
+        allowed = unpack_token_bitmasks(packed.to(logits.device, non_blocking=True), self.vocab_size)
         index = _host_tensor(rows, torch.long, logits.device)
         logits = logits.clone()
         logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
