@@ -143,3 +143,15 @@ def test_default_model_answers_through_the_openai_client():
         assert streamed == chat.choices[0].message.content
     finally:
         server.stop()
+
+
+def test_the_engine_thread_runs_with_a_short_switch_interval(tmp_path):
+    """While the server runs the GIL changes hands every 0.5 ms at most (the engine thread takes it back
+    after each step's wait, bench/RESULTS.md); the process's own setting comes back at shutdown."""
+    before = sys.getswitchinterval()
+    running = start_tiny_server(tmp_path)
+    try:
+        assert sys.getswitchinterval() <= 0.0005 < before
+    finally:
+        running.stop()
+    assert sys.getswitchinterval() == before

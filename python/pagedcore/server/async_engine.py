@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,11 @@ from pagedcore.server.metrics import ServerMetrics
 
 logger = logging.getLogger("pagedcore.server")
 _IDLE_WAIT_S = 0.5  # how long the idle engine thread sleeps between heartbeats
+# The engine thread waits for each step's tokens with the GIL released, then must take it back from
+# the event loop's thread; at Python's default switch interval (5 ms) that handoff cost the overlapped
+# loop 0.2-0.5 ms of ITL per step at 4-16 req/s. 0.5 ms took ITL p50 below the synchronous loop's
+# (bench/RESULTS.md, "The server's GIL handoff"). Set while the engine thread runs.
+_SWITCH_INTERVAL_S = 0.0005
 _DELIVERED = -1  # num_tokens_sent of a sequence whose final delta went out
 
 
@@ -124,12 +130,15 @@ class AsyncEngine:
         self._tracked: dict[int, _Tracked] = {}  # engine request id -> bookkeeping (engine thread only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="pagedcore-engine", daemon=True)
+        self._switch_interval: float | None = None  # the process's, while start() has lowered it
 
     # ---- event-loop side ---------------------------------------------------------------------
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._snapshot_stats()
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, _SWITCH_INTERVAL_S))
         self._thread.start()
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
@@ -137,6 +146,9 @@ class AsyncEngine:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
 
     def is_healthy(self) -> bool:
         """Alive, not failed, and the loop ticked recently (it ticks after every step and when idle)."""
