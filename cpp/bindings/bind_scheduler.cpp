@@ -179,6 +179,9 @@ void bind_scheduler(py::module_& m) {
           py::arg("layout"), py::arg("address"), py::arg("capacity"),
           "Writes the arrays into the int32 buffer at `address` (capacity elements), padding included.");
 
+  m.def("plan_layout", &plan_layout, py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_samples"),
+        py::arg("width"), py::arg("num_deferred"),
+        "The packed layout of a plan of these sizes (what StepPlan.packed_layout gives it).");
   m.def("decode_layout", &decode_layout, py::arg("num_seqs"), py::arg("width"),
         "The packed layout every decode-only plan padded to num_seqs rows and width columns gets.");
 

@@ -43,6 +43,15 @@ PackedPlanLayout packed_layout(const StepPlan& plan) {
   return layout_of(plan.num_seqs, plan.num_tokens, plan.num_samples(), plan.max_blocks_per_seq, plan.num_deferred());
 }
 
+PackedPlanLayout plan_layout(int num_seqs, int num_tokens, int num_samples, int width, int num_deferred) {
+  if (num_seqs < 0 || num_tokens < num_seqs || num_samples < 0 || width < 0 || num_deferred < 0 ||
+      num_deferred > num_tokens) {
+    throw std::invalid_argument("plan_layout: sizes must satisfy 0 <= num_seqs <= num_tokens, num_samples >= 0, "
+                                "width >= 0 and 0 <= num_deferred <= num_tokens");
+  }
+  return layout_of(num_seqs, num_tokens, num_samples, width, num_deferred);
+}
+
 PackedPlanLayout decode_layout(int num_seqs, int width) {
   if (num_seqs < 0 || width < 0) throw std::invalid_argument("decode_layout: num_seqs and width must be >= 0");
   // A decode row samples (one index per row) and may take its input from the previous step.

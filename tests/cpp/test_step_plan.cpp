@@ -51,6 +51,19 @@ TEST(StepPlan, PackedAtItsOwnSizesEveryArrayIsCopiedAtAnAlignedOffset) {
   EXPECT_EQ(max_context_len(plan), 17);
 }
 
+TEST(StepPlan, PlanLayoutOfAPlansSizesIsItsPackedLayout) {
+  const StepPlan plan = decode_plan();
+  const PackedPlanLayout own = packed_layout(plan);
+  const PackedPlanLayout rebuilt = plan_layout(plan.num_seqs, plan.num_tokens, plan.num_samples(),
+                                               plan.max_blocks_per_seq, plan.num_deferred());
+  EXPECT_EQ(rebuilt.size, own.size);
+  EXPECT_EQ(rebuilt.block_tables, own.block_tables);
+  EXPECT_EQ(rebuilt.deferred_input_samples, own.deferred_input_samples);
+  EXPECT_THROW(plan_layout(4, 3, 3, 2, 0), std::invalid_argument);  // more sequences than tokens
+  EXPECT_THROW(plan_layout(3, 3, 3, 2, 4), std::invalid_argument);  // more deferred inputs than tokens
+  EXPECT_THROW(plan_layout(3, 3, -1, 2, 0), std::invalid_argument);
+}
+
 TEST(StepPlan, PaddedDecodeLayoutFillsHarmlessRows) {
   const StepPlan plan = decode_plan();
   const PackedPlanLayout l = padded_decode_layout(plan, 5, 4);

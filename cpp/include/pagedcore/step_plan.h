@@ -84,6 +84,9 @@ struct PackedPlanLayout {
 
 // The plan's own sizes (no padding).
 PackedPlanLayout packed_layout(const StepPlan& plan);
+// The layout of a plan with these sizes (what packed_layout gives it): how a tensor-parallel worker
+// reads the packed plan the driver sends.
+PackedPlanLayout plan_layout(int num_seqs, int num_tokens, int num_samples, int width, int num_deferred);
 // The layout of any decode-only plan padded to `num_seqs` rows and `width` columns.
 PackedPlanLayout decode_layout(int num_seqs, int width);
 // Padded to `num_seqs` rows and `width` columns; throws std::invalid_argument unless the plan is

@@ -60,17 +60,19 @@ class DecodeGraphs:
             self.graphs[batch], self.buffers[batch], self.layouts[batch] = graph, buffer, layout
         torch.cuda.synchronize(device)
 
-    def can_run(self, plan) -> bool:
-        return (plan.num_decode_seqs == plan.num_seqs and plan.num_seqs <= self.max_batch
-                and plan.max_blocks_per_seq <= self.max_blocks_per_seq)
+    def batch_for(self, plan) -> int | None:
+        """The batch size of the graph that runs the plan (its padded batch), None when none can."""
+        if (plan.num_decode_seqs != plan.num_seqs or plan.num_seqs > self.max_batch
+                or plan.max_blocks_per_seq > self.max_blocks_per_seq):
+            return None
+        return next(b for b in self.batch_sizes if b >= plan.num_seqs)
 
-    def run(self, plan, uploader: PlanUploader, previous_tokens: torch.Tensor | None = None,
+    def run(self, plan, batch: int, layout, uploader: PlanUploader, previous_tokens: torch.Tensor | None = None,
             ) -> tuple[torch.Tensor, StepInputs]:
-        """plan: a decode-only StepPlan; previous_tokens: the previous step's sampled tokens, which its
-        deferred inputs take -> (hidden states [batch, hidden_size] of the padded batch, the step's
-        inputs as the graph read them)."""
-        batch = next(b for b in self.batch_sizes if b >= plan.num_seqs)
-        layout = plan.padded_decode_layout(batch, self.max_blocks_per_seq)
+        """plan: a decode-only StepPlan; batch, layout: batch_for(plan) and the plan's decode layout
+        padded to it; previous_tokens: the previous step's sampled tokens, which its deferred inputs
+        take -> (hidden states [batch, hidden_size] of the padded batch, the step's inputs as the graph
+        read them)."""
         inputs = uploader.upload(plan, layout, dst=self.buffers[batch])
         inputs.take_deferred_inputs(plan.num_deferred, previous_tokens)
         self.graphs[batch].replay()

@@ -47,16 +47,25 @@ class ModelRunner:
         if len(plan.copy_pairs):
             pairs = torch.from_numpy(np.array(plan.copy_pairs, dtype=np.int32).reshape(-1, 2)).to(self.device)
             ops.copy_blocks([c.key for c in self.kv_caches] + [c.value for c in self.kv_caches], pairs)
-        if self.graphs is not None and self.graphs.can_run(plan):
-            hidden, inputs = self.graphs.run(plan, self.uploader, previous_tokens)  # [padded batch, hidden_size]
+        layout, graph_batch = self.input_layout(plan)
+        if graph_batch is not None:
+            hidden, inputs = self.graphs.run(plan, graph_batch, layout, self.uploader, previous_tokens)  # [batch, hidden]
         else:
-            inputs = self.uploader.upload(plan, plan.packed_layout())
+            inputs = self.uploader.upload(plan, layout)
             inputs.take_deferred_inputs(plan.num_deferred, previous_tokens)
             hidden = self._run_eager(plan, inputs)  # [num_tokens, hidden_size]
         rows = inputs.logits_indices[:plan.num_samples]  # a graph's padded rows are not sampled
         if extra_rows is not None and len(extra_rows):
             rows = torch.cat([rows, self._to_device(np.asarray(extra_rows, dtype=np.int32))])
         return self.model.compute_logits(hidden[rows]).float()
+
+    def input_layout(self, plan) -> tuple[object, int | None]:
+        """(the packed layout the plan's arrays take on the device, the CUDA graph's batch size or None:
+        eager)."""
+        batch = self.graphs.batch_for(plan) if self.graphs is not None else None
+        if batch is None:
+            return plan.packed_layout(), None
+        return plan.padded_decode_layout(batch, self.graphs.max_blocks_per_seq), batch
 
     def _swap(self, swap_out_pairs: np.ndarray, swap_in_pairs: np.ndarray) -> None:
         """swap_out_pairs [n, 2] (device block, host block) run before swap_in_pairs [m, 2] (host, device):
