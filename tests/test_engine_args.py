@@ -67,7 +67,6 @@ def test_cli_values_reach_engine_args():
 
 
 @pytest.mark.parametrize("name,value,reason", [
-    ("tensor_parallel_size", 2, "tensor parallelism is not implemented yet"),
     ("pipeline_parallel_size", 2, "pipeline parallelism is not implemented"),
     ("enable_chunked_prefill", False, "pagedcore always chunks prefills"),
     ("kv_cache_dtype", "fp8", "an FP8 KV cache is not implemented yet"),
@@ -83,7 +82,7 @@ def test_vllm_values_that_pagedcore_honours_anyway_are_accepted():
     args = EngineArgs(tensor_parallel_size=1, pipeline_parallel_size=1, enable_chunked_prefill=True,
                       trust_remote_code=True, kv_cache_dtype="auto", quantization=None, disable_log_stats=True)
     assert args.tensor_parallel_size == 1 and args.enable_chunked_prefill is True
-    with pytest.raises(ValueError, match="tensor_parallel_size=True is not supported"):
+    with pytest.raises(ValueError, match="tensor_parallel_size must be an integer >= 1, got True"):
         EngineArgs(tensor_parallel_size=True)  # a bool is not the integer 1
 
 

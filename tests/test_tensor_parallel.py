@@ -5,14 +5,18 @@ so every rank samples the same greedy tokens), give exactly the greedy tokens of
 model in float32, on the Llama, Mistral, Qwen2 (qkv bias) and Qwen3 (qk-norm) test models,
 including fewer KV heads than ranks.
 
-This checks the sharded math; the executor that starts the ranks for LLM(tensor_parallel_size=N)
-is not built yet (LLM still refuses tensor_parallel_size above 1)."""
+Then the executor: LLM(tensor_parallel_size=N) starts N - 1 worker processes and gives the tokens of
+tensor_parallel_size=1 (prefix caching, preemption, n > 1, the overlapped loop); the server answers
+the openai client with TP=2; a worker that fails or dies fails requests with an error naming it and
+/health turns 503; no worker process outlives the driver (normal exit, worker exception, SIGTERM)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
+import time
 
 import pytest
 import torch
@@ -141,3 +145,180 @@ def test_each_rank_reads_only_its_slices(tmp_path):
     down_rank2 = rank2.model.layers[0].mlp.down_proj.weight
     assert torch.equal(down_rank2, down_full[:, 2 * down_rank2.shape[1]:])
     assert rank2.model.layers[0].self_attn.num_kv_heads == 1
+
+
+# ---- the executor: LLM(tensor_parallel_size=N) ------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids: list[int], timeout_s: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def _tp_llm(model_dir, size: int, **kwargs) -> LLM:
+    return LLM(str(model_dir), device="cpu", max_model_len=MAX_MODEL_LEN, block_size=BLOCK_SIZE, verbose=False,
+               tensor_parallel_size=size, **{"kv_cache_memory_bytes": 1 << 22, **kwargs})
+
+
+@pytest.mark.parametrize("model_type,size,overrides", [
+    ("llama", 2, {}),
+    ("mistral", 2, {}),
+    ("qwen2", 2, {}),
+    ("qwen3", 2, {}),
+    ("llama", 4, {}),
+    ("qwen2", 2, {"num_key_value_heads": 1}),
+])
+def test_llm_with_tensor_parallel_workers_gives_the_single_process_tokens(tmp_path, model_type, size, overrides):
+    save_tiny_model(tmp_path, model_type, with_tokenizer=False, vocab_size=509, **overrides)
+    prompts = _prompts(509)
+    params = [PARAMS, SamplingParams(temperature=0, max_tokens=12, n=2, ignore_eos=True),
+              SamplingParams(temperature=0.8, seed=3, max_tokens=12, ignore_eos=True), PARAMS]
+    # A pool of 10 blocks on every rank: the four prompts preempt; the shared 40-token prefix is cached.
+    kv_heads = overrides.get("num_key_value_heads", 2)
+    block_bytes = BLOCK_SIZE * 2 * 2 * 64 * 4  # per KV head: K+V x 2 layers x head_dim 64 x float32
+    tight = {"kv_cache_memory_bytes": 10 * block_bytes * max(1, kv_heads // size)}
+    whole = LLM(str(tmp_path), device="cpu", max_model_len=MAX_MODEL_LEN, block_size=BLOCK_SIZE, verbose=False,
+                kv_cache_memory_bytes=10 * block_bytes * kv_heads)
+    expected = [[c.token_ids for c in o.outputs] for o in whole.generate(prompts, params, use_tqdm=False)]
+    llm = _tp_llm(tmp_path, size, **tight)
+    try:
+        workers = llm.engine.runner.workers
+        assert len(workers.processes) == size - 1 and llm.scheduler.config.num_blocks == 10
+        got = [[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params, use_tqdm=False)]
+        assert got == expected
+        assert llm.scheduler.stats().num_preemptions > 0 and llm.scheduler.stats().num_used_blocks == 0
+        again = llm.generate(prompts[:1], PARAMS, use_tqdm=False)[0]  # the cached prefix, again
+        assert again.outputs[0].token_ids == expected[0][0] and again.num_cached_tokens >= 32
+        pids = [p.pid for p in workers.processes]
+    finally:
+        llm.shutdown()
+    assert not _wait_gone(pids)
+    assert not dist.is_initialized()
+
+
+def test_what_cannot_run_is_refused_before_any_process_starts(tmp_path, monkeypatch):
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=509)
+    with pytest.raises(ValueError, match="tensor_parallel_size=3 must divide the model's 4 attention heads"):
+        _tp_llm(tmp_path, 3)
+    assert not mp.active_children()
+
+    from pagedcore.engine.engine_args import EngineArgs
+    from pagedcore.model_executor.parallel import check_tensor_parallel
+
+    config = resolve_model(str(tmp_path)).config
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 needs 2 GPUs, one per rank; 1 visible"):
+        check_tensor_parallel(EngineArgs(tensor_parallel_size=2), config, torch.device("cuda"))
+    with pytest.raises(ValueError, match="runs rank r on cuda:r; pass device='cuda'"):
+        check_tensor_parallel(EngineArgs(tensor_parallel_size=2, device="cuda:1"), config, torch.device("cuda", 1))
+    monkeypatch.setattr(dist, "is_gloo_available", lambda: False)
+    with pytest.raises(ValueError, match="needs torch.distributed's gloo backend"):
+        check_tensor_parallel(EngineArgs(tensor_parallel_size=2), config, torch.device("cpu"))
+
+
+def test_a_worker_that_raises_or_dies_fails_requests_by_name_and_leaves_nothing(tmp_path):
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=509)
+    from pagedcore.model_executor.tp_executor import WorkerFailedError
+
+    # An exception in a worker: a step message it cannot read (command 99).
+    llm = _tp_llm(tmp_path, 2)
+    workers = llm.engine.runner.workers
+    pids = [p.pid for p in workers.processes]
+    bad = torch.zeros(16, dtype=torch.int64)
+    bad[0] = 99
+    dist.broadcast(bad, src=0)
+    with pytest.raises(WorkerFailedError, match="rank 1 failed while running a step: RuntimeError: unknown "
+                                                 "tensor-parallel command 99"):
+        llm.generate(_prompts(509)[:2], PARAMS, use_tqdm=False)
+    assert llm.scheduler.stats().num_used_blocks == 0  # the failed request's blocks went back
+    with pytest.raises(WorkerFailedError):  # and every later call fails the same way, at once
+        llm.generate(_prompts(509)[:1], PARAMS, use_tqdm=False)
+    llm.shutdown()
+    assert not _wait_gone(pids) and not dist.is_initialized()
+
+    # A worker killed mid-run.
+    llm = _tp_llm(tmp_path, 2)
+    worker = llm.engine.runner.workers.processes[0]
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(WorkerFailedError, match="worker rank 1 exited with code -9"):
+        llm.generate(_prompts(509), PARAMS, use_tqdm=False)
+    llm.shutdown()
+    assert not _wait_gone([worker.pid]) and not dist.is_initialized()
+
+
+_DRIVER = """
+import sys, time
+from pagedcore import LLM, SamplingParams
+llm = LLM(sys.argv[1], device="cpu", max_model_len=128, kv_cache_memory_bytes=1 << 22, verbose=False,
+          tensor_parallel_size=2)
+print(" ".join(str(p.pid) for p in llm.engine.runner.workers.processes), flush=True)
+llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4), use_tqdm=False)
+print("generated", flush=True)
+if sys.argv[2] == "wait":
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("ending", ["exit", "sigterm", "sigkill"])
+def test_no_worker_outlives_its_driver(tmp_path, ending):
+    """The driver exits normally (interpreter exit stops the workers), or is killed with SIGTERM or
+    SIGKILL (the workers see their parent gone and exit)."""
+    import subprocess
+    import sys
+
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=509)
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path), "exit" if ending == "exit" else "wait"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in driver.stdout.readline().split()]
+        assert len(pids) == 1 and _alive(pids[0])
+        assert driver.stdout.readline().strip() == "generated"
+        if ending != "exit":
+            driver.send_signal(signal.SIGTERM if ending == "sigterm" else signal.SIGKILL)
+        driver.wait(60)
+    finally:
+        driver.kill()
+    assert ending != "exit" or driver.returncode == 0
+    assert not _wait_gone(pids), f"worker outlived the driver ({ending})"
+
+
+def test_the_server_with_two_ranks_answers_the_openai_client_and_reports_a_dead_worker(tmp_path):
+    import httpx
+    import openai
+    from server_harness import RunningServer, write_chat_template
+
+    from pagedcore.server.app import ServerConfig
+
+    save_tiny_model(tmp_path, "llama")
+    write_chat_template(tmp_path)
+    llm = _tp_llm(tmp_path, 2)
+    server = RunningServer(llm, ServerConfig(model_name="tiny"))
+    try:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none")
+        reply = client.completions.create(model="tiny", prompt="hello there", max_tokens=8, temperature=0)
+        single = LLM(str(tmp_path), device="cpu", max_model_len=128, verbose=False, kv_cache_memory_bytes=1 << 22)
+        assert reply.choices[0].text == single.generate("hello there", SamplingParams(temperature=0, max_tokens=8),
+                                                       use_tqdm=False)[0].outputs[0].text
+        chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=6, stream=True)
+        assert sum(1 for chunk in chat if chunk.choices and chunk.choices[0].delta.content) > 0
+        assert httpx.get(f"{server.base_url}/health").status_code == 200
+
+        os.kill(llm.engine.runner.workers.processes[0].pid, signal.SIGKILL)
+        with pytest.raises(openai.APIError):
+            client.completions.create(model="tiny", prompt="hello", max_tokens=8, timeout=30)
+        server.wait_until(lambda: httpx.get(f"{server.base_url}/health").status_code == 503, what="/health 503")
+    finally:
+        server.stop()
+        llm.shutdown()
+    assert not dist.is_initialized()

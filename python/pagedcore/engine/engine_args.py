@@ -83,8 +83,8 @@ class EngineArgs:
     verbose: bool = _setting(True, "print the KV memory plan", cli=False)
     # vLLM's engine arguments whose other values pagedcore does not implement (yet): the values
     # listed in `only` are accepted (each is what pagedcore does anyway), the rest refused by name.
-    tensor_parallel_size: int = _setting(1, "GPUs to shard the model over", only=(1,),
-                                         why="tensor parallelism is not implemented yet")
+    tensor_parallel_size: int = _setting(1, "ranks to shard the model over (Megatron-style; one process and one "
+                                         "GPU each, NCCL; gloo on CPU)")
     pipeline_parallel_size: int = _setting(1, "pipeline stages", only=(1,),
                                            why="pipeline parallelism is not implemented")
     enable_chunked_prefill: bool | None = _setting(
@@ -113,9 +113,9 @@ class EngineArgs:
                 not isinstance(self.kv_cache_memory_bytes, int) or self.kv_cache_memory_bytes <= 0):
             raise ValueError(f"kv_cache_memory_bytes must be None or a positive integer, got "
                              f"{self.kv_cache_memory_bytes!r}")
-        for name in ("max_num_seqs", "max_num_batched_tokens"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             raise ValueError(f"max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")

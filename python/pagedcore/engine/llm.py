@@ -4,6 +4,7 @@ generate() and chat() run batches of prompts to completion and return outputs in
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from pagedcore import _core
 from pagedcore.tokenizers.chat_template import Message, render_chat
 from pagedcore.engine.engine import LLMEngine
 from pagedcore.engine.engine_args import EngineArgs
-from pagedcore.model_executor.kv_cache import allocate_kv_cache, blocks_per_seq, kv_budget_bytes, plan_kv_cache
-from pagedcore.loaders.model_loader import DEFAULT_MODEL, build_model, resolve_model
-from pagedcore.model_executor.model_runner import ModelRunner
+from pagedcore.model_executor.kv_cache import plan_kv_cache
+from pagedcore.loaders.model_loader import DEFAULT_MODEL, resolve_model
+from pagedcore.model_executor.parallel import TensorParallel, check_tensor_parallel
+from pagedcore.model_executor.tp_executor import TensorParallelRunner, WorkerGroup
+from pagedcore.model_executor.worker import build_runner, build_shard
 from pagedcore.engine.outputs import SCHEDULER_METRICS, Metric, RequestOutput
 from pagedcore.model_executor.sampler import Sampler
 from pagedcore.engine.sampling_params import SamplingParams
@@ -23,7 +26,12 @@ from pagedcore.tokenizers.loader import load_tokenizer
 from pagedcore.tokenizers.tokenizer import Tokenizer
 
 Prompt = str | list[int]
-PromptInput = Prompt | dict  # vLLM's TextPrompt {"prompt": str} and TokensPrompt {"prompt_token_ids": [...]}
+PromptInput = Prompt | dict
+_TP_TIMEOUT_S = 600.0  # the process group's: a collective waits this long for a peer  # vLLM's TextPrompt {"prompt": str} and TokensPrompt {"prompt_token_ids": [...]}
+
+
+def _size_text(num_bytes: int) -> str:
+    return f"{num_bytes / (1 << 30):.2f} GiB" if num_bytes >= 1 << 30 else f"{num_bytes / (1 << 20):.1f} MiB"
 
 
 def check_unicode(text: str) -> None:
@@ -41,6 +49,7 @@ class LLM:
         nearest valid name."""
         args = EngineArgs.from_kwargs(model=None if model is None else str(model), **kwargs)
         self.args = args
+        self._stop_workers = None  # weakref.finalize stopping the tensor-parallel workers, if any
         source = resolve_model(args.model, revision=args.revision, download_dir=args.download_dir)
         self.source_path = source.path  # HF directory or .gguf file
         config = source.config
@@ -51,34 +60,67 @@ class LLM:
             raise ValueError(f"head_dim {config.head_dim} is not supported by the kernels; supported: "
                              f"{', '.join(map(str, _core.SUPPORTED_HEAD_SIZES))}")
         self.tokenizer = self._load_tokenizer(args.tokenizer, source)
-        self.model = build_model(source, dtype=self.dtype, device=self.device, max_positions=self.max_model_len,
-                                 load_format=args.load_format, seed=args.seed)
 
-        budget = kv_budget_bytes(config, self.device, self.dtype,
-                                 gpu_memory_utilization=args.gpu_memory_utilization,
-                                 kv_cache_memory_bytes=args.kv_cache_memory_bytes,
-                                 max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
-        self.kv_plan = plan_kv_cache(config, block_size=args.block_size, dtype=self.dtype, budget_bytes=budget,
-                                     max_model_len=self.max_model_len)
-        if args.verbose:
-            print(f"[pagedcore] {self.kv_plan.summary()}", file=sys.stderr)
-        kv_caches = allocate_kv_cache(config, self.kv_plan.num_blocks, args.block_size, self.dtype, self.device)
-        mode, num_host_blocks = args.resolve_preemption(self.device, self.kv_plan.plan.bytes_per_block)
-        host_kv_caches = (allocate_kv_cache(config, num_host_blocks, args.block_size, self.dtype, torch.device("cpu"),
-                                            pin_memory=True) if num_host_blocks else None)
+        # Tensor parallelism: everything is checked before a worker starts; the workers load their
+        # shards while this process loads rank 0's.
+        size = args.tensor_parallel_size
+        workers = None
+        if size > 1:
+            backend = check_tensor_parallel(args, config, self.device)
+            workers = WorkerGroup(dict(args=args, source_path=str(source.path), device_type=self.device.type,
+                                       dtype=self.dtype, max_model_len=self.max_model_len, size=size, backend=backend,
+                                       timeout_s=_TP_TIMEOUT_S, cpu_threads=max(1, torch.get_num_threads() // size)))
+            self._stop_workers = weakref.finalize(self, workers.shutdown)  # also at interpreter exit
+        try:
+            shard = build_shard(args, source, self.device, self.dtype, self.max_model_len,
+                                TensorParallel(0, size) if workers else None)
+            self.model, self.kv_plan = shard.model, shard.kv_plan
+            num_blocks = shard.kv_plan.num_blocks
+            if workers:  # every rank gets the block count of the rank with the least memory
+                num_blocks = min([num_blocks] + [blocks for _, blocks, _ in workers.gather("ready")])
+                if num_blocks < shard.kv_plan.num_blocks:
+                    shard.kv_plan = self.kv_plan = plan_kv_cache(
+                        shard.config, block_size=args.block_size, dtype=self.dtype, max_model_len=self.max_model_len,
+                        budget_bytes=num_blocks * shard.kv_plan.plan.bytes_per_block)
+            if args.verbose:
+                print(f"[pagedcore] {self.kv_plan_summary(size)}", file=sys.stderr)
+            mode, num_host_blocks = args.resolve_preemption(self.device, self.kv_plan.plan.bytes_per_block)
+            if workers:
+                workers.build(num_blocks, num_host_blocks)
+            runner = build_runner(args, shard, num_blocks, num_host_blocks, self.device, self.dtype,
+                                  self.max_model_len)
+            if workers:
+                workers.gather("built")
+                runner = TensorParallelRunner(runner, workers)
+        except BaseException:
+            if workers:
+                workers.shutdown()
+            raise
 
         scheduler = _core.Scheduler(_core.SchedulerConfig(
-            num_blocks=self.kv_plan.num_blocks, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+            num_blocks=num_blocks, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=self.max_model_len,
             enable_prefix_caching=args.enable_prefix_caching, preemption_mode=mode, num_host_blocks=num_host_blocks))
-        runner = ModelRunner(self.model, kv_caches, self.device, host_kv_caches=host_kv_caches,
-                             max_num_seqs=args.max_num_seqs,
-                             max_blocks_per_seq=blocks_per_seq(self.max_model_len, args.block_size),
-                             use_cuda_graphs=not args.enforce_eager)
         generator = torch.Generator(device=self.device).manual_seed(args.seed)
         eos_ids = self.tokenizer.eos_token_ids if self.tokenizer is not None else config.eos_token_ids
         self.engine = LLMEngine(scheduler, runner, Sampler(config.vocab_size, generator), self.tokenizer,
                                 list(eos_ids), self.max_model_len, async_scheduling=args.async_scheduling)
+
+    def kv_plan_summary(self, size: int = 1) -> str:
+        """The KV memory plan as printed: per GPU (per rank on CPU), and in all over the tensor-parallel ranks."""
+        if size == 1:
+            return self.kv_plan.summary()
+        plan, unit = self.kv_plan.plan, "GPU" if self.device.type == "cuda" else "rank"
+        total = size * plan.num_blocks * plan.bytes_per_block
+        return (f"per {unit} (each of {size} tensor-parallel ranks holds the same blocks, as many as the rank with "
+                f"the least memory can): {self.kv_plan.summary()}; in all: {_size_text(total)} of KV cache over "
+                f"{size} {unit}s, {plan.token_capacity} tokens")
+
+    def shutdown(self) -> None:
+        """Stops the tensor-parallel worker processes (also done when the LLM is garbage collected and
+        at interpreter exit); the LLM cannot generate afterwards. Nothing to do without workers."""
+        if self._stop_workers is not None:
+            self._stop_workers()
 
     @property
     def scheduler(self) -> _core.Scheduler:

@@ -19,6 +19,33 @@ import torch
 import torch.distributed as dist
 
 
+def check_tensor_parallel(args, config, device: torch.device) -> str:
+    """Everything that would stop a tensor-parallel engine, checked before any process starts (one
+    ValueError naming the limit) -> the torch.distributed backend: nccl on CUDA, gloo on CPU."""
+    size = args.tensor_parallel_size
+    TensorParallel.check(config.num_attention_heads, config.num_key_value_heads, config.intermediate_size, size)
+    if not dist.is_available():
+        raise ValueError(f"tensor_parallel_size={size} needs torch.distributed, which this torch build lacks")
+    if dist.is_initialized():
+        raise ValueError(f"tensor_parallel_size={size}: torch.distributed is already initialized in this process "
+                         "(another tensor-parallel LLM still running? call its shutdown() first)")
+    if device.type == "cuda":
+        if str(args.device).startswith("cuda:"):
+            raise ValueError(f"tensor_parallel_size={size} runs rank r on cuda:r; pass device='cuda' or 'auto', "
+                             f"not {args.device!r} (choose GPUs with CUDA_VISIBLE_DEVICES)")
+        count = torch.cuda.device_count()
+        if count < size:
+            raise ValueError(f"tensor_parallel_size={size} needs {size} GPUs, one per rank; {count} visible")
+        if not dist.is_nccl_available():
+            raise ValueError(f"tensor_parallel_size={size} on CUDA needs torch.distributed's NCCL backend, which "
+                             "this torch build lacks")
+        return "nccl"
+    if not dist.is_gloo_available():
+        raise ValueError(f"tensor_parallel_size={size} on CPU needs torch.distributed's gloo backend, which this "
+                         "torch build lacks")
+    return "gloo"
+
+
 @dataclass(frozen=True)
 class TensorParallel:
     rank: int
