@@ -11,6 +11,7 @@
 #include "bindings.h"
 #include "pagedcore/kernels.h"
 #include "pagedcore/layer_kernels.h"
+#include "pagedcore/sampling.h"
 #include "pagedcore/supported.h"
 
 namespace py = pybind11;
@@ -173,6 +174,22 @@ void bind_kernels(py::module_& m) {
       py::arg("dtype"), py::arg("x"), py::arg("x_stride_token"), py::arg("residual"), py::arg("weight"),
       py::arg("out"), py::arg("num_tokens"), py::arg("hidden_size"), py::arg("eps"), py::arg("stream"),
       "residual += x (when residual != 0), then out = weight * rmsnorm(residual or x).");
+
+  m.def(
+      "sample_tokens",
+      [](uintptr_t scores, int64_t scores_stride, uintptr_t raw, int64_t raw_stride, uintptr_t inv_temperature,
+         uintptr_t noise, uintptr_t token_ids, uintptr_t logprobs, int num_rows, int vocab_size,
+         std::optional<int64_t> stream) {
+        SampleTokensArgs a{num_rows, vocab_size, ptr<const float>(scores), scores_stride, ptr<const float>(raw),
+                           raw_stride, ptr<const float>(inv_temperature), ptr<const int64_t>(noise),
+                           ptr<int64_t>(token_ids), ptr<float>(logprobs)};
+        py::gil_scoped_release release;
+        if (stream) sample_tokens_cuda(a, stream_of(*stream));
+        else sample_tokens_cpu(a);
+      },
+      py::arg("scores"), py::arg("scores_stride"), py::arg("raw"), py::arg("raw_stride"), py::arg("inv_temperature"),
+      py::arg("noise"), py::arg("token_ids"), py::arg("logprobs"), py::arg("num_rows"), py::arg("vocab_size"),
+      py::arg("stream"), "The fused sampling pass (pagedcore/sampling.h): each row's token and its raw logprob.");
 
   m.def(
       "silu_and_mul",

@@ -5,6 +5,7 @@
 
 #include "pagedcore/kernels.h"
 #include "pagedcore/layer_kernels.h"
+#include "pagedcore/sampling.h"
 
 namespace pagedcore {
 namespace {
@@ -26,6 +27,7 @@ std::string cuda_decode_attention_path(DType, int, int) { no_cuda(); }
 void add_rms_norm_cuda(const AddRMSNormArgs&, cudaStream_t) { no_cuda(); }
 void silu_and_mul_cuda(const SiluAndMulArgs&, cudaStream_t) { no_cuda(); }
 void qk_norm_rope_cuda(const QKNormRopeArgs&, cudaStream_t) { no_cuda(); }
+void sample_tokens_cuda(const SampleTokensArgs&, cudaStream_t) { no_cuda(); }
 std::string cuda_build_architectures() { return ""; }
 
 }  // namespace pagedcore

@@ -5,6 +5,7 @@
 
 #include "pagedcore/kernels.h"
 #include "pagedcore/layer_kernels.h"
+#include "pagedcore/sampling.h"
 #include "pagedcore/supported.h"
 
 namespace pagedcore {
@@ -97,6 +98,16 @@ void check_qk_norm_rope_args(const QKNormRopeArgs& a) {
   require((a.q_norm_weight == nullptr) == (a.k_norm_weight == nullptr),
           "q and k norms come together (Qwen3's qk-norm): give both weights or neither");
   require(a.eps >= 0.0f, "eps must be >= 0");
+}
+
+void check_sample_tokens_args(const SampleTokensArgs& a) {
+  require(a.num_rows >= 0, "sample_tokens: num_rows must be >= 0, got " + std::to_string(a.num_rows));
+  require(a.vocab_size > 0, "sample_tokens: vocab_size must be positive, got " + std::to_string(a.vocab_size));
+  require(a.scores_stride >= a.vocab_size && a.raw_stride >= a.vocab_size,
+          "sample_tokens: row strides (" + std::to_string(a.scores_stride) + ", " + std::to_string(a.raw_stride) +
+              ") must be >= vocab_size " + std::to_string(a.vocab_size));
+  require(a.num_rows == 0 || (a.scores && a.raw && a.inv_temperature && a.noise && a.token_ids && a.logprobs),
+          "sample_tokens: a pointer is null");
 }
 
 }  // namespace pagedcore

@@ -396,6 +396,34 @@ def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: to
     return out
 
 
+def sample_tokens(scores: torch.Tensor, inv_temperature: torch.Tensor, noise: torch.Tensor, vocab_size: int,
+                  raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused sampling pass: one read of each row chooses its token and computes its logprob.
+
+    scores: float32 [rows, >= vocab_size] (last dim contiguous), what the choice reads (-inf: never);
+    inv_temperature: float32 [rows], 0 = greedy (the first argmax of scores), else a Gumbel-max draw
+    from softmax(scores * inv_temperature); noise: int64 [rows, 3] = (Philox key, salt, offset) per
+    row: the noise of row r is a function of its triple and the vocabulary id only (pagedcore/philox.h);
+    raw: the raw logits the logprob is taken under (default: scores).
+    -> (token ids int64 [rows], float32 [rows] raw[token] - logsumexp(raw[:vocab_size]))."""
+    raw = scores if raw is None else raw
+    device = _check_same_device({"scores": scores, "raw": raw, "inv_temperature": inv_temperature, "noise": noise})
+    rows = scores.shape[0] if scores.dim() == 2 else -1
+    for name, t in (("scores", scores), ("raw", raw)):
+        if t.dtype != torch.float32 or t.dim() != 2 or t.shape[0] != rows or t.stride(1) != 1 or t.shape[1] < vocab_size:
+            raise ValueError(f"{name} must be float32 [rows, >= {vocab_size}] with a contiguous last dim, got "
+                             f"{t.dtype} {tuple(t.shape)} strides {t.stride()}")
+    if inv_temperature.dtype != torch.float32 or tuple(inv_temperature.shape) != (rows,) or not inv_temperature.is_contiguous():
+        raise ValueError(f"inv_temperature must be a contiguous float32 [{rows}] tensor")
+    if noise.dtype != torch.int64 or tuple(noise.shape) != (rows, 3) or not noise.is_contiguous():
+        raise ValueError(f"noise must be a contiguous int64 [{rows}, 3] tensor (key, salt, offset per row)")
+    token_ids = torch.empty(rows, dtype=torch.int64, device=device)
+    logprobs = torch.empty(rows, dtype=torch.float32, device=device)
+    _core.sample_tokens(scores.data_ptr(), scores.stride(0), raw.data_ptr(), raw.stride(0), inv_temperature.data_ptr(),
+                        noise.data_ptr(), token_ids.data_ptr(), logprobs.data_ptr(), rows, vocab_size, _stream(device))
+    return token_ids, logprobs
+
+
 def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """x: [num_tokens, 2 * intermediate] = [gate, up] (row stride free) -> silu(gate) * up
     [num_tokens, intermediate], rounded as ``F.silu(gate) * up`` rounds."""

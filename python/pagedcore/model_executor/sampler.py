@@ -6,9 +6,11 @@ output, presence and frequency on output), then greedy argmax, or temperature, t
 and a draw. Log-probabilities are those of the raw model distribution (before penalties and
 temperature); logprobs_of() gives them for any rows (the prompt's too).
 
-A draw uses the exponential-race trick (argmax of p / Exp(1) noise is a sample of p), with the
-noise taken from the sequence's own generator when its request has a seed, so a seeded
-sequence gives the same tokens whatever else shares its batch, and after preemption.
+Choosing is one fused pass over the logits (ops.sample_tokens): the greedy argmax, or a Gumbel-max
+draw at the row's temperature (after top-k / top-p / min-p have set what they exclude to -inf), and
+the chosen token's raw log-probability. The draw's noise is counter-based: a seeded sequence's is a
+function of its seed and its number of output tokens, so it gives the same tokens whatever else
+shares its batch, and after preemption; unseeded rows take the engine seed's stream.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pagedcore import ops
 from pagedcore.engine.sampling_params import SamplingParams, _processor_arity
 from pagedcore.engine.structured_outputs import token_bitmasks, unpack_token_bitmasks
 
@@ -32,7 +35,7 @@ class SequenceSamplingState:
     params: SamplingParams
     prompt_token_ids: list[int]
     output_token_ids: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None  # set when params.seed is not None
+    seed: int | None = None  # the sequence's noise key, set when params.seed is not None
     min_tokens_blocked: tuple[int, ...] = ()  # never sampled before min_tokens: stop ids (+ EOS unless ignored)
     bad_words: tuple[tuple[int, ...], ...] = ()  # SamplingParams.bad_words as token sequences
     matcher: object | None = None  # xgrammar.GrammarMatcher of the structured output, advanced per token
@@ -42,12 +45,9 @@ class SequenceSamplingState:
                device: torch.device, eos_token_ids: tuple[int, ...] = (),
                bad_words_token_ids: list[list[int]] = (), matcher=None) -> SequenceSamplingState:
         blocked = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(eos_token_ids))
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=device)
-            # Sibling sequences of one seeded request draw from distinct, reproducible streams.
-            generator.manual_seed((params.seed * 1_000_003 + seq_index) % (1 << 63))
-        return cls(params, prompt_token_ids, [], generator, blocked if params.min_tokens > 0 else (),
+        # Sibling sequences of one seeded request draw from distinct, reproducible streams.
+        seed = None if params.seed is None else (params.seed * 1_000_003 + seq_index) % (1 << 63)
+        return cls(params, prompt_token_ids, [], seed, blocked if params.min_tokens > 0 else (),
                    tuple(tuple(word) for word in bad_words_token_ids), matcher)
 
     def bad_word_bans(self) -> list[int]:
@@ -101,7 +101,8 @@ class SampledBatch:
 class Sampler:
     def __init__(self, vocab_size: int, generator: torch.Generator):
         self.vocab_size = vocab_size
-        self.generator = generator  # for rows of requests without a seed
+        self.key = generator.initial_seed() % (1 << 63)  # the noise key of rows of requests without a seed
+        self.num_draws = 0  # calls that drew unseeded rows: their noise offset
 
     def __call__(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> SamplerOutput:
         """logits: [num_samples, >= vocab_size] (padded vocab columns are dropped); one state per row."""
@@ -112,11 +113,9 @@ class Sampler:
         """As __call__, but the tokens stay on the device, their read-back started, not waited for
         (requests with logprobs still read their top-k entries back here)."""
         logits = logits[:, : self.vocab_size].float()
-        raw_log_norm = torch.logsumexp(logits, dim=-1)  # [num_samples]
         controlled = self._apply_logit_controls(self._apply_grammars(logits, states), states)
         processed = self._apply_penalties(self._mask_before_min_tokens(controlled, states), states)
-        token_ids = self._choose(processed, states)  # [num_samples] int64
-        sampled_logprobs = logits.gather(1, token_ids[:, None])[:, 0] - raw_log_norm
+        token_ids, sampled_logprobs = self._choose(processed, logits, states)  # [num_samples] each
         rows = [row for row, s in enumerate(states) if s.params.logprobs is not None]
         top_logprobs: list[dict[int, float] | None] = [None] * len(states)
         ranks: list[dict[int, int] | None] = [None] * len(states)
@@ -207,39 +206,43 @@ class Sampler:
             row_logits -= params.presence_penalty * (counts > 0).to(counts.dtype)
         return logits
 
-    def _choose(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
-        """logits: [num_samples, vocab] -> token ids [num_samples]. Which rows draw, and with which
-        settings, is known on the host: the only device data read back is the caller's token ids."""
-        token_ids = logits.argmax(dim=-1)
-        random_rows = [i for i, s in enumerate(states) if not s.params.is_greedy]
-        if not random_rows:
-            return token_ids
-        device = logits.device
-        every_row = len(random_rows) == len(states)
-        index = None if every_row else _host_tensor(random_rows, torch.long, device)
-        params = [states[i].params for i in random_rows]
-        probs = self._filtered_probs(logits if every_row else logits[index], params)  # [num_random, vocab]
-        unseeded = [j for j, i in enumerate(random_rows) if states[i].generator is None]
-        if len(unseeded) == len(random_rows):
-            noise = torch.empty_like(probs).exponential_(generator=self.generator)
-        else:
-            noise = torch.empty_like(probs)
-            if unseeded:
-                noise[_host_tensor(unseeded, torch.long, device)] = torch.empty(
-                    len(unseeded), probs.shape[1], device=device).exponential_(generator=self.generator)
-            for j, i in enumerate(random_rows):
-                if states[i].generator is not None:
-                    noise[j].exponential_(generator=states[i].generator)
-        drawn = (probs / noise).argmax(dim=-1)
-        if every_row:
-            return drawn
-        token_ids[index] = drawn
-        return token_ids
+    def _choose(self, scores: torch.Tensor, raw: torch.Tensor, states: list[SequenceSamplingState],
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """scores (processed logits), raw: [num_samples, vocab] -> (token ids int64, their raw
+        log-probabilities float32), in one fused pass. Which rows draw, with which settings and noise,
+        is known on the host: the only device data read back is the caller's token ids."""
+        if not states:
+            return (torch.empty(0, dtype=torch.int64, device=scores.device),
+                    torch.empty(0, dtype=torch.float32, device=scores.device))
+        inv_temperature = [0.0 if s.params.is_greedy else 1.0 / s.params.temperature for s in states]
+        filtered = [i for i, s in enumerate(states) if not s.params.is_greedy and self._filters(s.params)]
+        if filtered:
+            index = _host_tensor(filtered, torch.long, scores.device)
+            scores = scores.clone()
+            scores[index] = self._filtered_logits(scores[index], [states[i].params for i in filtered])
+            for i in filtered:
+                inv_temperature[i] = 1.0  # _filtered_logits divided by the temperature
+        noise = []
+        drew_unseeded = False
+        for row, state in enumerate(states):
+            if state.seed is not None:
+                noise.append((state.seed, 0, len(state.output_token_ids)))
+            else:
+                noise.append((self.key, row, self.num_draws))
+                drew_unseeded |= not state.params.is_greedy
+        self.num_draws += drew_unseeded
+        device = scores.device
+        return ops.sample_tokens(scores, _host_tensor(inv_temperature, torch.float32, device),
+                                 _host_tensor(noise, torch.int64, device), self.vocab_size, raw=raw)
+
+    def _filters(self, params: SamplingParams) -> bool:
+        return 0 < params.top_k < self.vocab_size or params.top_p < 1.0 or params.min_p > 0.0
 
     @staticmethod
-    def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        """logits: [rows, vocab] -> probabilities after temperature, top-k, top-p, min-p. The settings
-        reach the device in one non-blocking copy; which filters run is decided on the host."""
+    def _filtered_logits(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        """logits: [rows, vocab] -> logits / temperature with what top-k, top-p and min-p exclude at
+        -inf. The settings reach the device in one non-blocking copy; which filters run is decided
+        on the host."""
         device, vocab = logits.device, logits.shape[1]
         top_k = [min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params]
         settings = _host_tensor([[p.temperature, p.top_p, p.min_p, k - 1] for p, k in zip(params, top_k)],
@@ -255,12 +258,11 @@ class Sampler:
             mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # keeps at least the top token
             sorted_logits = sorted_logits.masked_fill(mass_before > settings[:, 1:2], float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-        probs = logits.softmax(dim=-1)
         if any(p.min_p > 0.0 for p in params):
-            threshold = settings[:, 2:3] * probs.max(dim=-1, keepdim=True).values
-            probs = probs.masked_fill(probs < threshold, 0.0)
-            probs = probs / probs.sum(dim=-1, keepdim=True)
-        return probs
+            # p < min_p * p_max  <=>  logit < max logit + log(min_p) (min_p 0: log 0 = -inf keeps all)
+            threshold = logits.max(dim=-1, keepdim=True).values + settings[:, 2:3].log()
+            logits = logits.masked_fill(logits < threshold, float("-inf"))
+        return logits
 
     @torch.inference_mode()
     def logprobs_of(self, logits: torch.Tensor, token_ids: torch.Tensor, num_top: list[int],
