@@ -47,8 +47,9 @@ __device__ __forceinline__ void add(LogSumExp& acc, float x) {
 __global__ void __launch_bounds__(kThreads)
     sample_tokens_kernel(int vocab_size, const float* __restrict__ scores, int64_t scores_stride,
                          const float* __restrict__ raw, int64_t raw_stride, const float* __restrict__ inv_temperature,
-                         const int64_t* __restrict__ noise, int64_t* __restrict__ token_ids,
-                         float* __restrict__ logprobs) {
+                         const int64_t* __restrict__ noise, const int32_t* __restrict__ allowed,
+                         int64_t allowed_stride, const int32_t* __restrict__ allowed_rows,
+                         int64_t* __restrict__ token_ids, float* __restrict__ logprobs) {
   const int r = blockIdx.x;
   const float* row_scores = scores + r * scores_stride;
   const float* row_raw = raw + r * raw_stride;
@@ -57,6 +58,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint64_t key = static_cast<uint64_t>(noise[3 * r]);
   const uint32_t salt = static_cast<uint32_t>(noise[3 * r + 1]);
   const uint64_t offset = static_cast<uint64_t>(noise[3 * r + 2]);
+  const int32_t* mask = allowed != nullptr && allowed_rows[r] >= 0 ? allowed + allowed_rows[r] * allowed_stride : nullptr;
   Best best{-INFINITY, 0x7fffffff};
   LogSumExp lse{-INFINITY, 0.0f};
   for (int group = threadIdx.x; group * 4 < vocab_size; group += kThreads) {
@@ -72,6 +74,7 @@ __global__ void __launch_bounds__(kThreads)
       if (v >= vocab_size) break;
       const float s = row_scores[v];
       add(lse, same ? s : row_raw[v]);
+      if (mask != nullptr && !((static_cast<uint32_t>(mask[v >> 5]) >> (v & 31)) & 1u)) continue;
       const float score = scale != 0.0f ? s * scale - logf(-logf(philox_uniform(bits.x[lane]))) : s;
       best = better(best, {score, v});
     }
@@ -104,7 +107,8 @@ void sample_tokens_cuda(const SampleTokensArgs& a, cudaStream_t stream) {
   check_sample_tokens_args(a);
   if (a.num_rows == 0) return;
   sample_tokens_kernel<<<a.num_rows, kThreads, 0, stream>>>(a.vocab_size, a.scores, a.scores_stride, a.raw,
-                                                             a.raw_stride, a.inv_temperature, a.noise, a.token_ids,
+                                                             a.raw_stride, a.inv_temperature, a.noise, a.allowed,
+                                                             a.allowed_stride, a.allowed_rows, a.token_ids,
                                                              a.logprobs);
   PAGEDCORE_CUDA_CHECK(cudaGetLastError());
 }

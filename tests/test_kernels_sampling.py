@@ -162,3 +162,37 @@ def test_bad_arguments_are_refused_by_name():
         ops.sample_tokens(scores, torch.zeros(3), torch.zeros(2, 3, dtype=torch.int64), 10)
     tokens, logprobs = ops.sample_tokens(torch.zeros(0, 10), torch.zeros(0), torch.zeros(0, 3, dtype=torch.int64), 10)
     assert tokens.shape == (0,) and logprobs.shape == (0,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_allowed_masks_restrict_the_choice_but_not_the_logprob(device):
+    """Packed masks (a grammar's): a masked row chooses only allowed ids, greedy or drawn, with the
+    logprob still under the raw logits; rows without a mask (-1) are untouched."""
+    generator = torch.Generator().manual_seed(11)
+    vocab = 1000
+    raw = torch.randn(4, vocab, generator=generator) * 3
+    allowed_ids = [torch.tensor([3, 500, 999]), torch.arange(40, 1000, 37)]
+    masks = torch.zeros(2, (vocab + 31) // 32 + 2, dtype=torch.int32)  # wider than needed
+    for m, ids in enumerate(allowed_ids):
+        for v in ids.tolist():
+            masks[m, v // 32] |= torch.tensor(1 << (v % 32), dtype=torch.int64).to(torch.int32)
+    allowed_rows = torch.tensor([0, -1, 1, 0], dtype=torch.int32)
+    inv_temperature = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    noise = torch.tensor([[1, 0, 0], [2, 1, 0], [3, 2, 0], [4, 3, 0]])
+    tokens, logprobs = ops.sample_tokens(raw.to(device), inv_temperature.to(device), noise.to(device), vocab,
+                                         allowed=masks.to(device), allowed_rows=allowed_rows.to(device))
+    scores = raw.clone()
+    for r, m in enumerate(allowed_rows.tolist()):
+        if m >= 0:
+            keep = torch.full((vocab,), float("-inf"))
+            keep[allowed_ids[m]] = 0.0
+            scores[r] += keep
+    want_tokens, want_logprobs, _ = reference(scores, raw, inv_temperature, noise, vocab)
+    assert tokens.tolist() == want_tokens
+    assert int(tokens[0]) in allowed_ids[0].tolist() and int(tokens[2]) in allowed_ids[1].tolist()
+    torch.testing.assert_close(logprobs.cpu().double(), torch.tensor(want_logprobs, dtype=torch.float64),
+                               atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="allowed and allowed_rows go together"):
+        ops.sample_tokens(raw, inv_temperature, noise, vocab, allowed=masks)
+    with pytest.raises(ValueError, match=r"allowed must be int32 \[masks, >= 32\]"):
+        ops.sample_tokens(raw, inv_temperature, noise, vocab, allowed=masks[:, :5], allowed_rows=allowed_rows)

@@ -195,3 +195,14 @@ def test_packed_masks_unpack_to_xgrammars_own_masking(tiny):
         logits = torch.zeros(1, vocab)
         xgrammar.apply_token_bitmask_inplace(logits, single)
         assert torch.equal(allowed[row], logits[0].isfinite()) and 0 < int(allowed[row].sum()) < vocab
+
+
+def test_top_p_and_top_k_are_taken_over_the_tokens_the_grammar_allows(tiny):
+    """top-p's mass is that of the allowed tokens (the mask comes first, as in vLLM): with the mask
+    applied after top-p, a random model's top tokens (never allowed JSON) would leave nothing."""
+    kinds = ["json", "regex", "choice"] * 4  # bounded: the digit grammar may run to max_tokens
+    params = [SamplingParams(temperature=1.0, top_p=0.3, top_k=20, seed=i, max_tokens=120,
+                             structured_outputs=CONSTRAINTS[k]) for i, k in enumerate(kinds)]
+    for kind, output in zip(kinds, tiny.generate([f"r{i}" for i in range(len(kinds))], params, use_tqdm=False)):
+        assert output.outputs[0].finish_reason == "stop", (kind, output.outputs[0].text)
+        _check(kind, output.outputs[0].text)

@@ -178,17 +178,19 @@ void bind_kernels(py::module_& m) {
   m.def(
       "sample_tokens",
       [](uintptr_t scores, int64_t scores_stride, uintptr_t raw, int64_t raw_stride, uintptr_t inv_temperature,
-         uintptr_t noise, uintptr_t token_ids, uintptr_t logprobs, int num_rows, int vocab_size,
-         std::optional<int64_t> stream) {
+         uintptr_t noise, uintptr_t allowed, int64_t allowed_stride, uintptr_t allowed_rows, uintptr_t token_ids,
+         uintptr_t logprobs, int num_rows, int vocab_size, std::optional<int64_t> stream) {
         SampleTokensArgs a{num_rows, vocab_size, ptr<const float>(scores), scores_stride, ptr<const float>(raw),
                            raw_stride, ptr<const float>(inv_temperature), ptr<const int64_t>(noise),
+                           ptr<const int32_t>(allowed), allowed_stride, ptr<const int32_t>(allowed_rows),
                            ptr<int64_t>(token_ids), ptr<float>(logprobs)};
         py::gil_scoped_release release;
         if (stream) sample_tokens_cuda(a, stream_of(*stream));
         else sample_tokens_cpu(a);
       },
       py::arg("scores"), py::arg("scores_stride"), py::arg("raw"), py::arg("raw_stride"), py::arg("inv_temperature"),
-      py::arg("noise"), py::arg("token_ids"), py::arg("logprobs"), py::arg("num_rows"), py::arg("vocab_size"),
+      py::arg("noise"), py::arg("allowed"), py::arg("allowed_stride"), py::arg("allowed_rows"), py::arg("token_ids"),
+      py::arg("logprobs"), py::arg("num_rows"), py::arg("vocab_size"),
       py::arg("stream"), "The fused sampling pass (pagedcore/sampling.h): each row's token and its raw logprob.");
 
   m.def(

@@ -17,6 +17,7 @@ void sample_tokens_cpu(const SampleTokensArgs& a) {
     const uint64_t key = static_cast<uint64_t>(a.noise[3 * r]);
     const uint32_t salt = static_cast<uint32_t>(a.noise[3 * r + 1]);
     const uint64_t offset = static_cast<uint64_t>(a.noise[3 * r + 2]);
+    const int32_t* mask = a.allowed && a.allowed_rows[r] >= 0 ? a.allowed + a.allowed_rows[r] * a.allowed_stride : nullptr;
     const float negative_infinity = -std::numeric_limits<float>::infinity();
     float best = negative_infinity;
     int64_t best_id = 0;
@@ -34,6 +35,7 @@ void sample_tokens_cpu(const SampleTokensArgs& a) {
       for (int lane = 0; lane < 4 && group * 4 + lane < a.vocab_size; ++lane) {
         const int v = group * 4 + lane;
         float score = scores[v];
+        if (mask && !((static_cast<uint32_t>(mask[v >> 5]) >> (v & 31)) & 1u)) continue;
         if (inv_temperature != 0.0f) {
           score = score * inv_temperature - std::log(-std::log(philox_uniform(bits.x[lane])));
         }

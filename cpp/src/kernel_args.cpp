@@ -108,6 +108,9 @@ void check_sample_tokens_args(const SampleTokensArgs& a) {
               ") must be >= vocab_size " + std::to_string(a.vocab_size));
   require(a.num_rows == 0 || (a.scores && a.raw && a.inv_temperature && a.noise && a.token_ids && a.logprobs),
           "sample_tokens: a pointer is null");
+  require(!a.allowed || (a.allowed_rows && a.allowed_stride >= (a.vocab_size + 31) / 32),
+          "sample_tokens: allowed masks need allowed_rows and at least ceil(vocab_size / 32) = " +
+              std::to_string((a.vocab_size + 31) / 32) + " words per mask, got " + std::to_string(a.allowed_stride));
 }
 
 }  // namespace pagedcore

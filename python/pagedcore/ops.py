@@ -397,17 +397,25 @@ def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: to
 
 
 def sample_tokens(scores: torch.Tensor, inv_temperature: torch.Tensor, noise: torch.Tensor, vocab_size: int,
-                  raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  raw: torch.Tensor | None = None, allowed: torch.Tensor | None = None,
+                  allowed_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused sampling pass: one read of each row chooses its token and computes its logprob.
 
     scores: float32 [rows, >= vocab_size] (last dim contiguous), what the choice reads (-inf: never);
     inv_temperature: float32 [rows], 0 = greedy (the first argmax of scores), else a Gumbel-max draw
     from softmax(scores * inv_temperature); noise: int64 [rows, 3] = (Philox key, salt, offset) per
     row: the noise of row r is a function of its triple and the vocabulary id only (pagedcore/philox.h);
-    raw: the raw logits the logprob is taken under (default: scores).
+    raw: the raw logits the logprob is taken under (default: scores); allowed: int32 [masks, >=
+    ceil(vocab_size / 32)] packed token bitmasks (a grammar's, bit j of word w = id 32 w + j) with
+    allowed_rows int32 [rows]: row r chooses only among allowed[allowed_rows[r]] (any id when < 0).
     -> (token ids int64 [rows], float32 [rows] raw[token] - logsumexp(raw[:vocab_size]))."""
     raw = scores if raw is None else raw
-    device = _check_same_device({"scores": scores, "raw": raw, "inv_temperature": inv_temperature, "noise": noise})
+    named = {"scores": scores, "raw": raw, "inv_temperature": inv_temperature, "noise": noise}
+    if (allowed is None) != (allowed_rows is None):
+        raise ValueError("allowed and allowed_rows go together")
+    if allowed is not None:
+        named |= {"allowed": allowed, "allowed_rows": allowed_rows}
+    device = _check_same_device(named)
     rows = scores.shape[0] if scores.dim() == 2 else -1
     for name, t in (("scores", scores), ("raw", raw)):
         if t.dtype != torch.float32 or t.dim() != 2 or t.shape[0] != rows or t.stride(1) != 1 or t.shape[1] < vocab_size:
@@ -417,10 +425,22 @@ def sample_tokens(scores: torch.Tensor, inv_temperature: torch.Tensor, noise: to
         raise ValueError(f"inv_temperature must be a contiguous float32 [{rows}] tensor")
     if noise.dtype != torch.int64 or tuple(noise.shape) != (rows, 3) or not noise.is_contiguous():
         raise ValueError(f"noise must be a contiguous int64 [{rows}, 3] tensor (key, salt, offset per row)")
+    words = (vocab_size + 31) // 32
+    if allowed is not None:
+        if allowed.dtype != torch.int32 or allowed.dim() != 2 or allowed.shape[1] < words or allowed.stride(1) != 1:
+            raise ValueError(f"allowed must be int32 [masks, >= {words}] with a contiguous last dim, got "
+                             f"{allowed.dtype} {tuple(allowed.shape)}")
+        if allowed_rows.dtype != torch.int32 or tuple(allowed_rows.shape) != (rows,) or not allowed_rows.is_contiguous():
+            raise ValueError(f"allowed_rows must be a contiguous int32 [{rows}] tensor")
+        if rows and allowed_rows.device.type == "cpu" and int(allowed_rows.max()) >= allowed.shape[0]:
+            raise ValueError(f"allowed_rows names a mask past the {allowed.shape[0]} given")
     token_ids = torch.empty(rows, dtype=torch.int64, device=device)
     logprobs = torch.empty(rows, dtype=torch.float32, device=device)
     _core.sample_tokens(scores.data_ptr(), scores.stride(0), raw.data_ptr(), raw.stride(0), inv_temperature.data_ptr(),
-                        noise.data_ptr(), token_ids.data_ptr(), logprobs.data_ptr(), rows, vocab_size, _stream(device))
+                        noise.data_ptr(), 0 if allowed is None else allowed.data_ptr(),
+                        0 if allowed is None else allowed.stride(0),
+                        0 if allowed_rows is None else allowed_rows.data_ptr(), token_ids.data_ptr(),
+                        logprobs.data_ptr(), rows, vocab_size, _stream(device))
     return token_ids, logprobs
 
 

@@ -24,6 +24,12 @@ struct SampleTokensArgs {
   int64_t raw_stride;          //   may be scores itself
   const float* inv_temperature;  // [num_rows]: 0 = greedy (argmax of scores), else scores are scaled by it
   const int64_t* noise;        // [num_rows, 3]: Philox key, salt (low 32 bits used), offset per row
+  // Optional allowed-token bitmasks (a grammar's): row r may choose only the ids whose bit is set in
+  // allowed[allowed_rows[r]] (bit j of word w: id 32 w + j), or any id when allowed_rows[r] < 0.
+  // Masks restrict the choice only, never the logprob's normalization. nullptr: no masks.
+  const int32_t* allowed;      // [num_masks, allowed_stride]
+  int64_t allowed_stride;      // words per mask, >= ceil(vocab_size / 32)
+  const int32_t* allowed_rows;  // [num_rows]
   int64_t* token_ids;          // [num_rows] out
   float* logprobs;             // [num_rows] out: raw[token] - logsumexp(raw)
 };

@@ -113,9 +113,18 @@ class Sampler:
         """As __call__, but the tokens stay on the device, their read-back started, not waited for
         (requests with logprobs still read their top-k entries back here)."""
         logits = logits[:, : self.vocab_size].float()
-        controlled = self._apply_logit_controls(self._apply_grammars(logits, states), states)
+        grammar_rows = [i for i, s in enumerate(states) if s.matcher is not None and not s.matcher.is_terminated()]
+        masks = None
+        if any(states[i].params.uses_logit_controls or (not states[i].params.is_greedy and self._filters(states[i].params))
+               for i in grammar_rows):
+            # Logits processors and top-k / top-p / min-p see the grammar's mask already applied
+            # (vLLM's order: top-p's mass is that of the allowed tokens).
+            logits_in = self._apply_grammars(logits, states, grammar_rows)
+        else:  # the choice applies the masks in its pass
+            logits_in, masks = logits, self._grammar_masks(states, grammar_rows, logits.device)
+        controlled = self._apply_logit_controls(logits_in, states)
         processed = self._apply_penalties(self._mask_before_min_tokens(controlled, states), states)
-        token_ids, sampled_logprobs = self._choose(processed, logits, states)  # [num_samples] each
+        token_ids, sampled_logprobs = self._choose(processed, logits, states, masks)  # [num_samples] each
         rows = [row for row, s in enumerate(states) if s.params.logprobs is not None]
         top_logprobs: list[dict[int, float] | None] = [None] * len(states)
         ranks: list[dict[int, int] | None] = [None] * len(states)
@@ -127,14 +136,26 @@ class Sampler:
                 top_logprobs[row], ranks[row] = entry, rank
         return SampledBatch(token_ids, sampled_logprobs, top_logprobs, ranks)
 
-    def _apply_grammars(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
-        """-inf on every token a structured output's grammar does not allow next. The masks are filled
-        on the host (while the forward pass runs) and reach the device packed, in one non-blocking copy. A
-        finished grammar (its sequence ends at this step's commit) masks nothing: that token is dropped."""
-        rows = [i for i, s in enumerate(states) if s.matcher is not None and not s.matcher.is_terminated()]
+    def _grammar_masks(self, states: list[SequenceSamplingState], rows: list[int], device: torch.device,
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The grammars' allowed tokens for the fused choice: (packed masks int32 [len(rows), words],
+        mask index per sampled row int32, -1 = none), filled on the host (while the forward pass
+        runs) and copied packed, without a host sync. A finished grammar (its sequence ends at this
+        step's commit) masks nothing: that token is dropped."""
+        if not rows:
+            return None
+        packed = token_bitmasks([states[i].matcher for i in rows], self.vocab_size, pin=device.type == "cuda")
+        index = [-1] * len(states)
+        for mask, row in enumerate(rows):
+            index[row] = mask
+        return packed.to(device, non_blocking=True), _host_tensor(index, torch.int32, device)
+
+    def _apply_grammars(self, logits: torch.Tensor, states: list[SequenceSamplingState], rows: list[int],
+                        ) -> torch.Tensor:
+        """-inf on every token a grammar does not allow next, in a copy of the logits (for requests
+        whose logits processors must see the mask)."""
         if not rows:
             return logits
-        # Packed (32 tokens a word), copied as such and unpacked on the device.
         packed = token_bitmasks([states[i].matcher for i in rows], self.vocab_size, pin=logits.is_cuda)
         allowed = unpack_token_bitmasks(packed.to(logits.device, non_blocking=True), self.vocab_size)
         index = _host_tensor(rows, torch.long, logits.device)
@@ -207,7 +228,7 @@ class Sampler:
         return logits
 
     def _choose(self, scores: torch.Tensor, raw: torch.Tensor, states: list[SequenceSamplingState],
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """scores (processed logits), raw: [num_samples, vocab] -> (token ids int64, their raw
         log-probabilities float32), in one fused pass. Which rows draw, with which settings and noise,
         is known on the host: the only device data read back is the caller's token ids."""
@@ -232,8 +253,10 @@ class Sampler:
                 drew_unseeded |= not state.params.is_greedy
         self.num_draws += drew_unseeded
         device = scores.device
+        allowed, allowed_rows = masks if masks is not None else (None, None)
         return ops.sample_tokens(scores, _host_tensor(inv_temperature, torch.float32, device),
-                                 _host_tensor(noise, torch.int64, device), self.vocab_size, raw=raw)
+                                 _host_tensor(noise, torch.int64, device), self.vocab_size, raw=raw,
+                                 allowed=allowed, allowed_rows=allowed_rows)
 
     def _filters(self, params: SamplingParams) -> bool:
         return 0 < params.top_k < self.vocab_size or params.top_p < 1.0 or params.min_p > 0.0
