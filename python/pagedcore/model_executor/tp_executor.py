@@ -138,7 +138,9 @@ class WorkerGroup:
         self.spec = WorkerSpec(**spec_fields, init_method=f"tcp://127.0.0.1:{_free_port()}")
         context = mp.get_context("spawn")
         self.processes, self.conns = [], []
+        self._inbox: dict[int, list[tuple]] = {}  # worker index -> messages read but not yet gathered
         self._stopped = False
+        self.in_step = False  # a step was sent and not finished: the ranks may sit in its collectives
         self.control = None  # the gloo group of the step messages (None: the default group is gloo)
         try:
             for rank in range(1, self.size):
@@ -180,25 +182,19 @@ class WorkerGroup:
     def gather(self, kind: str) -> list[tuple]:
         """Waits for every worker's next message of `kind` (WorkerFailedError if one fails or exits)."""
         replies: dict[int, tuple] = {}
-        while len(replies) < len(self.conns):
+        while True:
+            self.check()  # reads what arrived into the inbox; fails on an error or an exit
+            for i in range(len(self.conns)):
+                if i not in replies and self._inbox.get(i):
+                    message = self._inbox[i].pop(0)
+                    if message[0] != kind:
+                        self._fail(f"tensor-parallel worker rank {i + 1} sent {message[0]!r}, expected {kind!r}")
+                    replies[i] = message
+            if len(replies) == len(self.conns):
+                return [replies[i] for i in range(len(self.conns))]
             pending = [c for i, c in enumerate(self.conns) if i not in replies]
-            ready = wait(pending + [p.sentinel for p in self.processes], timeout=_STARTUP_TIMEOUT_S)
-            if not ready:
+            if not wait(pending + [p.sentinel for p in self.processes], timeout=_STARTUP_TIMEOUT_S):
                 self._fail(f"no answer from the tensor-parallel workers in {_STARTUP_TIMEOUT_S:.0f} s")
-            for i, conn in enumerate(self.conns):
-                if i in replies or conn not in ready:
-                    continue
-                try:
-                    message = conn.recv()
-                except EOFError:
-                    continue  # it exited: check() below says how
-                if message[0] == "error":
-                    self._fail(f"tensor-parallel worker rank {i + 1} failed {message[1]}", message[2])
-                if message[0] != kind:
-                    self._fail(f"tensor-parallel worker rank {i + 1} sent {message[0]!r}, expected {kind!r}")
-                replies[i] = message
-            self.check()
-        return [replies[i] for i in range(len(self.conns))]
 
     def build(self, num_blocks: int, num_host_blocks: int) -> None:
         for conn in self.conns:
@@ -209,6 +205,7 @@ class WorkerGroup:
     def send_step(self, plan, layout, extra_rows, previous_tokens) -> None:
         self.check()
         header, payload = encode(plan, layout, extra_rows, previous_tokens)
+        self.in_step = True  # until the driver's own shard has run it (TensorParallelRunner.execute)
         try:
             dist.broadcast(header, src=0, group=self.control)
             dist.broadcast(payload, src=0, group=self.control)
@@ -236,14 +233,17 @@ class WorkerGroup:
         self._fail(f"a tensor-parallel collective failed: {error}")
 
     def _collect_errors(self) -> None:
-        for rank, conn in enumerate(self.conns, start=1):
+        """Reads every message waiting on the pipes: an error fails the group, the others are kept
+        for gather()."""
+        for i, conn in enumerate(self.conns):
             try:
                 while conn.poll():
                     message = conn.recv()
                     if message[0] == "error":
-                        self._fail(f"tensor-parallel worker rank {rank} failed {message[1]}", message[2])
+                        self._fail(f"tensor-parallel worker rank {i + 1} failed {message[1]}", message[2])
+                    self._inbox.setdefault(i, []).append(message)
             except (EOFError, OSError):
-                pass
+                pass  # it exited: check() says how
 
     def _fail(self, message: str, detail: str | None = None) -> None:
         if self.error is None:
@@ -255,18 +255,20 @@ class WorkerGroup:
     # ---- shutdown --------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stops the workers (a stop message when they can take one, else terminate) and leaves the group."""
+        """Stops the workers (a stop message when they can take one, else terminate) and leaves the group.
+        Interrupted mid-step (Ctrl-C), the workers may wait in that step's collectives, where a stop
+        message would never match: they are terminated instead."""
         if self._stopped:
             return
         self._stopped = True
-        if self.error is None and dist.is_initialized():
+        if self.error is None and not self.in_step and dist.is_initialized():
             try:
                 header = torch.zeros(_HEADER, dtype=torch.int64)
                 header[0] = _STOP
                 dist.broadcast(header, src=0, group=self.control)
             except RuntimeError:
                 pass
-        WorkerGroup._stop_processes(self.processes, self.conns)
+        WorkerGroup._stop_processes(self.processes, self.conns, wait_s=10.0 if not self.in_step else 0.0)
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -301,7 +303,9 @@ class TensorParallelRunner:
         layout, _ = self.runner.input_layout(plan)
         self.workers.send_step(plan, layout, extra_rows, previous_tokens)
         try:
-            return self.runner.execute(plan, extra_rows, previous_tokens)
+            logits = self.runner.execute(plan, extra_rows, previous_tokens)
+            self.workers.in_step = False
+            return logits
         except WorkerFailedError:
             raise
         except RuntimeError as error:
