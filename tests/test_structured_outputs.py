@@ -66,6 +66,24 @@ def test_fifty_constrained_requests_of_a_random_model_all_fit(tiny):
         json.loads(free[0].outputs[0].text)
 
 
+def test_fifty_constrained_requests_of_the_default_model_all_fit():
+    """The default model (SmolLM2-135M-Instruct) at temperature 0.7: every output under a schema, a
+    regex, a choice or a grammar fits it; a schema's output is a complete object (finish "stop")."""
+    llm = LLM(max_model_len=512, verbose=False)
+    kinds = [kind for _ in range(10) for kind in ("json", "regex", "choice", "grammar", "json_object")]
+    prompts = [{"json": "Describe a task as JSON.", "regex": "Write a code like abc-12.", "choice": "Yes or no?",
+                "grammar": "Give a number in parentheses.", "json_object": "Reply with a JSON object."}[k] for k in kinds]
+    params = [SamplingParams(temperature=0.7, seed=i, max_tokens=96, structured_outputs=CONSTRAINTS[k])
+              for i, k in enumerate(kinds)]
+    outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
+    for kind, output in zip(kinds, outputs):
+        completion = output.outputs[0]
+        if kind in ("json", "regex", "choice"):  # bounded: always complete
+            assert completion.finish_reason == "stop", (kind, completion.text)
+        if completion.finish_reason == "stop":
+            _check(kind, completion.text)
+
+
 def test_ignore_eos_ends_where_the_grammar_is_complete(tiny):
     outputs = tiny.generate(["x"] * 3, SamplingParams(temperature=0.7, seed=5, max_tokens=200, ignore_eos=True,
                                                       structured_outputs=CONSTRAINTS["choice"]), use_tqdm=False)
