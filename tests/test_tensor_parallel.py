@@ -238,7 +238,7 @@ def test_a_worker_that_raises_or_dies_fails_requests_by_name_and_leaves_nothing(
     pids = [p.pid for p in workers.processes]
     bad = torch.zeros(16, dtype=torch.int64)
     bad[0] = 99
-    dist.broadcast(bad, src=0)
+    workers.ring.write(bad, None, workers.check)
     with pytest.raises(WorkerFailedError, match="rank 1 failed while running a step: RuntimeError: unknown "
                                                  "tensor-parallel command 99"):
         llm.generate(_prompts(509)[:2], PARAMS, use_tqdm=False)
@@ -358,3 +358,35 @@ def test_messages_read_while_checking_for_errors_are_not_lost(monkeypatch):
     time.sleep(0.1)
     with pytest.raises(tp_executor.WorkerFailedError, match="rank 1 failed while running a step: boom"):
         group.check()
+
+
+def test_messages_too_large_for_a_ring_slot_go_as_broadcasts(tmp_path, monkeypatch):
+    """A step message larger than a ring slot travels as a gloo broadcast (the header, in the ring,
+    says so); the tokens are the same either way."""
+    import pagedcore.engine.llm as llm_module
+
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=509)
+    expected = None
+    for slot_bytes in (None, 8 * 16 + 4 * 120):  # the default, then room for decode steps of a few rows only
+        if slot_bytes is not None:
+            monkeypatch.setattr(llm_module, "_ring_slot_bytes", lambda args, max_model_len: slot_bytes)
+        llm = _tp_llm(tmp_path, 2)
+        try:
+            sent, capacity = [], llm.engine.runner.workers.ring.capacity()
+            encode = llm.engine.runner.workers.send_step.__globals__["encode"]
+
+            def recording(*args):
+                header, payload = encode(*args)
+                sent.append(payload.numel() > capacity)
+                return header, payload
+
+            monkeypatch.setitem(llm.engine.runner.workers.send_step.__globals__, "encode", recording)
+            tokens = [o.outputs[0].token_ids for o in llm.generate(_prompts(509), PARAMS, use_tqdm=False)]
+        finally:
+            llm.shutdown()
+            monkeypatch.undo()
+        if expected is None:
+            expected = tokens
+            assert not any(sent)
+        else:
+            assert tokens == expected and any(sent) and not all(sent)

@@ -30,6 +30,16 @@ PromptInput = Prompt | dict
 _TP_TIMEOUT_S = 600.0  # the process group's: a collective waits this long for a peer  # vLLM's TextPrompt {"prompt": str} and TokensPrompt {"prompt_token_ids": [...]}
 
 
+def _ring_slot_bytes(args: EngineArgs, max_model_len: int) -> int:
+    """A step ring slot: the header and the largest packed plan (every row a token, max_num_seqs
+    sequences at the widest block table, every sequence deferred), with room for a few block-pair
+    lists and prompt-logprob rows, at most 4 MiB (8 slots: 32 MiB of /dev/shm); larger messages go as
+    broadcasts."""
+    tokens, seqs = args.max_num_batched_tokens, args.max_num_seqs
+    layout = _core.plan_layout(min(seqs, tokens), tokens, tokens, -(-max_model_len // args.block_size), tokens)
+    return min(8 * 16 + 4 * (layout.size + 2 * tokens + 4096), 4 << 20)
+
+
 def _size_text(num_bytes: int) -> str:
     return f"{num_bytes / (1 << 30):.2f} GiB" if num_bytes >= 1 << 30 else f"{num_bytes / (1 << 20):.1f} MiB"
 
@@ -69,7 +79,8 @@ class LLM:
             backend = check_tensor_parallel(args, config, self.device)
             workers = WorkerGroup(dict(args=args, source_path=str(source.path), device_type=self.device.type,
                                        dtype=self.dtype, max_model_len=self.max_model_len, size=size, backend=backend,
-                                       timeout_s=_TP_TIMEOUT_S, cpu_threads=max(1, torch.get_num_threads() // size)))
+                                       timeout_s=_TP_TIMEOUT_S, cpu_threads=max(1, torch.get_num_threads() // size)),
+                                  ring_slot_bytes=_ring_slot_bytes(args, self.max_model_len))
             self._stop_workers = weakref.finalize(self, workers.shutdown)  # also at interpreter exit
         try:
             shard = build_shard(args, source, self.device, self.dtype, self.max_model_len,

@@ -1,13 +1,15 @@
 """The tensor-parallel executor: the driver (rank 0, the LLM's process: scheduler, sampler, engine)
 and N - 1 worker processes it starts, supervises and stops (torch.multiprocessing spawn).
 
-Each step the driver sends the plan to the workers as one message on a gloo group (the default
-group on CPU, a second one beside NCCL on CUDA): a fixed header of sizes, then one int32 buffer
-holding the plan packed in the layout every rank uploads (the same CUDA graph or eager layout: the
-runners are configured alike), its swap / copy pairs and the extra logits rows. When the plan has
-deferred inputs, the previous step's sampled tokens follow as a broadcast on the model's group
-(on the device under NCCL: no host sync). Then every rank runs its shard; the model's all-reduces
-and the logits' all-gather are the only other traffic. Only the driver samples.
+Each step the driver sends the plan to the workers as one message through a shared-memory ring
+(StepRing): a fixed header of sizes, then one int32 buffer holding the plan packed in the layout
+every rank uploads (the same CUDA graph or eager layout: the runners are configured alike), its swap
+/ copy pairs and the extra logits rows. A message too large for a slot goes as a gloo broadcast
+instead (the header says so). bench/bench_tp_message.py measured the ring at about a tenth of the
+broadcast's cost per step. When the plan has deferred inputs, the previous step's sampled tokens
+follow as a broadcast on the model's group (on the device under NCCL: no host sync). Then every rank
+runs its shard; the model's all-reduces and the logits' all-gather are the only other traffic. Only
+the driver samples.
 
 Failure: a worker that raises reports the error over its pipe and exits; one that dies is seen by
 its exit code. The driver then fails the step (and every later one) with WorkerFailedError naming
@@ -36,7 +38,7 @@ from pagedcore.model_executor.model_runner import ModelRunner
 _STEP, _STOP = 1, 2
 _HEADER = 16  # int64: command, num_seqs, num_tokens, num_samples, width, num_deferred, num_decode_seqs,
 #               max_query_len, max_context_len, packed size, swap outs, swap ins, copies, extra rows,
-#               previous tokens, unused
+#               previous tokens, payload sent as a broadcast (too large for a ring slot)
 _STARTUP_TIMEOUT_S = 3600.0  # loading a large shard may take long; a dead worker is seen at once
 
 
@@ -99,22 +101,94 @@ def encode(plan, layout, extra_rows: np.ndarray | None, previous_tokens: torch.T
     return header, payload
 
 
-def serve_steps(runner: ModelRunner, device: torch.device, control) -> None:
+class StepRing:
+    """A shared-memory ring of step messages from the driver to every worker: `slots` slots of
+    `slot_bytes` each. Per worker two semaphores order it (their release / acquire are the memory
+    barriers): `ready` counts messages written and not yet read, `credits` the slots it has freed.
+    The driver takes one credit per worker before writing a slot (waiting only when a worker is a
+    whole ring behind) and releases each worker's `ready`; a worker waits on its `ready` (asleep, not
+    spinning), copies the message out and gives the credit back."""
+
+    SLOTS = 8
+
+    def __init__(self, slot_bytes: int, num_workers: int, context, name: str | None = None):
+        from multiprocessing import shared_memory
+
+        self.slot_bytes = slot_bytes
+        self.memory = shared_memory.SharedMemory(name=name, create=name is None, size=self.SLOTS * slot_bytes)
+        self.name = self.memory.name
+        if name is None:
+            self.ready = [context.Semaphore(0) for _ in range(num_workers)]
+            self.credits = [context.Semaphore(self.SLOTS) for _ in range(num_workers)]
+        self.sent = 0  # messages written (driver) / read (worker)
+
+    def __getstate__(self):  # crosses the spawn: the name and the semaphores, not the mapping
+        return {"slot_bytes": self.slot_bytes, "name": self.name, "ready": self.ready, "credits": self.credits}
+
+    def __setstate__(self, state):
+        from multiprocessing import shared_memory
+
+        self.__dict__.update(state)
+        self.memory = shared_memory.SharedMemory(name=state["name"])
+        self.sent = 0
+
+    def capacity(self) -> int:
+        """int32 payload elements a slot holds beside the header."""
+        return (self.slot_bytes - 8 * _HEADER) // 4
+
+    def write(self, header: torch.Tensor, payload: torch.Tensor | None, alive) -> None:
+        """Writes a message (payload None: the header alone); alive() raises when a worker is gone,
+        checked while waiting for a slot."""
+        for credits in self.credits:
+            while not credits.acquire(timeout=0.1):
+                alive()
+        base = (self.sent % self.SLOTS) * self.slot_bytes
+        np.ndarray((_HEADER,), dtype=np.int64, buffer=self.memory.buf, offset=base)[:] = header.numpy()
+        if payload is not None:
+            np.ndarray((payload.numel(),), dtype=np.int32, buffer=self.memory.buf,
+                       offset=base + 8 * _HEADER)[:] = payload.numpy()
+        self.sent += 1
+        for ready in self.ready:
+            ready.release()
+
+    def read(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """A worker's next message: (header, the payload the header announces, empty when it is not in
+        the slot), both copies."""
+        self.ready[rank - 1].acquire()
+        base = (self.sent % self.SLOTS) * self.slot_bytes
+        header = np.ndarray((_HEADER,), dtype=np.int64, buffer=self.memory.buf, offset=base).copy()
+        size = _payload_size(header) if header[0] == _STEP and header[15] == 0 else 0
+        payload = np.ndarray((size,), dtype=np.int32, buffer=self.memory.buf, offset=base + 8 * _HEADER).copy()
+        self.sent += 1
+        self.credits[rank - 1].release()
+        return header, payload
+
+    def close(self, unlink: bool) -> None:
+        self.memory.close()
+        if unlink:
+            self.memory.unlink()
+
+
+def _payload_size(header: np.ndarray) -> int:
+    return int(header[9] + 2 * header[10:13].sum() + header[13])
+
+
+def serve_steps(runner: ModelRunner, device: torch.device, ring: StepRing, rank: int, control) -> None:
     """A worker's loop: receive a step, run this rank's shard of it; until the driver says stop."""
-    header = torch.empty(_HEADER, dtype=torch.int64)
     while True:
-        dist.broadcast(header, src=0, group=control)
-        if int(header[0]) == _STOP:
+        header, payload = ring.read(rank)
+        if header[0] == _STOP:
             return
-        if int(header[0]) != _STEP:
+        if header[0] != _STEP:
             raise RuntimeError(f"unknown tensor-parallel command {int(header[0])}")
-        values = header.numpy()
-        payload = torch.empty(int(values[9] + 2 * values[10:13].sum() + values[13]), dtype=torch.int32)
-        dist.broadcast(payload, src=0, group=control)
-        plan = PlanView(values, payload.numpy())
+        if header[15]:  # too large for a slot: it follows as a broadcast
+            received = torch.empty(_payload_size(header), dtype=torch.int32)
+            dist.broadcast(received, src=0, group=control)
+            payload = received.numpy()
+        plan = PlanView(header, payload)
         previous = None
-        if values[14]:
-            previous = torch.empty(int(values[14]), dtype=torch.int64, device=device)
+        if header[14]:
+            previous = torch.empty(int(header[14]), dtype=torch.int64, device=device)
             dist.broadcast(previous, src=0)
         runner.execute(plan, plan.extra_rows, previous)
 
@@ -129,14 +203,16 @@ class WorkerGroup:
     """The driver's handle on ranks 1..N-1: starts them, joins the process group as rank 0, agrees on
     the block count, sends step messages and stops them (also at interpreter exit)."""
 
-    def __init__(self, spec_fields: dict):
-        """spec_fields: the WorkerSpec's fields but init_method (chosen here)."""
+    def __init__(self, spec_fields: dict, ring_slot_bytes: int):
+        """spec_fields: the WorkerSpec's fields but init_method (chosen here); ring_slot_bytes: a step
+        ring slot's size (larger messages go as broadcasts)."""
         from pagedcore.model_executor.worker import WorkerSpec, worker_main
 
         self.size, self.backend = spec_fields["size"], spec_fields["backend"]
         self.error: str | None = None
         self.spec = WorkerSpec(**spec_fields, init_method=f"tcp://127.0.0.1:{_free_port()}")
         context = mp.get_context("spawn")
+        self.ring = StepRing(ring_slot_bytes, self.size - 1, context)
         self.processes, self.conns = [], []
         self._inbox: dict[int, list[tuple]] = {}  # worker index -> messages read but not yet gathered
         self._stopped = False
@@ -145,7 +221,7 @@ class WorkerGroup:
         try:
             for rank in range(1, self.size):
                 parent, child = context.Pipe()
-                process = context.Process(target=worker_main, args=(rank, self.spec, child, os.getpid()),
+                process = context.Process(target=worker_main, args=(rank, self.spec, child, os.getpid(), self.ring),
                                           name=f"pagedcore-tp-worker-{rank}", daemon=True)
                 process.start()
                 child.close()
@@ -206,9 +282,12 @@ class WorkerGroup:
         self.check()
         header, payload = encode(plan, layout, extra_rows, previous_tokens)
         self.in_step = True  # until the driver's own shard has run it (TensorParallelRunner.execute)
+        oversized = payload.numel() > self.ring.capacity()
+        header[15] = int(oversized)
         try:
-            dist.broadcast(header, src=0, group=self.control)
-            dist.broadcast(payload, src=0, group=self.control)
+            self.ring.write(header, None if oversized else payload, self.check)
+            if oversized:
+                dist.broadcast(payload, src=0, group=self.control)
             if int(header[14]):
                 dist.broadcast(previous_tokens[:int(header[14])].contiguous(), src=0)
         except RuntimeError as error:
@@ -261,14 +340,16 @@ class WorkerGroup:
         if self._stopped:
             return
         self._stopped = True
-        if self.error is None and not self.in_step and dist.is_initialized():
+        clean = self.error is None and not self.in_step
+        if clean:
+            header = torch.zeros(_HEADER, dtype=torch.int64)
+            header[0] = _STOP
             try:
-                header = torch.zeros(_HEADER, dtype=torch.int64)
-                header[0] = _STOP
-                dist.broadcast(header, src=0, group=self.control)
-            except RuntimeError:
-                pass
-        WorkerGroup._stop_processes(self.processes, self.conns, wait_s=10.0 if not self.in_step else 0.0)
+                self.ring.write(header, None, self.check)
+            except WorkerFailedError:
+                clean = False
+        WorkerGroup._stop_processes(self.processes, self.conns, wait_s=10.0 if clean else 0.0)
+        self.ring.close(unlink=True)
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -92,9 +92,10 @@ def _exit_with_parent(parent_pid: int) -> None:
         time.sleep(0.2)
 
 
-def worker_main(rank: int, spec: WorkerSpec, conn, parent_pid: int) -> None:
+def worker_main(rank: int, spec: WorkerSpec, conn, parent_pid: int, ring) -> None:
     """A worker process: joins the group, builds its rank, reports its block count, allocates what the
-    driver decided, then executes step messages until told to stop. Failures go back over `conn`."""
+    driver decided, then executes the step messages of `ring` (tp_executor.StepRing) until told to
+    stop. Failures go back over `conn`."""
     import datetime
 
     import torch.distributed as dist
@@ -121,7 +122,7 @@ def worker_main(rank: int, spec: WorkerSpec, conn, parent_pid: int) -> None:
         runner = build_runner(spec.args, shard, num_blocks, num_host_blocks, device, spec.dtype, spec.max_model_len)
         conn.send(("built",))
         stage = "running a step"
-        tp_executor.serve_steps(runner, device, control)
+        tp_executor.serve_steps(runner, device, ring, rank, control)
     except Exception as error:  # reported to the driver, which fails its requests with it
         try:
             conn.send(("error", f"while {stage}: {type(error).__name__}: {error}", traceback.format_exc()))
@@ -129,5 +130,6 @@ def worker_main(rank: int, spec: WorkerSpec, conn, parent_pid: int) -> None:
             pass
         raise SystemExit(1) from None
     finally:
+        ring.close(unlink=False)
         if dist.is_initialized():
             dist.destroy_process_group()
