@@ -390,3 +390,15 @@ def test_messages_too_large_for_a_ring_slot_go_as_broadcasts(tmp_path, monkeypat
             assert not any(sent)
         else:
             assert tokens == expected and any(sent) and not all(sent)
+
+
+def test_dummy_weights_run_with_two_ranks(tmp_path):
+    """load_format="dummy" (the benchmarks' random weights at a real shape) builds each rank's shard."""
+    save_tiny_model(tmp_path, "qwen3", with_tokenizer=False, vocab_size=509)
+    llm = _tp_llm(tmp_path, 2, load_format="dummy")
+    try:
+        output = llm.generate([[5, 6, 7]], PARAMS, use_tqdm=False)[0].outputs[0]
+        assert len(output.token_ids) == PARAMS.max_tokens
+        assert llm.engine.runner.runner.model.model.layers[0].self_attn.num_heads == 2  # 4 heads over 2 ranks
+    finally:
+        llm.shutdown()
