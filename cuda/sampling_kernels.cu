@@ -75,7 +75,8 @@ __global__ void __launch_bounds__(kThreads)
       const float s = row_scores[v];
       add(lse, same ? s : row_raw[v]);
       if (mask != nullptr && !((static_cast<uint32_t>(mask[v >> 5]) >> (v & 31)) & 1u)) continue;
-      const float score = scale != 0.0f ? s * scale - logf(-logf(philox_uniform(bits.x[lane]))) : s;
+      // __fmul_rn: no fused multiply-add, so the score rounds as the CPU's does.
+      const float score = scale != 0.0f ? __fmul_rn(s, scale) - logf(-logf(philox_uniform(bits.x[lane]))) : s;
       best = better(best, {score, v});
     }
   }

@@ -35,8 +35,9 @@ def gumbel(key: int, salt: int, offset: int, vocab: int) -> np.ndarray:
     counter = np.stack([groups, np.full_like(groups, salt & 0xFFFFFFFF), np.full_like(groups, offset & 0xFFFFFFFF),
                         np.full_like(groups, (offset >> 32) & 0xFFFFFFFF)], axis=1)
     bits = philox(counter, (key & 0xFFFFFFFF, (key >> 32) & 0xFFFFFFFF)).reshape(-1)[:vocab]
-    u = ((bits >> np.uint64(8)).astype(np.float64) + 0.5) / 16777216.0
-    return -np.log(-np.log(u))
+    u = ((bits >> np.uint64(9)).astype(np.float32) + np.float32(0.5)) * np.float32(1 / 8388608)  # as the kernel
+    assert (u < 1).all() and (u > 0).all()
+    return -np.log(-np.log(u.astype(np.float64)))
 
 
 def reference(scores, raw, inv_temperature, noise, vocab):
@@ -196,3 +197,32 @@ def test_allowed_masks_restrict_the_choice_but_not_the_logprob(device):
         ops.sample_tokens(raw, inv_temperature, noise, vocab, allowed=masks)
     with pytest.raises(ValueError, match=r"allowed must be int32 \[masks, >= 32\]"):
         ops.sample_tokens(raw, inv_temperature, noise, vocab, allowed=masks[:, :5], allowed_rows=allowed_rows)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_near_certain_token_is_always_drawn(device):
+    """Noise never infinite: with one logit 40 above all others over a 151,936-token vocabulary, every
+    draw is that token. (Uniforms that could round to 1 once gave infinite noise to ~1 in 110 draws,
+    e.g. key 42 at offsets 69 and 152, which then chose a random token.)"""
+    vocab, draws = 151936, 256
+    logits = torch.full((1, vocab), -20.0)
+    logits[0, 5] = 20.0
+    noise = torch.stack([torch.full((draws,), 42), torch.zeros(draws, dtype=torch.int64), torch.arange(draws)], dim=1)
+    tokens, logprobs = ops.sample_tokens(logits.repeat(draws, 1).to(device), torch.ones(draws, device=device),
+                                         noise.to(device), vocab)
+    assert (tokens == 5).all(), tokens[tokens != 5][:5]
+    assert logprobs.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_row_whose_allowed_tokens_are_all_minus_infinity_takes_the_first_allowed(device):
+    """CPU and CUDA alike: among allowed ids whose scores are all -inf, the first (a grammar that
+    allows only EOS while min_tokens masks it)."""
+    scores = torch.full((1, 64), float("-inf"))
+    mask = torch.zeros(1, 2, dtype=torch.int32)
+    mask[0, 1] = 1 << 3  # only id 35
+    for inv_temperature in (0.0, 1.0):
+        tokens, _ = ops.sample_tokens(scores.to(device), torch.tensor([inv_temperature], device=device),
+                                      torch.zeros(1, 3, dtype=torch.int64, device=device), 64, raw=torch.zeros(1, 64).to(device),
+                                      allowed=mask.to(device), allowed_rows=torch.zeros(1, dtype=torch.int32, device=device))
+        assert int(tokens[0]) == 35

@@ -20,7 +20,7 @@ void sample_tokens_cpu(const SampleTokensArgs& a) {
     const int32_t* mask = a.allowed && a.allowed_rows[r] >= 0 ? a.allowed + a.allowed_rows[r] * a.allowed_stride : nullptr;
     const float negative_infinity = -std::numeric_limits<float>::infinity();
     float best = negative_infinity;
-    int64_t best_id = 0;
+    int64_t best_id = -1;  // as CUDA: the first allowed id wins ties, -inf ones too; none (all NaN): 0
     float max = negative_infinity;
     for (int v = 0; v < a.vocab_size; ++v) max = std::fmax(max, raw[v]);
     double sum = 0.0;
@@ -39,9 +39,10 @@ void sample_tokens_cpu(const SampleTokensArgs& a) {
         if (inv_temperature != 0.0f) {
           score = score * inv_temperature - std::log(-std::log(philox_uniform(bits.x[lane])));
         }
-        if (score > best) best = score, best_id = v;
+        if (score > best || (best_id < 0 && score == best)) best = score, best_id = v;
       }
     }
+    if (best_id < 0) best_id = 0;
     a.token_ids[r] = best_id;
     a.logprobs[r] = static_cast<float>(raw[best_id] - (max + std::log(sum)));
   });
