@@ -146,8 +146,10 @@ def test_bounded_strings_become_patterns_and_nothing_else_changes():
     kept = {"type": "object", "properties": {
         "a": {"type": "string", "maxLength": 3, "pattern": "^x+$"}, "b": {"type": "string", "enum": ["u", "v"]},
         "c": {"type": "string", "format": "email", "maxLength": 30}, "d": {"type": "string"},
-        "maxLength": {"type": "integer", "maxLength": 2}}}
-    assert bounded_strings_as_patterns(kept) == kept
+        "maxLength": {"type": "integer", "maxLength": 2},
+        "e": {"const": {"type": "string", "maxLength": 3}}, "f": {"enum": [{"type": "string", "minLength": 1}]},
+        "g": {"type": "object", "default": {"type": "string", "maxLength": 1}}}}
+    assert bounded_strings_as_patterns(kept) == kept  # constants, enums and defaults are data
 
 
 def test_the_default_model_fills_a_pydantic_schema():

@@ -126,6 +126,9 @@ class GrammarCompiler:
             raise ValueError(f"structured_outputs.{kind} cannot be compiled: {_strip_location(detail)}") from None
 
 
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
+
+
 def bounded_strings_as_patterns(schema):
     """The schema with every string bounded by minLength / maxLength (and no pattern, format, enum or
     const of its own) given the same bound as a pattern instead, `^.{min,max}$`; a copy.
@@ -139,7 +142,9 @@ def bounded_strings_as_patterns(schema):
         return [bounded_strings_as_patterns(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    result = {key: bounded_strings_as_patterns(value) for key, value in schema.items()}
+    # Values of these keywords are data, not schemas: left as they are.
+    result = {key: value if key in _DATA_KEYWORDS else bounded_strings_as_patterns(value)
+              for key, value in schema.items()}
     types = schema.get("type")
     if ("string" in types if isinstance(types, list) else types == "string") \
             and not any(key in schema for key in ("pattern", "format", "enum", "const")):
