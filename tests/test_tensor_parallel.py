@@ -348,7 +348,7 @@ def test_messages_read_while_checking_for_errors_are_not_lost(monkeypatch):
     group = tp_executor.WorkerGroup.__new__(tp_executor.WorkerGroup)
     pipes = [multiprocessing.Pipe() for _ in range(2)]
     group.conns, group.processes = [driver for driver, _ in pipes], [Idle(), Idle()]
-    group._inbox, group._stopped, group.error = {}, False, None
+    group._inbox, group._stopped, group.error, group.built = {}, False, None, False
     pipes[0][1].send(("built",))
     time.sleep(0.1)
     group.check()  # reads rank 1's "built" while looking for errors
@@ -402,3 +402,32 @@ def test_dummy_weights_run_with_two_ranks(tmp_path):
         assert llm.engine.runner.runner.model.model.layers[0].self_attn.num_heads == 2  # 4 heads over 2 ranks
     finally:
         llm.shutdown()
+
+
+def test_a_driver_error_mid_step_is_not_followed_by_a_mismatched_step(tmp_path, monkeypatch):
+    """When the driver's own part of a step raises after the workers got the step, they wait in its
+    collectives: the next step would pair with them (a hang or wrong sums), so it is refused by name;
+    after shutdown() a step is refused too, and nothing is left running."""
+    from pagedcore.model_executor.tp_executor import WorkerFailedError
+
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=509)
+    llm = _tp_llm(tmp_path, 2)
+    pids = [p.pid for p in llm.engine.runner.workers.processes]
+    inner = llm.engine.runner.runner
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory on the driver")
+
+    monkeypatch.setattr(inner, "execute", failing)
+    with pytest.raises(RuntimeError, match="out of memory on the driver"):
+        llm.generate(_prompts(509)[:1], PARAMS, use_tqdm=False)
+    monkeypatch.undo()
+    with pytest.raises(WorkerFailedError, match="the ranks are out of step; create a new LLM"):
+        llm.generate(_prompts(509)[:1], PARAMS, use_tqdm=False)
+    llm.shutdown()
+    assert not _wait_gone(pids, timeout_s=5) and not dist.is_initialized()
+
+    llm = _tp_llm(tmp_path, 2)
+    llm.shutdown()
+    with pytest.raises(WorkerFailedError, match="stopped"):
+        llm.generate(_prompts(509)[:1], PARAMS, use_tqdm=False)

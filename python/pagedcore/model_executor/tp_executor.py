@@ -216,7 +216,9 @@ class WorkerGroup:
         self.processes, self.conns = [], []
         self._inbox: dict[int, list[tuple]] = {}  # worker index -> messages read but not yet gathered
         self._stopped = False
+        self.built = False  # every worker built its runner and waits for steps in the ring
         self.in_step = False  # a step was sent and not finished: the ranks may sit in its collectives
+        self._lock = threading.Lock()  # one writer of the ring (the engine's thread, or shutdown at exit)
         self.control = None  # the gloo group of the step messages (None: the default group is gloo)
         try:
             for rank in range(1, self.size):
@@ -267,6 +269,7 @@ class WorkerGroup:
                         self._fail(f"tensor-parallel worker rank {i + 1} sent {message[0]!r}, expected {kind!r}")
                     replies[i] = message
             if len(replies) == len(self.conns):
+                self.built |= kind == "built"
                 return [replies[i] for i in range(len(self.conns))]
             pending = [c for i, c in enumerate(self.conns) if i not in replies]
             if not wait(pending + [p.sentinel for p in self.processes], timeout=_STARTUP_TIMEOUT_S):
@@ -279,7 +282,16 @@ class WorkerGroup:
     # ---- steps -----------------------------------------------------------------------------------
 
     def send_step(self, plan, layout, extra_rows, previous_tokens) -> None:
+        with self._lock:
+            self._send_step(plan, layout, extra_rows, previous_tokens)
+
+    def _send_step(self, plan, layout, extra_rows, previous_tokens) -> None:
+        if self._stopped:
+            raise WorkerFailedError("the tensor-parallel workers were stopped (LLM.shutdown()); create a new LLM")
         self.check()
+        if self.in_step:  # the driver's part of the last step raised (or was interrupted) after sending it
+            self._fail("a step was sent to the tensor-parallel workers but not finished on the driver (an error or "
+                       "an interrupt): the ranks are out of step; create a new LLM")
         header, payload = encode(plan, layout, extra_rows, previous_tokens)
         self.in_step = True  # until the driver's own shard has run it (TensorParallelRunner.execute)
         oversized = payload.numel() > self.ring.capacity()
@@ -337,17 +349,19 @@ class WorkerGroup:
         """Stops the workers (a stop message when they can take one, else terminate) and leaves the group.
         Interrupted mid-step (Ctrl-C), the workers may wait in that step's collectives, where a stop
         message would never match: they are terminated instead."""
-        if self._stopped:
-            return
-        self._stopped = True
-        clean = self.error is None and not self.in_step
-        if clean:
-            header = torch.zeros(_HEADER, dtype=torch.int64)
-            header[0] = _STOP
-            try:
-                self.ring.write(header, None, self.check)
-            except WorkerFailedError:
-                clean = False
+        with self._lock:
+            if self._stopped:
+                return
+            # Clean: every worker waits for a message in the ring (not yet built: they wait on their pipe).
+            clean = self.error is None and self.built and not self.in_step
+            if clean:
+                header = torch.zeros(_HEADER, dtype=torch.int64)
+                header[0] = _STOP
+                try:
+                    self.ring.write(header, None, self.check)
+                except WorkerFailedError:
+                    clean = False
+            self._stopped = True
         WorkerGroup._stop_processes(self.processes, self.conns, wait_s=10.0 if clean else 0.0)
         self.ring.close(unlink=True)
         if dist.is_initialized():
