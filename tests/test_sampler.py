@@ -127,22 +127,3 @@ def test_bad_words_ban_a_one_token_word_always_and_a_longer_words_last_token_aft
     assert choice([[2, 4, 7]], [4]) == 7  # the output is shorter than the word's prefix
     assert choice([[2, 4, 7]], [1, 2, 4]) == 9
     assert choice([[4, 9], [4, 7]], [4]) == 0  # both words end here: 7 and 9 banned (the rest tie at 0)
-
-
-def test_penalty_state_follows_the_output_incrementally():
-    """The device-side counts are updated with each new output token; after several steps they give
-    what a state built from the whole output at once gives."""
-    logits = torch.randn(1, VOCAB)
-    params = SamplingParams(temperature=0, repetition_penalty=1.3, frequency_penalty=0.4, presence_penalty=0.2)
-    sampler = _sampler()
-    growing = _state(params)
-    for token in [7, 7, 3, 49, 7, 0]:
-        growing.output_token_ids.append(token)
-        stepwise = sampler._apply_penalties(logits, [growing])
-    fresh = _state(params, output=[7, 7, 3, 49, 7, 0])
-    assert torch.equal(stepwise, sampler._apply_penalties(logits, [fresh]))
-    assert growing.penalty.counted == 6 and growing.penalty.counts[7] == 3 and bool(growing.penalty.seen[1])
-    # a row without penalties beside penalized ones is untouched
-    plain = _state(SamplingParams(temperature=0))
-    both = sampler._apply_penalties(torch.cat([logits, logits]), [fresh, plain])
-    assert torch.equal(both[1], logits[0]) and torch.equal(both[0], stepwise[0])

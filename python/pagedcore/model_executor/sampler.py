@@ -29,33 +29,6 @@ def _takes_prompt(fn) -> bool:
 
 
 @dataclass
-class PenaltyState:
-    """A penalized sequence's token statistics on the device, updated with each new output token
-    instead of rebuilt from the token lists every step."""
-
-    counts: torch.Tensor  # float32 [vocab]: occurrences of each token in the output
-    seen: torch.Tensor  # bool [vocab]: in the prompt or the output (the repetition penalty's set)
-    counted: int = 0  # output tokens already in counts / seen
-
-    @classmethod
-    def create(cls, prompt_token_ids: list[int], vocab_size: int, device: torch.device) -> PenaltyState:
-        seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        prompt = [t for t in prompt_token_ids if 0 <= t < vocab_size]
-        if prompt:
-            seen[_host_tensor(prompt, torch.long, device)] = True
-        return cls(torch.zeros(vocab_size, device=device), seen)
-
-    def catch_up(self, output_token_ids: list[int]) -> None:
-        """Counts the output tokens added since the last call (one small copy)."""
-        new = output_token_ids[self.counted:]
-        if new:
-            index = _host_tensor(new, torch.long, self.counts.device)
-            self.counts.index_put_((index,), torch.ones(len(new), device=self.counts.device), accumulate=True)
-            self.seen[index] = True
-            self.counted = len(output_token_ids)
-
-
-@dataclass
 class SequenceSamplingState:
     """What the sampler needs to know about one sequence; lives as long as the sequence."""
 
@@ -66,7 +39,6 @@ class SequenceSamplingState:
     min_tokens_blocked: tuple[int, ...] = ()  # never sampled before min_tokens: stop ids (+ EOS unless ignored)
     bad_words: tuple[tuple[int, ...], ...] = ()  # SamplingParams.bad_words as token sequences
     matcher: object | None = None  # xgrammar.GrammarMatcher of the structured output, advanced per token
-    penalty: PenaltyState | None = None  # the device-side counts penalties read, built on first use
 
     @classmethod
     def create(cls, params: SamplingParams, prompt_token_ids: list[int], seq_index: int,
@@ -234,29 +206,25 @@ class Sampler:
         return logits
 
     def _apply_penalties(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
-        """Repetition (HF's: divide positive logits, multiply negative ones, over prompt + output),
-        frequency and presence (vLLM's: over the output) penalties, for all penalized rows at once
-        from their device-side PenaltyStates."""
         rows = [i for i, s in enumerate(states) if s.params.uses_penalties]
         if not rows:
             return logits
+        logits = logits.clone()
         device = logits.device
         for row in rows:
-            state = states[row]
-            if state.penalty is None:
-                state.penalty = PenaltyState.create(state.prompt_token_ids, self.vocab_size, device)
-            state.penalty.catch_up(state.output_token_ids)
-        counts = torch.stack([states[i].penalty.counts for i in rows])  # [rows, vocab]
-        seen = torch.stack([states[i].penalty.seen for i in rows])
-        settings = _host_tensor([[states[i].params.repetition_penalty, states[i].params.frequency_penalty,
-                                  states[i].params.presence_penalty] for i in rows], torch.float32, device)
-        index = _host_tensor(rows, torch.long, device)
-        values = logits[index]
-        repetition = settings[:, 0:1]
-        values = torch.where(seen, torch.where(values > 0, values / repetition, values * repetition), values)
-        values = values - settings[:, 1:2] * counts - settings[:, 2:3] * (counts > 0).to(counts.dtype)
-        logits = logits.clone()
-        logits[index] = values
+            params = states[row].params
+            output_ids = torch.tensor(states[row].output_token_ids, dtype=torch.long, device=device)
+            counts = torch.zeros(self.vocab_size, device=device)  # [vocab]
+            counts.scatter_add_(0, output_ids, torch.ones_like(output_ids, dtype=counts.dtype))
+            row_logits = logits[row]  # [vocab] view
+            if params.repetition_penalty != 1.0:
+                seen = torch.tensor(states[row].prompt_token_ids, dtype=torch.long, device=device)
+                seen = torch.cat([seen, output_ids]).unique()
+                values = row_logits[seen]
+                row_logits[seen] = torch.where(values > 0, values / params.repetition_penalty,
+                                               values * params.repetition_penalty)
+            row_logits -= params.frequency_penalty * counts
+            row_logits -= params.presence_penalty * (counts > 0).to(counts.dtype)
         return logits
 
     def _choose(self, scores: torch.Tensor, raw: torch.Tensor, states: list[SequenceSamplingState],
