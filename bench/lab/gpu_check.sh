@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: build, GPU tests, the W4 benchmarks (native and peers) and a compute-sanitizer
+# One device call: build, GPU tests (kernels incl. sampling, models), the W4 benchmarks (native and peers) and a compute-sanitizer
 # pass. Run from the repository root on the GPU machine; results go to $OUT. The tests and
 # benchmarks import a package copy under /tmp (python/pagedcore plus the built module), so nothing
 # is written into python/.
@@ -13,11 +13,13 @@ PACKAGE=/tmp/pagedcore-gpu-check  # the package copy: $PACKAGE/pagedcore
 rm -rf "$PACKAGE" && mkdir -p "$PACKAGE" && cp -r python/pagedcore "$PACKAGE/" && cp build/gpu/_core*.so "$PACKAGE/pagedcore/"
 export PYTHONPATH=$PACKAGE:$PWD/tests
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
-python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_models_gpu.py \
+python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_cache.py \
+  tests/test_kernels_sampling.py tests/test_models_gpu.py \
   > "$OUT/pytest.txt" 2>&1; tail -2 "$OUT/pytest.txt"; grep -E "^(FAILED|E  )" "$OUT/pytest.txt" | head -10
 ./build/gpu/bench_paged attention --reps 30 | tee "$OUT/bench_paged.txt" | tail -7
 python3 bench/bench_attention_peers.py --reps 30 --json "$OUT/peers.json" 2>&1 | tail -7
 timeout 300 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
-  tests/test_kernels_attention.py tests/test_kernels_cache.py -k "cuda and (split or hostile or mixed or every_head_size or write or swap or copy)" 2>&1 | tail -3
+  tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_kernels_sampling.py \
+  -k "cuda and (split or hostile or mixed or every_head_size or write or swap or copy or reference or masks or ties)" 2>&1 | tail -3
 timeout 150 compute-sanitizer --tool racecheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
   tests/test_kernels_attention.py -k "cuda and bf16 and ((many_sequences and 128) or split_kv)" 2>&1 | tail -2
