@@ -9,7 +9,7 @@ VOCAB = 50
 
 
 def _state(params: SamplingParams, seq_index: int = 0, output=()):
-    state = SequenceSamplingState.create(params, [1, 2, 3], seq_index, torch.device("cpu"))
+    state = SequenceSamplingState.create(params, [1, 2, 3], seq_index)
     state.output_token_ids.extend(output)
     return state
 
@@ -99,14 +99,14 @@ def test_eos_and_stop_tokens_are_never_sampled_before_min_tokens():
     logits[:, 7] = 10.0  # EOS would win
     logits[:, 9] = 5.0  # then a stop token
     params = SamplingParams(temperature=0, min_tokens=2, stop_token_ids=[9])
-    early = SequenceSamplingState.create(params, [1], 0, torch.device("cpu"), eos_token_ids=(7,))
-    late = SequenceSamplingState.create(params, [1], 0, torch.device("cpu"), eos_token_ids=(7,))
+    early = SequenceSamplingState.create(params, [1], 0, eos_token_ids=(7,))
+    late = SequenceSamplingState.create(params, [1], 0, eos_token_ids=(7,))
     late.output_token_ids.extend([3, 4])
     out = _sampler()(logits, [early, late])
     assert out.token_ids[0] not in (7, 9)
     assert out.token_ids[1] == 7
     ignoring = SequenceSamplingState.create(SamplingParams(temperature=0, min_tokens=2, ignore_eos=True), [1], 0,
-                                            torch.device("cpu"), eos_token_ids=(7,))
+                                            eos_token_ids=(7,))
     assert _sampler()(logits[:1], [ignoring]).token_ids == [7]  # ignore_eos: EOS is an ordinary token
 
 
@@ -117,7 +117,7 @@ def test_bad_words_ban_a_one_token_word_always_and_a_longer_words_last_token_aft
     params = SamplingParams(temperature=0, bad_words=["w"])  # the engine tokenizes; here the ids are given
 
     def choice(words, output) -> int:
-        state = SequenceSamplingState.create(params, [1], 0, torch.device("cpu"), bad_words_token_ids=words)
+        state = SequenceSamplingState.create(params, [1], 0, bad_words_token_ids=words)
         state.output_token_ids.extend(output)
         return _sampler()(logits, [state]).token_ids[0]
 

@@ -93,7 +93,7 @@ class LLMEngine:
         request_id = self._next_request_id
         arrival = time.time()
         request = RequestState.create(
-            request_id, prompt, list(prompt_token_ids), params, self.tokenizer, self.runner.device, arrival,
+            request_id, prompt, list(prompt_token_ids), params, self.tokenizer, arrival,
             tuple(self.eos_token_ids), bad_words, self.compile_grammar(params))
         # vLLM skips reading the prefix cache for requests with prompt_logprobs: a cached token has no
         # logits. A cache salt of the request's own makes its lookups miss (its sibling native requests

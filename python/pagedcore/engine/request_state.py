@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 
 from pagedcore.tokenizers.detokenizer import IncrementalDetokenizer
 from pagedcore.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs
@@ -77,7 +76,7 @@ class RequestState:
 
     @classmethod
     def create(cls, request_id: int, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
-               tokenizer: Tokenizer | None, device: torch.device, arrival_time: float,
+               tokenizer: Tokenizer | None, arrival_time: float,
                eos_token_ids: tuple[int, ...] = (), bad_words_token_ids: list[list[int]] = (),
                grammar=None) -> RequestState:
         """grammar: the compiled structured output (xgrammar.CompiledGrammar); each sequence gets a matcher."""
@@ -88,7 +87,7 @@ class RequestState:
                 import xgrammar
 
                 matcher = xgrammar.GrammarMatcher(grammar)
-            sampling = SequenceSamplingState.create(params, prompt_token_ids, index, device, eos_token_ids,
+            sampling = SequenceSamplingState.create(params, prompt_token_ids, index, eos_token_ids,
                                                     bad_words_token_ids, matcher)
             detokenizer = None if tokenizer is None or not params.detokenize else IncrementalDetokenizer(
                 tokenizer, prompt_token_ids, params.skip_special_tokens)

@@ -176,7 +176,7 @@ def token_bitmasks(matchers: list, vocab_size: int, pin: bool = False) -> torch.
     if _batch_matcher is None:
         _batch_matcher = xgrammar.BatchGrammarMatcher()
     shape = (len(matchers), (vocab_size + 31) // 32)
-    bitmask = torch.empty(shape, dtype=torch.int32, pin_memory=pin) if pin else torch.empty(shape, dtype=torch.int32)
+    bitmask = torch.empty(shape, dtype=torch.int32, pin_memory=pin)
     _batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask)
     return bitmask
 

@@ -42,7 +42,7 @@ class SequenceSamplingState:
 
     @classmethod
     def create(cls, params: SamplingParams, prompt_token_ids: list[int], seq_index: int,
-               device: torch.device, eos_token_ids: tuple[int, ...] = (),
+               eos_token_ids: tuple[int, ...] = (),
                bad_words_token_ids: list[list[int]] = (), matcher=None) -> SequenceSamplingState:
         blocked = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(eos_token_ids))
         # Sibling sequences of one seeded request draw from distinct, reproducible streams.
