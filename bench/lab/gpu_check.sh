@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: build, GPU tests (kernels incl. sampling, models), the W4 benchmarks (native and peers) and a compute-sanitizer
-# pass. Run from the repository root on the GPU machine; results go to $OUT. The tests and
+# pass (carry .whl). Run from the repository root on the GPU machine; results go to $OUT. The tests and
 # benchmarks import a package copy under /tmp (python/pagedcore plus the built module), so nothing
 # is written into python/.
 set -uo pipefail
@@ -12,6 +12,11 @@ cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITE
 PACKAGE=/tmp/pagedcore-gpu-check  # the package copy: $PACKAGE/pagedcore
 rm -rf "$PACKAGE" && mkdir -p "$PACKAGE" && cp -r python/pagedcore "$PACKAGE/" && cp build/gpu/_core*.so "$PACKAGE/pagedcore/"
 export PYTHONPATH=$PACKAGE:$PWD/tests
+# The structured-output GPU test needs xgrammar: carry .whl (bench/gpu_wheels.sh) and it is installed here.
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_cache.py \
   tests/test_kernels_sampling.py tests/test_models_gpu.py \
