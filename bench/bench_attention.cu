@@ -161,14 +161,18 @@ int run_attention_bench(const Flags& flags) {
       cuda_ok(cudaMemset(workspace, 0, ws_bytes), "cudaMemset workspace");  // split counters start at zero
     }
 
-    auto args_for = [&](int set) {
+    // One plan per input set (each its own block tables), as the engine makes one per step.
+    std::vector<AttentionPlan> plans;
+    std::vector<AttentionLayer> layers;
+    for (int set = 0; set < num_sets; ++set) {
       const DecodeBatch batch{DType::kBFloat16, s.batch, s.context, num_heads, num_kv_heads, head_dim, block_size,
                               num_blocks, q + set * q_elems, out + set * q_elems, k_cache, v_cache,
                               block_tables + int64_t{set} * s.batch * blocks_per_seq, context_lens, query_start_loc};
-      return decode_args(batch, splits, workspace, ws_bytes);
-    };
+      plans.emplace_back(decode_step(batch, splits, workspace, ws_bytes), /*cuda=*/true);
+      layers.push_back(decode_layer(batch));
+    }
     const double sweep_ms = median_ms([&] {
-      for (int set = 0; set < num_sets; ++set) paged_attention_cuda(args_for(set), stream);
+      for (int set = 0; set < num_sets; ++set) plans[set].run(layers[set], stream);
     }, warmup, reps, stream);
     cuda_ok(cudaStreamSynchronize(stream), "attention");
     const double call_s = sweep_ms * 1e-3 / num_sets;

@@ -128,9 +128,10 @@ struct DecodeBatch {
   const int32_t* query_start_loc;
 };
 
-inline PagedAttentionArgs decode_args(const DecodeBatch& b, int num_splits, void* workspace, size_t workspace_bytes) {
+// The step of a decode batch (one query row per sequence) and its only layer.
+inline AttentionStep decode_step(const DecodeBatch& b, int num_splits, void* workspace, size_t workspace_bytes) {
   const int blocks_per_seq = (b.context + b.block_size - 1) / b.block_size;
-  PagedAttentionArgs a{};
+  AttentionStep a{};
   a.dtype = b.dtype;
   a.num_seqs = b.batch;
   a.num_tokens = b.batch;
@@ -139,25 +140,23 @@ inline PagedAttentionArgs decode_args(const DecodeBatch& b, int num_splits, void
   a.head_dim = b.head_dim;
   a.block_size = b.block_size;
   a.num_blocks = b.num_blocks;
-  a.q = b.q;
-  a.q_stride_token = int64_t{b.num_heads} * b.head_dim;
-  a.q_stride_head = b.head_dim;
-  a.k_cache = b.k_cache;
-  a.v_cache = b.v_cache;
   a.block_tables = b.block_tables;
   a.block_tables_stride = blocks_per_seq;
   a.max_blocks_per_seq = blocks_per_seq;
   a.context_lens = b.context_lens;
   a.query_start_loc = b.query_start_loc;
-  a.out = b.out;
-  a.out_stride_token = int64_t{b.num_heads} * b.head_dim;
-  a.out_stride_head = b.head_dim;
   a.scale = 1.f / std::sqrt(static_cast<float>(b.head_dim));
   a.max_query_len = 1;
+  a.max_context_len = b.context;
   a.num_splits = num_splits;
   a.workspace = workspace;
   a.workspace_bytes = workspace_bytes;
   return a;
+}
+
+inline AttentionLayer decode_layer(const DecodeBatch& b) {
+  const int64_t row = int64_t{b.num_heads} * b.head_dim;
+  return AttentionLayer{b.q, row, b.head_dim, b.k_cache, b.v_cache, b.out, row, b.head_dim};
 }
 
 int run_pool_bench(const Flags& flags);

@@ -1,6 +1,7 @@
-// Host entry of CUDA paged attention: validates, picks the launches for a mixed batch
-// (decode kernel for 1-token rows, its split merge included; prefill kernel for the rest)
-// and recommends split counts from the device's size.
+// Host entry of CUDA paged attention: runs a plan's layer (AttentionPlan, kernel_args.cpp, validated
+// the step): checks the layer's alignment, picks the launches for a mixed batch (decode kernel for
+// 1-token rows, its split merge included; prefill kernel for the rest), and recommends split counts
+// from the device's size.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -14,12 +15,6 @@
 namespace pagedcore {
 namespace {
 
-int log2_exact(int x) {
-  int n = 0;
-  while ((1 << n) < x) ++n;
-  return n;
-}
-
 void require_aligned(const void* ptr, int64_t stride_a, int64_t stride_b, const char* name) {
   if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0 || stride_a % 8 != 0 || stride_b % 8 != 0) {
     throw std::invalid_argument(std::string(name) +
@@ -30,73 +25,29 @@ void require_aligned(const void* ptr, int64_t stride_a, int64_t stride_b, const 
 
 }  // namespace
 
-void paged_attention_cuda(const PagedAttentionArgs& a, cudaStream_t stream) {
-  check_paged_attention_args(a);
-  check_cuda_dtype(a.dtype, "paged_attention");
-  require_aligned(a.q, a.q_stride_token, a.q_stride_head, "q");
-  require_aligned(a.out, a.out_stride_token, a.out_stride_head, "out");
-  require_aligned(a.k_cache, 0, 0, "k_cache");
-  require_aligned(a.v_cache, 0, 0, "v_cache");
-  if (a.num_seqs == 0 || a.num_tokens == 0) return;
-
-  cuda::AttentionKernelParams p{};
-  p.q = a.q;
-  p.q_stride_token = a.q_stride_token;
-  p.q_stride_head = a.q_stride_head;
-  p.k_cache = a.k_cache;
-  p.v_cache = a.v_cache;
-  p.block_tables = a.block_tables;
-  p.block_tables_stride = a.block_tables_stride;
-  p.context_lens = a.context_lens;
-  p.query_start_loc = a.query_start_loc;
-  p.out = a.out;
-  p.out_stride_token = a.out_stride_token;
-  p.out_stride_head = a.out_stride_head;
-  p.num_seqs = a.num_seqs;
-  p.num_tokens = a.num_tokens;
-  p.num_heads = a.num_heads;
-  p.num_kv_heads = a.num_kv_heads;
-  p.group_size = a.num_heads / a.num_kv_heads;
-  p.block_size_log2 = log2_exact(a.block_size);
-  p.scale_log2 = a.scale * 1.4426950408889634f;
-  p.prefill_takes_decode_rows = p.group_size > cuda::kDecodeMaxGroupSize;
-  p.num_splits = p.prefill_takes_decode_rows ? 1 : a.num_splits;
-  if (p.num_splits > 1) {
-    const size_t need = paged_attention_workspace_bytes(a.num_seqs, a.num_heads, a.head_dim, p.num_splits);
-    const size_t counters = split_counter_region_bytes(a.workspace_bytes);
-    const size_t partials = split_partials_bytes(a.num_seqs, a.num_heads, a.head_dim, p.num_splits);
-    if (a.workspace == nullptr ||
-        counters < static_cast<size_t>(a.num_seqs) * a.num_kv_heads * sizeof(int32_t) ||
-        a.workspace_bytes - counters < partials) {
-      throw std::invalid_argument("paged_attention with num_splits=" + std::to_string(p.num_splits) + " needs a " +
-                                  std::to_string(need) + "-byte workspace (paged_attention_workspace_bytes), got " +
-                                  std::to_string(a.workspace == nullptr ? 0 : a.workspace_bytes));
-    }
-    if (reinterpret_cast<uintptr_t>(a.workspace) % 16 != 0) {
-      throw std::invalid_argument("paged_attention workspace must be 16-byte aligned");
-    }
-    p.split_counters = static_cast<int*>(a.workspace);
-    p.partial_out = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + counters);
-    p.partial_lse = p.partial_out + static_cast<size_t>(p.num_splits) * a.num_seqs * a.num_heads * a.head_dim;
-  }
-
-  if (!p.prefill_takes_decode_rows) {
-    cuda::launch_decode_attention(p, a.dtype, a.head_dim, stream);
-  }
-  if (a.max_query_len > 1 || p.prefill_takes_decode_rows) cuda::launch_prefill_attention(p, a.dtype, a.head_dim, stream);
+void paged_attention_cuda(const AttentionParams& p, cudaStream_t stream) {
+  require_aligned(p.q, p.q_stride_token, p.q_stride_head, "q");
+  require_aligned(p.out, p.out_stride_token, p.out_stride_head, "out");
+  require_aligned(p.k_cache, 0, 0, "k_cache");
+  require_aligned(p.v_cache, 0, 0, "v_cache");
+  if (p.num_seqs == 0 || p.num_tokens == 0) return;
+  if (!p.prefill_takes_decode_rows) cuda::launch_decode_attention(p, p.dtype, p.head_dim, stream);
+  if (p.max_query_len > 1 || p.prefill_takes_decode_rows) cuda::launch_prefill_attention(p, p.dtype, p.head_dim, stream);
 }
 
 std::string cuda_decode_attention_path(DType dtype, int head_dim, int block_size) {
   check_block_size(block_size);
   check_head_size(head_dim);
   check_cuda_dtype(dtype, "paged_attention");
-  return cuda::decode_attention_uses_bulk_copies(dtype, head_dim, log2_exact(block_size)) ? "hopper" : "ampere";
+  int block_size_log2 = 0;
+  while ((1 << block_size_log2) < block_size) ++block_size_log2;
+  return cuda::decode_attention_uses_bulk_copies(dtype, head_dim, block_size_log2) ? "hopper" : "ampere";
 }
 
 int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype,
                                 int max_context_len) {
   if (num_seqs <= 0 || num_kv_heads <= 0 || num_heads % num_kv_heads != 0) return 1;
-  if (num_heads / num_kv_heads > cuda::kDecodeMaxGroupSize) return 1;
+  if (num_heads / num_kv_heads > kDecodeMaxGroupSize) return 1;
   constexpr int kMinTokensPerSplit = 128;  // 2 tiles per warp: below that, merging costs more than it saves
   const int max_splits = std::clamp((max_context_len + kMinTokensPerSplit - 1) / kMinTokensPerSplit, 1, kMaxAttentionSplits);
   const cuda::DecodeSlots slots = cuda::decode_attention_slots(dtype, head_dim);

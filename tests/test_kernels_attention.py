@@ -251,6 +251,61 @@ def test_cuda_matches_cpu_path_semantics_with_graph_capture(dtype, seed):
     assert (out.double() - ref).abs().max().item() <= TOLERANCE[dtype], f"seed {seed}"
 
 
+# ---- the step plan: validated once, run by every layer ---------------------------------------------------
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_one_plan_runs_every_layer(device, dtype, seed):
+    # Three "layers": three caches of one shape behind one step's block tables, one plan for all.
+    step = make_batch(device, dtype, query_lens=[1, 7, 1], context_lens=[33, 40, 700], num_heads=8, num_kv_heads=2,
+                      head_dim=64, block_size=16)
+    layers = [step] + [make_layer_like(step) for _ in range(2)]
+    plan = ops.attention_plan(step["k_cache"], step["block_tables"], step["context_lens"], step["query_start_loc"],
+                              num_tokens=9, num_heads=8, max_query_len=7, max_context_len=700)
+    for i, layer in enumerate(layers):
+        out = plan.run(layer["q"], layer["k_cache"], layer["v_cache"])
+        ref = paged_attention_reference(layer["q"], layer["k_logical"], layer["v_logical"], step["block_tables"],
+                                        step["context_list"], step["qsl_list"], 1 / math.sqrt(64))
+        assert (out.double() - ref).abs().max().item() <= TOLERANCE[dtype], f"layer {i}, seed {seed}"
+
+
+def make_layer_like(step):
+    """Another layer of step's batch: fresh q and cache values in the slots step's block tables name
+    (the rest NaN)."""
+    k_logical = torch.full_like(step["k_logical"], float("nan"))
+    v_logical = torch.full_like(step["v_logical"], float("nan"))
+    block_size = k_logical.shape[2]
+    for i, ctx in enumerate(step["context_list"]):
+        t = torch.arange(ctx, device=k_logical.device)
+        blocks = step["block_tables"][i, t // block_size].long()
+        k_logical[blocks, :, t % block_size] = torch.randn_like(k_logical[blocks, :, t % block_size])
+        v_logical[blocks, :, t % block_size] = torch.randn_like(v_logical[blocks, :, t % block_size])
+    return dict(q=torch.randn_like(step["q"]), k_logical=k_logical, v_logical=v_logical,
+                k_cache=ops.kv_cache_from_logical(k_logical), v_cache=ops.kv_cache_from_logical(v_logical))
+
+
+def test_cpu_plan_checks_block_ids_once_when_made():
+    batch = small_batch()
+    batch["block_tables"][0, 0] = 10_000
+    with pytest.raises(IndexError, match="outside"):
+        ops.attention_plan(batch["k_cache"], batch["block_tables"], batch["context_lens"], batch["query_start_loc"],
+                           num_tokens=1, num_heads=4)
+
+
+def test_plan_refuses_a_layer_of_another_shape():
+    batch = small_batch()
+    plan = ops.attention_plan(batch["k_cache"], batch["block_tables"], batch["context_lens"], batch["query_start_loc"],
+                              num_tokens=1, num_heads=4)
+    with pytest.raises(ValueError, match=r"q must be torch.float32 \[1, 4, 64\]"):
+        plan.run(batch["q"][:, :2], batch["k_cache"], batch["v_cache"])
+    with pytest.raises(ValueError, match="the plan's"):
+        plan.run(batch["q"], batch["k_cache"][:-1], batch["v_cache"][:-1])
+    with pytest.raises(ValueError, match="out must be"):
+        plan.run(batch["q"], batch["k_cache"], batch["v_cache"], out=torch.empty(1, 4, 64, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="CPU attention plan runs without a stream"):
+        plan.native.run(batch["q"].data_ptr(), 256, 64, batch["k_cache"].data_ptr(), batch["v_cache"].data_ptr(),
+                        batch["q"].data_ptr(), 256, 64, 0)
+
+
 # ---- refusals ----------------------------------------------------------------------------------------------
 
 def small_batch(**overrides):

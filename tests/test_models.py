@@ -78,3 +78,22 @@ def test_a_gguf_file_is_parsed_once_for_the_model_and_its_tokenizer(monkeypatch)
     llm = LLM(device="cpu", max_model_len=64, kv_cache_memory_bytes=8 << 20, load_format="dummy", verbose=False)
     assert llm.tokenizer is not None
     assert opened == [str(default_model_path())]
+
+
+def test_one_attention_plan_per_step_serves_every_layer(tmp_path, monkeypatch):
+    # The plan/run boundary: the step's attention is validated once (the first layer makes the plan),
+    # and every layer of the step runs that plan.
+    from pagedcore import ops
+    from pagedcore.model_executor import attention
+
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512, num_hidden_layers=3)
+    llm = LLM(str(tmp_path), device="cpu", kv_cache_memory_bytes=8 << 20, max_model_len=256, verbose=False)
+    plans, runs = [], []
+    make_plan, run_plan = ops.attention_plan, ops.AttentionPlan.run
+    monkeypatch.setattr(attention.ops, "attention_plan", lambda *a, **k: plans.append(make_plan(*a, **k)) or plans[-1])
+    monkeypatch.setattr(ops.AttentionPlan, "run", lambda self, *a, **k: runs.append(self) or run_plan(self, *a, **k))
+    llm.generate([[5, 6, 7], list(range(3, 40))], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
+                 use_tqdm=False)
+    assert len(plans) >= 6  # one per engine step: prefill, then decode steps
+    assert len(runs) == 3 * len(plans)
+    assert [id(p) for p in runs] == [id(p) for p in plans for _ in range(3)]

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -60,51 +61,46 @@ void bind_kernels(py::module_& m) {
       py::arg("block_size"), py::arg("num_blocks"), py::arg("stream"),
       "Scatter K/V rows into their cache slots (raw pointers; stream None = CPU).");
 
-  m.def(
-      "paged_attention",
-      [](DType dtype, uintptr_t q, int64_t q_stride_token, int64_t q_stride_head, uintptr_t k_cache, uintptr_t v_cache,
-         uintptr_t block_tables, int64_t block_tables_stride, int max_blocks_per_seq, uintptr_t context_lens,
-         uintptr_t query_start_loc, uintptr_t out, int64_t out_stride_token, int64_t out_stride_head, int num_seqs,
-         int num_tokens, int num_heads, int num_kv_heads, int head_dim, int block_size, int64_t num_blocks, float scale,
-         int max_query_len, int num_splits, uintptr_t workspace, size_t workspace_bytes, std::optional<int64_t> stream) {
-        PagedAttentionArgs a{};
-        a.dtype = dtype;
-        a.num_seqs = num_seqs;
-        a.num_tokens = num_tokens;
-        a.num_heads = num_heads;
-        a.num_kv_heads = num_kv_heads;
-        a.head_dim = head_dim;
-        a.block_size = block_size;
-        a.num_blocks = num_blocks;
-        a.q = ptr<const void>(q);
-        a.q_stride_token = q_stride_token;
-        a.q_stride_head = q_stride_head;
-        a.k_cache = ptr<const void>(k_cache);
-        a.v_cache = ptr<const void>(v_cache);
-        a.block_tables = ptr<const int32_t>(block_tables);
-        a.block_tables_stride = block_tables_stride;
-        a.max_blocks_per_seq = max_blocks_per_seq;
-        a.context_lens = ptr<const int32_t>(context_lens);
-        a.query_start_loc = ptr<const int32_t>(query_start_loc);
-        a.out = ptr<void>(out);
-        a.out_stride_token = out_stride_token;
-        a.out_stride_head = out_stride_head;
-        a.scale = scale;
-        a.max_query_len = max_query_len;
-        a.num_splits = num_splits;
-        a.workspace = ptr<void>(workspace);
-        a.workspace_bytes = workspace_bytes;
-        py::gil_scoped_release release;
-        if (stream) paged_attention_cuda(a, stream_of(*stream));
-        else paged_attention_cpu(a);
-      },
-      py::arg("dtype"), py::arg("q"), py::arg("q_stride_token"), py::arg("q_stride_head"), py::arg("k_cache"),
-      py::arg("v_cache"), py::arg("block_tables"), py::arg("block_tables_stride"), py::arg("max_blocks_per_seq"),
-      py::arg("context_lens"), py::arg("query_start_loc"), py::arg("out"), py::arg("out_stride_token"),
-      py::arg("out_stride_head"), py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_heads"),
-      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("block_size"), py::arg("num_blocks"), py::arg("scale"),
-      py::arg("max_query_len"), py::arg("num_splits"), py::arg("workspace"), py::arg("workspace_bytes"),
-      py::arg("stream"), "Paged attention over a mixed decode/prefill batch (raw pointers; stream None = CPU).");
+  py::class_<AttentionPlan>(m, "AttentionPlan",
+                            "One step's paged attention: validated once, run by every layer (raw pointers).")
+      .def(py::init([](DType dtype, int num_seqs, int num_tokens, int num_heads, int num_kv_heads, int head_dim,
+                       int block_size, int64_t num_blocks, uintptr_t block_tables, int64_t block_tables_stride,
+                       int max_blocks_per_seq, uintptr_t context_lens, uintptr_t query_start_loc, float scale,
+                       int max_query_len, int max_context_len, int num_splits, uintptr_t workspace,
+                       size_t workspace_bytes, bool cuda) {
+             const AttentionStep step{dtype, num_seqs, num_tokens, num_heads, num_kv_heads, head_dim, block_size,
+                                      num_blocks, ptr<const int32_t>(block_tables), block_tables_stride,
+                                      max_blocks_per_seq, ptr<const int32_t>(context_lens),
+                                      ptr<const int32_t>(query_start_loc), scale, max_query_len, max_context_len,
+                                      num_splits, ptr<void>(workspace), workspace_bytes};
+             py::gil_scoped_release release;
+             return AttentionPlan(step, cuda);
+           }),
+           py::arg("dtype"), py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_heads"), py::arg("num_kv_heads"),
+           py::arg("head_dim"), py::arg("block_size"), py::arg("num_blocks"), py::arg("block_tables"),
+           py::arg("block_tables_stride"), py::arg("max_blocks_per_seq"), py::arg("context_lens"),
+           py::arg("query_start_loc"), py::arg("scale"), py::arg("max_query_len"), py::arg("max_context_len"),
+           py::arg("num_splits"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("cuda"))
+      .def_property_readonly("num_splits", [](const AttentionPlan& p) { return p.params().num_splits; },
+                             "Split-KV partitions the CUDA decode launch takes (1 on CPU).")
+      .def_property_readonly("cuda", &AttentionPlan::cuda)
+      .def(
+          "run",
+          [](const AttentionPlan& plan, uintptr_t q, int64_t q_stride_token, int64_t q_stride_head, uintptr_t k_cache,
+             uintptr_t v_cache, uintptr_t out, int64_t out_stride_token, int64_t out_stride_head,
+             std::optional<int64_t> stream) {
+            const AttentionLayer layer{ptr<const void>(q), q_stride_token, q_stride_head, ptr<const void>(k_cache),
+                                       ptr<const void>(v_cache), ptr<void>(out), out_stride_token, out_stride_head};
+            if (plan.cuda() != stream.has_value()) {
+              throw std::invalid_argument(plan.cuda() ? "a CUDA attention plan runs on a stream, got None"
+                                                      : "a CPU attention plan runs without a stream");
+            }
+            py::gil_scoped_release release;
+            plan.run(layer, stream ? stream_of(*stream) : nullptr);
+          },
+          py::arg("q"), py::arg("q_stride_token"), py::arg("q_stride_head"), py::arg("k_cache"), py::arg("v_cache"),
+          py::arg("out"), py::arg("out_stride_token"), py::arg("out_stride_head"), py::arg("stream"),
+          "Attention of one layer over the plan's step.");
 
   m.def("paged_attention_workspace_bytes", &paged_attention_workspace_bytes, py::arg("num_seqs"),
         py::arg("num_heads"), py::arg("head_dim"), py::arg("num_splits"),

@@ -26,39 +26,8 @@ struct WorkItem {
   int num_rows;
 };
 
-// Checks the host-visible batch description; the CPU path can afford to look at every id.
-void check_batch(const PagedAttentionArgs& a) {
-  if (a.query_start_loc[0] != 0) throw std::invalid_argument("query_start_loc[0] must be 0");
-  if (a.query_start_loc[a.num_seqs] != a.num_tokens) {
-    throw std::invalid_argument("query_start_loc[num_seqs] (" + std::to_string(a.query_start_loc[a.num_seqs]) +
-                                ") must equal num_tokens (" + std::to_string(a.num_tokens) + ")");
-  }
-  for (int s = 0; s < a.num_seqs; ++s) {
-    const int qlen = a.query_start_loc[s + 1] - a.query_start_loc[s];
-    const int ctx = a.context_lens[s];
-    if (qlen < 0) throw std::invalid_argument("query_start_loc must be non-decreasing");
-    if (ctx < qlen) {
-      throw std::invalid_argument("context_lens[" + std::to_string(s) + "] = " + std::to_string(ctx) +
-                                  " is smaller than its query length " + std::to_string(qlen));
-    }
-    const int64_t blocks = (static_cast<int64_t>(ctx) + a.block_size - 1) / a.block_size;
-    if (blocks > a.max_blocks_per_seq) {
-      throw std::invalid_argument("context_lens[" + std::to_string(s) + "] = " + std::to_string(ctx) +
-                                  " needs " + std::to_string(blocks) + " blocks; block_tables has " +
-                                  std::to_string(a.max_blocks_per_seq) + " per sequence");
-    }
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int32_t id = a.block_tables[s * a.block_tables_stride + b];
-      if (id < 0 || id >= a.num_blocks) {
-        throw std::out_of_range("block_tables[" + std::to_string(s) + ", " + std::to_string(b) + "] = " +
-                                std::to_string(id) + " outside [0, " + std::to_string(a.num_blocks) + ")");
-      }
-    }
-  }
-}
-
 template <typename T>
-void attend_work_item(const PagedAttentionArgs& a, const WorkItem& w, std::vector<float>& scratch) {
+void attend_work_item(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {
   const int D = a.head_dim;
   const int G = a.num_heads / a.num_kv_heads;
   const int ctx = a.context_lens[w.seq];
@@ -140,7 +109,7 @@ void attend_work_item(const PagedAttentionArgs& a, const WorkItem& w, std::vecto
 }
 
 template <typename T>
-void run(const PagedAttentionArgs& a) {
+void run(const AttentionParams& a) {
   std::vector<WorkItem> items;
   for (int s = 0; s < a.num_seqs; ++s) {
     const int qlen = a.query_start_loc[s + 1] - a.query_start_loc[s];
@@ -160,10 +129,39 @@ void run(const PagedAttentionArgs& a) {
 
 }  // namespace
 
-void paged_attention_cpu(const PagedAttentionArgs& a) {
-  check_paged_attention_args(a);
-  check_cpu_dtype(a.dtype, "paged_attention");
-  check_batch(a);
+// Checks the host-visible batch description; the CPU path can afford to look at every id.
+void check_attention_batch_cpu(const AttentionParams& a) {
+  if (a.query_start_loc[0] != 0) throw std::invalid_argument("query_start_loc[0] must be 0");
+  if (a.query_start_loc[a.num_seqs] != a.num_tokens) {
+    throw std::invalid_argument("query_start_loc[num_seqs] (" + std::to_string(a.query_start_loc[a.num_seqs]) +
+                                ") must equal num_tokens (" + std::to_string(a.num_tokens) + ")");
+  }
+  for (int s = 0; s < a.num_seqs; ++s) {
+    const int qlen = a.query_start_loc[s + 1] - a.query_start_loc[s];
+    const int ctx = a.context_lens[s];
+    if (qlen < 0) throw std::invalid_argument("query_start_loc must be non-decreasing");
+    if (ctx < qlen) {
+      throw std::invalid_argument("context_lens[" + std::to_string(s) + "] = " + std::to_string(ctx) +
+                                  " is smaller than its query length " + std::to_string(qlen));
+    }
+    const int64_t blocks = (static_cast<int64_t>(ctx) + a.block_size - 1) / a.block_size;
+    if (blocks > a.max_blocks_per_seq) {
+      throw std::invalid_argument("context_lens[" + std::to_string(s) + "] = " + std::to_string(ctx) +
+                                  " needs " + std::to_string(blocks) + " blocks; block_tables has " +
+                                  std::to_string(a.max_blocks_per_seq) + " per sequence");
+    }
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int32_t id = a.block_tables[s * a.block_tables_stride + b];
+      if (id < 0 || id >= a.num_blocks) {
+        throw std::out_of_range("block_tables[" + std::to_string(s) + ", " + std::to_string(b) + "] = " +
+                                std::to_string(id) + " outside [0, " + std::to_string(a.num_blocks) + ")");
+      }
+    }
+  }
+}
+
+void paged_attention_cpu(const AttentionParams& a) {
+  if (a.num_seqs == 0 || a.num_tokens == 0) return;
   if (a.dtype == DType::kFloat32) run<float>(a);
   else run<cpu::BFloat16>(a);
 }

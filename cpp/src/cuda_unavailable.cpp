@@ -18,7 +18,7 @@ namespace {
 }  // namespace
 
 void write_kv_cache_cuda(const WriteKVCacheArgs&, cudaStream_t) { no_cuda(); }
-void paged_attention_cuda(const PagedAttentionArgs&, cudaStream_t) { no_cuda(); }
+void paged_attention_cuda(const AttentionParams&, cudaStream_t) { no_cuda(); }
 void copy_blocks_cuda(void* const*, int, int64_t, const int32_t*, int, cudaStream_t) { no_cuda(); }
 void swap_blocks_cuda(void* const*, void* const*, int, int64_t, const int32_t*, int, cudaStream_t) { no_cuda(); }
 int cuda_recommended_num_splits(int, int, int, int, DType, int) { no_cuda(); }

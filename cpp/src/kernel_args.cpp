@@ -1,5 +1,6 @@
 // Host-side validation of kernel arguments, shared by the CPU and CUDA paths, so both refuse the
 // same inputs with the same messages.
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -53,21 +54,71 @@ void check_write_kv_cache_args(const WriteKVCacheArgs& a) {
           "k/v head stride must be at least head_dim (last dim contiguous)");
 }
 
-void check_paged_attention_args(const PagedAttentionArgs& a) {
+// ---- AttentionPlan ----------------------------------------------------------------------------------
+namespace {
+
+int log2_exact(int x) {
+  int n = 0;
+  while ((1 << n) < x) ++n;
+  return n;
+}
+
+}  // namespace
+
+AttentionPlan::AttentionPlan(const AttentionStep& step, bool cuda) : cuda_(cuda) {
+  AttentionStep& a = params_;
+  a = step;
   check_block_size(a.block_size);
   check_head_size(a.head_dim);
   check_heads(a.num_heads, a.num_kv_heads);
+  if (cuda) check_cuda_dtype(a.dtype, "paged_attention");
+  else check_cpu_dtype(a.dtype, "paged_attention");
   require(a.num_seqs >= 0 && a.num_tokens >= 0, "num_seqs and num_tokens must be >= 0");
   require(a.num_blocks > 0, "the KV cache must hold at least one block");
   require(a.max_blocks_per_seq >= 0 && a.block_tables_stride >= a.max_blocks_per_seq,
           "block_tables row stride must be >= max_blocks_per_seq");
-  require(a.num_splits >= 1 && a.num_splits <= kMaxAttentionSplits,
-          "num_splits must be in [1, " + std::to_string(kMaxAttentionSplits) + "], got " +
+  require(a.max_query_len >= 0 && a.max_context_len >= 0, "max_query_len and max_context_len must be >= 0");
+  require(a.num_splits >= 0 && a.num_splits <= kMaxAttentionSplits,
+          "num_splits must be in [1, " + std::to_string(kMaxAttentionSplits) + "] (0: the plan picks), got " +
               std::to_string(a.num_splits));
-  require(a.q_stride_head >= a.head_dim && a.out_stride_head >= a.head_dim,
-          "q/out head stride must be at least head_dim (last dim contiguous)");
+  params_.group_size = a.num_heads / a.num_kv_heads;
+  params_.block_size_log2 = log2_exact(a.block_size);
+  params_.scale_log2 = a.scale * 1.4426950408889634f;
+  params_.prefill_takes_decode_rows = cuda && params_.group_size > kDecodeMaxGroupSize;
+  if (!cuda) {
+    a.num_splits = 1;  // the CPU kernel does not split keys
+    check_attention_batch_cpu(params_);
+    return;
+  }
+  if (params_.prefill_takes_decode_rows) a.num_splits = 1;
+  else if (a.num_splits == 0) {
+    a.num_splits = cuda_recommended_num_splits(a.num_seqs, a.num_kv_heads, a.num_heads, a.head_dim, a.dtype,
+                                               a.max_context_len);
+  }
+  if (a.num_splits > 1) {
+    const size_t need = paged_attention_workspace_bytes(a.num_seqs, a.num_heads, a.head_dim, a.num_splits);
+    const size_t counters = split_counter_region_bytes(a.workspace_bytes);
+    const size_t partials = split_partials_bytes(a.num_seqs, a.num_heads, a.head_dim, a.num_splits);
+    require(a.workspace != nullptr && counters >= static_cast<size_t>(a.num_seqs) * a.num_kv_heads * sizeof(int32_t) &&
+                a.workspace_bytes - counters >= partials,
+            "paged_attention with num_splits=" + std::to_string(a.num_splits) + " needs a " + std::to_string(need) +
+                "-byte workspace (paged_attention_workspace_bytes), got " +
+                std::to_string(a.workspace == nullptr ? 0 : a.workspace_bytes));
+    require(reinterpret_cast<uintptr_t>(a.workspace) % 16 == 0, "paged_attention workspace must be 16-byte aligned");
+    params_.split_counters = static_cast<int*>(a.workspace);
+    params_.partial_out = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + counters);
+    params_.partial_lse = params_.partial_out + static_cast<size_t>(a.num_splits) * a.num_seqs * a.num_heads * a.head_dim;
+  }
 }
 
+void AttentionPlan::run(const AttentionLayer& layer, cudaStream_t stream) const {
+  AttentionParams p = params_;
+  static_cast<AttentionLayer&>(p) = layer;
+  require(p.q_stride_head >= p.head_dim && p.out_stride_head >= p.head_dim,
+          "q/out head stride must be at least head_dim (last dim contiguous)");
+  if (cuda_) paged_attention_cuda(p, stream);
+  else paged_attention_cpu(p);
+}
 
 // ---- layer kernels (pagedcore/layer_kernels.h) ------------------------------------------------------
 void check_add_rms_norm_args(const AddRMSNormArgs& a) {

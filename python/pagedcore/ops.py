@@ -27,7 +27,9 @@ import torch
 from pagedcore import _core
 
 __all__ = [
+    "AttentionPlan",
     "add_rms_norm",
+    "attention_plan",
     "copy_blocks",
     "kv_cache_from_logical",
     "kv_cache_to_logical",
@@ -200,6 +202,133 @@ def kv_cache_from_logical(values: torch.Tensor) -> torch.Tensor:
     return _permute_kv_chunks(values) if values.is_cuda else values
 
 
+class AttentionPlan:
+    """One step's paged attention (a native ``_core.AttentionPlan``): the step's block tables, lengths,
+    split count and workspace, validated once; every layer then calls ``run`` with its own q, caches
+    and out. Built by ``attention_plan``; holds the step's tensors, which must not change shape
+    while it is used (their contents may: a CUDA graph replays a plan over refilled buffers)."""
+
+    __slots__ = ("native", "device", "dtype", "scale", "num_heads", "q_shape", "cache_shape", "stream_device",
+                 "_tensors")
+
+    def __init__(self, native, device: torch.device, dtype: torch.dtype, scale: float, q_shape: tuple[int, int, int],
+                 cache_shape: tuple[int, int, int, int], tensors: tuple[torch.Tensor | None, ...]):
+        self.native = native
+        self.scale = scale
+        self.device = device
+        self.dtype = dtype
+        self.num_heads = q_shape[1]
+        self.q_shape = q_shape
+        self.cache_shape = cache_shape
+        self.stream_device = device if device.type == "cuda" else None
+        self._tensors = tensors  # kept alive: the native plan holds their addresses
+
+    @property
+    def num_splits(self) -> int:
+        return self.native.num_splits
+
+    def _check_rows(self, name: str, t: torch.Tensor) -> None:
+        if t.shape != self.q_shape or t.dtype != self.dtype or t.device != self.device or t.stride(2) != 1:
+            raise ValueError(
+                f"{name} must be {self.dtype} [{', '.join(map(str, self.q_shape))}] on {self.device}, contiguous in its "
+                f"last dim (the plan's step), got {t.dtype} {tuple(t.shape)} strides {t.stride()} on {t.device}"
+            )
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of one layer: q [num_tokens, num_heads, head_dim] -> out (allocated when None)."""
+        self._check_rows("q", q)
+        for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if (cache.shape != self.cache_shape or cache.dtype != self.dtype or cache.device != self.device
+                    or not cache.is_contiguous()):
+                raise ValueError(
+                    f"{name} must be a contiguous {self.dtype} [{', '.join(map(str, self.cache_shape))}] cache on "
+                    f"{self.device} (the plan's), got {cache.dtype} {tuple(cache.shape)} on {cache.device}"
+                )
+        if out is None:
+            out = torch.empty(self.q_shape, dtype=self.dtype, device=self.device)
+        else:
+            self._check_rows("out", out)
+        stream = None if self.stream_device is None else torch.cuda.current_stream(self.stream_device).cuda_stream
+        self.native.run(q.data_ptr(), q.stride(0), q.stride(1), k_cache.data_ptr(), v_cache.data_ptr(),
+                        out.data_ptr(), out.stride(0), out.stride(1), stream)
+        return out
+
+
+def attention_plan(
+    k_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    *,
+    num_tokens: int,
+    num_heads: int,
+    scale: float | None = None,
+    max_query_len: int | None = None,
+    max_context_len: int | None = None,
+    num_splits: int | None = None,
+    workspace: torch.Tensor | None = None,
+) -> AttentionPlan:
+    """The plan of one step's paged attention over caches shaped like k_cache (any layer's).
+
+    block_tables: int32 [num_seqs, max_blocks]; context_lens: int32 [num_seqs], all tokens of each
+    sequence including the new ones; query_start_loc: int32 [num_seqs + 1]; num_tokens query rows of
+    num_heads heads. Query row j of a sequence with qlen rows sits at position context_len - qlen + j
+    and attends to keys [0, position].
+
+    Host-side hints (pass them to avoid a device sync and to capture CUDA graphs): max_query_len
+    (1 = decode only), max_context_len (picks num_splits), num_splits (CUDA split-KV partitions; with
+    num_splits > 1 pass a workspace from paged_attention_workspace). On CPU the plan checks every
+    block id once.
+    """
+    device = _check_same_device(
+        {"k_cache": k_cache, "block_tables": block_tables, "context_lens": context_lens,
+         "query_start_loc": query_start_loc}
+    )
+    if k_cache.dim() != 4:
+        raise ValueError(f"a KV cache is [num_blocks, num_kv_heads, block_size, head_dim], got {tuple(k_cache.shape)}")
+    num_blocks, num_kv_heads, block_size, head_dim = k_cache.shape
+    _check_dtype("k_cache", k_cache, device)
+    _check_int32("block_tables", block_tables, 2)
+    _check_int32("context_lens", context_lens, 1)
+    _check_int32("query_start_loc", query_start_loc, 1)
+    num_seqs = context_lens.shape[0]
+    if block_tables.shape[0] != num_seqs or query_start_loc.shape[0] != num_seqs + 1:
+        raise ValueError(
+            f"block_tables ({block_tables.shape[0]} rows), context_lens ({num_seqs}) and query_start_loc "
+            f"({query_start_loc.shape[0]}, needs num_seqs + 1) disagree on the number of sequences"
+        )
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    if max_query_len is None:
+        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max().item()) if num_seqs else 0
+    cuda = device.type == "cuda"
+    if cuda:
+        _stream(device)  # refuses a build without CUDA
+    splits, ws_ptr, ws_bytes = 1, 0, 0
+    if cuda:
+        if num_splits is None:
+            if max_context_len is None:
+                max_context_len = int(context_lens.max().item()) if num_seqs else 0
+            num_splits = recommended_num_splits(num_seqs, num_kv_heads, num_heads, head_dim, k_cache.dtype,
+                                                max_context_len)
+        splits = num_splits
+        if splits > 1:
+            if workspace is None:
+                workspace = paged_attention_workspace(num_seqs, num_heads, head_dim, splits, device)
+            if workspace.device != device:
+                raise ValueError("workspace must be on the cache's device")
+            ws_ptr, ws_bytes = workspace.data_ptr(), workspace.numel() * workspace.element_size()
+    native = _core.AttentionPlan(
+        _DTYPES[k_cache.dtype], num_seqs, num_tokens, num_heads, num_kv_heads, head_dim, block_size, num_blocks,
+        block_tables.data_ptr(), block_tables.stride(0), block_tables.shape[1], context_lens.data_ptr(),
+        query_start_loc.data_ptr(), float(scale), max_query_len, max_context_len or 0, splits, ws_ptr, ws_bytes,
+        cuda,
+    )
+    return AttentionPlan(native, device, k_cache.dtype, float(scale), (num_tokens, num_heads, head_dim), tuple(k_cache.shape),
+                         (block_tables, context_lens, query_start_loc, workspace))
+
+
 def paged_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -215,75 +344,28 @@ def paged_attention(
     num_splits: int | None = None,
     workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention of a mixed decode / prefill batch over the paged KV cache.
+    """Attention of a mixed decode / prefill batch over the paged KV cache: one layer's call, a plan
+    (attention_plan) made and run once. A model makes the plan once per step and runs it per layer.
 
-    q: [num_tokens, num_heads, head_dim] (token/head strides free, last dim contiguous); the
-    query tokens of sequence i are rows query_start_loc[i] .. query_start_loc[i+1]-1.
+    q: [num_tokens, num_heads, head_dim] (token/head strides free, last dim contiguous).
     k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim] holding every token's K/V,
-    this step's included (call write_kv_cache first). block_tables: int32 [num_seqs, max_blocks];
-    context_lens: int32 [num_seqs], all tokens of each sequence including the new ones;
-    query_start_loc: int32 [num_seqs + 1]. Query row j of a sequence with qlen rows sits at
-    position context_len - qlen + j and attends to keys [0, position].
-
-    Host-side hints (pass them to avoid a device sync and to capture CUDA graphs):
-    max_query_len (1 = decode only), max_context_len (picks num_splits), num_splits (CUDA split-KV
-    partitions; with num_splits > 1 pass a workspace from paged_attention_workspace).
+    this step's included (call write_kv_cache first). The other arguments as attention_plan's.
     Returns out: [num_tokens, num_heads, head_dim] in q's dtype.
     """
-    device = _check_same_device(
-        {"q": q, "k_cache": k_cache, "v_cache": v_cache, "block_tables": block_tables,
-         "context_lens": context_lens, "query_start_loc": query_start_loc}
-    )
-    num_blocks, num_kv_heads, block_size, head_dim = _check_cache(k_cache, v_cache)
+    device = _check_same_device({"q": q, "k_cache": k_cache, "v_cache": v_cache})
+    _check_cache(k_cache, v_cache)
     _check_dtype("q", q, device)
+    head_dim = k_cache.shape[3]
     if q.dim() != 3 or q.shape[2] != head_dim:
         raise ValueError(f"q must be [num_tokens, num_heads, {head_dim}], got {tuple(q.shape)}")
     if q.stride(2) != 1:
         raise ValueError(f"q must be contiguous in its last dim; got strides {q.stride()}")
     if q.dtype != k_cache.dtype:
         raise TypeError(f"q ({q.dtype}) must match the cache dtype ({k_cache.dtype})")
-    num_tokens, num_heads = q.shape[0], q.shape[1]
-    _check_int32("block_tables", block_tables, 2)
-    _check_int32("context_lens", context_lens, 1)
-    _check_int32("query_start_loc", query_start_loc, 1)
-    num_seqs = context_lens.shape[0]
-    if block_tables.shape[0] != num_seqs or query_start_loc.shape[0] != num_seqs + 1:
-        raise ValueError(
-            f"block_tables ({block_tables.shape[0]} rows), context_lens ({num_seqs}) and query_start_loc "
-            f"({query_start_loc.shape[0]}, needs num_seqs + 1) disagree on the number of sequences"
-        )
-    if out is None:
-        out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=device)
-    else:
-        _check_rows("out", out, num_heads, head_dim)
-        if out.dtype != q.dtype or out.device != device or out.shape[0] != num_tokens:
-            raise ValueError("out must match q in dtype, device and shape")
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-    stream = _stream(device)
-    if max_query_len is None:
-        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max().item()) if num_seqs else 0
-    splits = 1
-    ws_ptr, ws_bytes = 0, 0
-    if stream is not None:
-        if num_splits is None:
-            if max_context_len is None:
-                max_context_len = int(context_lens.max().item()) if num_seqs else 0
-            num_splits = recommended_num_splits(num_seqs, num_kv_heads, num_heads, head_dim, q.dtype, max_context_len)
-        splits = num_splits
-        if splits > 1:
-            if workspace is None:
-                workspace = paged_attention_workspace(num_seqs, num_heads, head_dim, splits, device)
-            if workspace.device != device:
-                raise ValueError("workspace must be on q's device")
-            ws_ptr, ws_bytes = workspace.data_ptr(), workspace.numel() * workspace.element_size()
-    _core.paged_attention(
-        _DTYPES[q.dtype], q.data_ptr(), q.stride(0), q.stride(1), k_cache.data_ptr(), v_cache.data_ptr(),
-        block_tables.data_ptr(), block_tables.stride(0), block_tables.shape[1], context_lens.data_ptr(),
-        query_start_loc.data_ptr(), out.data_ptr(), out.stride(0), out.stride(1), num_seqs, num_tokens, num_heads,
-        num_kv_heads, head_dim, block_size, num_blocks, float(scale), max_query_len, splits, ws_ptr, ws_bytes, stream,
-    )
-    return out
+    plan = attention_plan(k_cache, block_tables, context_lens, query_start_loc, num_tokens=q.shape[0],
+                          num_heads=q.shape[1], scale=scale, max_query_len=max_query_len,
+                          max_context_len=max_context_len, num_splits=num_splits, workspace=workspace)
+    return plan.run(q, k_cache, v_cache, out)
 
 
 def _pairs_tensor(pairs: torch.Tensor | Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:

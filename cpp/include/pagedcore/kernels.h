@@ -53,8 +53,12 @@ struct WriteKVCacheArgs {
   const int32_t* slot_mapping;  // [num_tokens]; block_id * block_size + offset, kPaddingSlot skips
 };
 
-// ---- paged_attention ------------------------------------------------------------------------------
-struct PagedAttentionArgs {
+// ---- paged_attention: one plan per step, run by every layer ---------------------------------------
+// AttentionParams is the attention kernels' one parameter list, CPU and CUDA alike (the CUDA kernels
+// take it by value): what the step gives (AttentionStep), what each layer gives (AttentionLayer) and
+// what AttentionPlan derives from them once per step. A new kernel parameter is a field of one of
+// these, plus the line that sets it.
+struct AttentionStep {
   DType dtype;
   int num_seqs;
   int num_tokens;     // query rows in q / out (= query_start_loc[num_seqs])
@@ -62,25 +66,61 @@ struct PagedAttentionArgs {
   int num_kv_heads;   // KV heads; num_heads % num_kv_heads == 0 (GQA / MQA)
   int head_dim;
   int block_size;
-  int64_t num_blocks;  // blocks in each cache array (CPU checks block ids against it)
-  const void* q;            // [num_tokens, num_heads, head_dim], last dim contiguous
-  int64_t q_stride_token;
-  int64_t q_stride_head;
-  const void* k_cache;      // [num_blocks, num_kv_heads, block_size, head_dim]
-  const void* v_cache;      // [num_blocks, num_kv_heads, block_size, head_dim]
+  int64_t num_blocks;              // blocks in each cache array (CPU checks block ids against it)
   const int32_t* block_tables;     // [num_seqs, max_blocks_per_seq], row stride below
   int64_t block_tables_stride;     // elements between rows of block_tables
   int max_blocks_per_seq;
   const int32_t* context_lens;     // [num_seqs]
   const int32_t* query_start_loc;  // [num_seqs + 1]
+  float scale;                     // softmax scale, usually 1 / sqrt(head_dim)
+  int max_query_len;               // host-side max of the query lengths (CUDA skips the prefill launch at 1)
+  int max_context_len;             // host-side max of context_lens (CUDA picks the split count from it)
+  int num_splits;                  // CUDA decode split-KV partitions, 1..kMaxAttentionSplits; 0 = the plan picks
+  void* workspace;                 // CUDA: paged_attention_workspace_bytes(...) zero-filled bytes when num_splits > 1
+  size_t workspace_bytes;
+};
+
+struct AttentionLayer {
+  const void* q;            // [num_tokens, num_heads, head_dim], last dim contiguous
+  int64_t q_stride_token;
+  int64_t q_stride_head;
+  const void* k_cache;      // [num_blocks, num_kv_heads, block_size, head_dim]
+  const void* v_cache;      // [num_blocks, num_kv_heads, block_size, head_dim]
   void* out;                // [num_tokens, num_heads, head_dim], last dim contiguous
   int64_t out_stride_token;
   int64_t out_stride_head;
-  float scale;              // softmax scale, usually 1 / sqrt(head_dim)
-  int max_query_len;        // host-side max of the query lengths (CUDA skips the prefill launch at 1)
-  int num_splits;           // CUDA decode split-KV partitions (>= 1); CPU ignores it
-  void* workspace;          // CUDA: paged_attention_workspace_bytes(...) zero-filled bytes when num_splits > 1
-  size_t workspace_bytes;
+};
+
+struct AttentionParams : AttentionStep, AttentionLayer {
+  int group_size;                  // num_heads / num_kv_heads
+  int block_size_log2;             // block_size = 1 << block_size_log2
+  float scale_log2;                // scale * log2(e): the CUDA kernels' scores go through exp2
+  bool prefill_takes_decode_rows;  // CUDA: group_size > kDecodeMaxGroupSize, the prefill kernel runs 1-token rows
+  int* split_counters;             // [num_seqs, num_kv_heads] splits finished; zero between launches
+  float* partial_out;              // [num_splits, num_seqs, num_heads, head_dim] (split-KV only)
+  float* partial_lse;              // [num_splits, num_seqs, num_heads], log2 domain (split-KV only)
+};
+
+// Query heads per KV head the CUDA decode kernel takes (its warps hold 16 rows); larger groups run
+// through the prefill kernel.
+inline constexpr int kDecodeMaxGroupSize = 16;
+
+// One step's attention: built once per step (validation, the split count and workspace layout, and
+// on CPU a check of every block id), then run by every layer with that layer's q, caches and out.
+class AttentionPlan {
+ public:
+  // cuda: the step's arrays live on the current CUDA device. Throws std::invalid_argument naming
+  // the limit for a step the kernels do not take.
+  AttentionPlan(const AttentionStep& step, bool cuda);
+  const AttentionParams& params() const { return params_; }
+  bool cuda() const { return cuda_; }
+  // Attention of one layer (stream ignored on CPU). Throws std::invalid_argument for strides or
+  // alignments the kernels do not take.
+  void run(const AttentionLayer& layer, cudaStream_t stream) const;
+
+ private:
+  AttentionParams params_{};
+  bool cuda_;
 };
 
 // Split-KV workspace: int32 split counters (one per sequence and KV head) in the first
@@ -100,11 +140,13 @@ inline constexpr int kMaxAttentionSplits = 64;
 
 // Throws std::invalid_argument with a message naming what is supported. Shared by CPU and CUDA.
 void check_write_kv_cache_args(const WriteKVCacheArgs& args);
-void check_paged_attention_args(const PagedAttentionArgs& args);
 
 // ---- CPU implementations (threads; fp32 and bf16) -------------------------------------------------
 void write_kv_cache_cpu(const WriteKVCacheArgs& args);
-void paged_attention_cpu(const PagedAttentionArgs& args);
+// Runs a validated plan's params (AttentionPlan::run is the entry point).
+void paged_attention_cpu(const AttentionParams& params);
+// The CPU plan's check of the step's host arrays: query_start_loc, context_lens, every block id.
+void check_attention_batch_cpu(const AttentionParams& params);
 // Copies whole blocks within each cache array. caches: [num_caches] base pointers, each an array
 // [num_blocks, block_bytes]; pairs: [num_pairs, 2] (src, dst) block ids.
 void copy_blocks_cpu(void* const* caches, int num_caches, int64_t num_blocks, int64_t block_bytes,
@@ -112,7 +154,7 @@ void copy_blocks_cpu(void* const* caches, int num_caches, int64_t num_blocks, in
 
 // ---- CUDA implementations (throw std::runtime_error when built without CUDA) ----------------------
 void write_kv_cache_cuda(const WriteKVCacheArgs& args, cudaStream_t stream);
-void paged_attention_cuda(const PagedAttentionArgs& args, cudaStream_t stream);
+void paged_attention_cuda(const AttentionParams& params, cudaStream_t stream);
 // caches: device array [num_caches] of base pointers (each [num_blocks, block_bytes]);
 // pairs: device array [num_pairs, 2] of (src, dst) block ids. block_bytes must be a multiple of 16.
 void copy_blocks_cuda(void* const* caches, int num_caches, int64_t block_bytes, const int32_t* pairs,

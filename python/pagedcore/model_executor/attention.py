@@ -1,12 +1,13 @@
 """Paged attention as a layer: store this step's K/V in the paged cache, then attend over it.
 
-Every layer calls the pagedcore kernels (pagedcore.ops): write_kv_cache and paged_attention, for
-a mixed batch of decode rows and (chunked) prefill rows described by AttentionMetadata.
+Every layer calls the pagedcore kernels (pagedcore.ops): write_kv_cache, then the step's attention
+plan (made by the first layer, validated once, run by every layer), for a mixed batch of decode
+rows and (chunked) prefill rows described by AttentionMetadata.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +26,18 @@ class AttentionMetadata:
     max_context_len: int  # host-side max of context_lens (CUDA picks its split-KV count from it)
     num_splits: int | None = None  # CUDA split-KV partitions; fixed when a CUDA graph is captured
     workspace: torch.Tensor | None = None  # CUDA split-KV scratch for num_splits > 1 (graph capture)
+    plan: ops.AttentionPlan | None = field(default=None, repr=False)  # made by the step's first layer
+
+    def attention_plan(self, cache: torch.Tensor, num_tokens: int, num_heads: int, scale: float) -> ops.AttentionPlan:
+        """The step's attention plan for layers of this geometry: made once, by the first layer."""
+        plan = self.plan
+        if (plan is None or plan.q_shape[0] != num_tokens or plan.num_heads != num_heads
+                or plan.scale != scale or plan.cache_shape != cache.shape or plan.dtype != cache.dtype):
+            plan = self.plan = ops.attention_plan(
+                cache, self.block_tables, self.context_lens, self.query_start_loc, num_tokens=num_tokens,
+                num_heads=num_heads, scale=scale, max_query_len=self.max_query_len,
+                max_context_len=self.max_context_len, num_splits=self.num_splits, workspace=self.workspace)
+        return plan
 
 
 @dataclass
@@ -46,7 +59,5 @@ class PagedAttention(torch.nn.Module):
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]
         -> [num_tokens, num_heads, head_dim]."""
         ops.write_kv_cache(k, v, cache.key, cache.value, meta.slot_mapping)
-        return ops.paged_attention(q, cache.key, cache.value, meta.block_tables, meta.context_lens,
-                                   meta.query_start_loc, scale=self.scale, max_query_len=meta.max_query_len,
-                                   max_context_len=meta.max_context_len, num_splits=meta.num_splits,
-                                   workspace=meta.workspace)
+        plan = meta.attention_plan(cache.key, q.shape[0], self.num_heads, self.scale)
+        return plan.run(q, cache.key, cache.value)
