@@ -315,7 +315,11 @@ void Scheduler::build_plan(StepPlan& plan) {
     if (x.num_new_tokens == 1) ++plan.num_decode_seqs;  // partitioned: these lead
   }
   plan.max_blocks_per_seq = max_blocks;
-  plan.block_tables.assign(static_cast<size_t>(plan.num_seqs) * max_blocks, kNullBlock);
+  // The table widens by one block every block_size decode steps: grow its room geometrically, so
+  // that such a step does not reallocate (and page-fault) a fresh buffer of the whole table.
+  const size_t table_size = static_cast<size_t>(plan.num_seqs) * max_blocks;
+  if (table_size > plan.block_tables.capacity()) plan.block_tables.reserve(std::max(table_size, 2 * plan.block_tables.capacity()));
+  plan.block_tables.assign(table_size, kNullBlock);
   plan.query_start_loc.push_back(0);
   int row = 0;
   for (int i = 0; i < plan.num_seqs; ++i) {
