@@ -167,3 +167,30 @@ def test_structured_outputs_of_a_random_model_fit_on_gpu(tmp_path):
             else:
                 assert completion.text in ("yes", "no way"), completion.text
     assert llm.scheduler.stats().num_used_blocks == 0
+
+
+def test_penalties_from_the_device_history_give_the_per_row_forms_tokens(tmp_path, monkeypatch):
+    """Through the engine (overlapped loop, CUDA graphs, rows joining and finishing), the batched
+    penalties over the device-side token histories pick exactly the tokens the per-row form picks."""
+    from pagedcore.model_executor.sampler import Sampler
+
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512)
+    generator = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(3, 40, (n,), generator=generator).tolist() for n in (5, 17, 40, 63, 100, 7)]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, repetition_penalty=1.4,
+                             frequency_penalty=0.3 * (i % 2), presence_penalty=0.2)
+              for i, n in enumerate((40, 12, 33, 25, 40, 3))]
+    params.append(SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))  # no penalties
+    prompts.append(prompts[0])
+    tokens = {}
+    for form in ("batched", "per row"):
+        if form == "per row":
+            monkeypatch.setattr(Sampler, "_apply_penalties_batched", Sampler._apply_penalties_per_row)
+        llm = LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16, max_model_len=256, verbose=False,
+                  kv_cache_memory_bytes=64 << 20)
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        tokens[form] = [c.token_ids for o in outputs for c in o.outputs]
+        history = llm.engine.sampler.penalty_history
+        assert (history is not None) == (form == "batched")  # the batched form ran on the device history
+    assert tokens["batched"] == tokens["per row"]
+    assert [len(t) for t in tokens["batched"]] == [40, 12, 33, 25, 40, 3, 20]

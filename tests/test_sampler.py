@@ -1,5 +1,8 @@
 """Sampler: greedy, filters, penalties, seeded reproducibility and log-probabilities."""
 
+import gc
+
+import pytest
 import torch
 
 from pagedcore.model_executor.sampler import Sampler, SequenceSamplingState
@@ -82,6 +85,41 @@ def test_penalties_follow_hf_and_vllm_formulas():
     assert torch.isclose(processed[0, 2], torch.tensor(0.25))
     assert torch.equal(processed[0, 4:], logits[0, 4:])
     assert torch.equal(logits[0, 0], torch.tensor(2.0))  # the input is not modified
+
+
+PENALTY_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", PENALTY_DEVICES)
+def test_batched_penalties_from_the_device_history_equal_the_per_row_form(device):
+    # The device-side history (PenaltyHistory: rows written once, then extended by each step's new
+    # tokens, slots reused after a sequence goes) gives exactly the per-row form's values, step
+    # after step, with rows joining, leaving and skipping steps.
+    generator = torch.Generator().manual_seed(5)
+    sampler, reference = _sampler(), _sampler()
+    settings = [dict(repetition_penalty=1.3), dict(frequency_penalty=0.7, presence_penalty=-0.4),
+                dict(repetition_penalty=0.8, frequency_penalty=-0.3, presence_penalty=0.9), dict(repetition_penalty=1.0,
+                presence_penalty=0.5)]
+    states = []
+    for step in range(12):
+        if step % 3 == 0:  # a sequence joins, an old one leaves (its slot is freed and reused)
+            if len(states) >= 3:
+                states.pop(0)
+                gc.collect()
+            prompt = torch.randint(0, VOCAB, (int(torch.randint(1, 30, (1,), generator=generator)),),
+                                   generator=generator).tolist()
+            states.append(SequenceSamplingState.create(
+                SamplingParams(temperature=1.0, **settings[step // 3 % len(settings)]), prompt, 0))
+        batch = [s for i, s in enumerate(states) if (step + i) % 4 != 3]  # some rows skip a step
+        logits = torch.randn(len(batch) + 1, VOCAB, generator=generator) * 3
+        plain = _state(SamplingParams(temperature=1.0))  # a row without penalties keeps its logits
+        rows = [*batch, plain]
+        ours = sampler._apply_penalties_batched(logits.to(device), rows, list(range(len(batch)))).cpu()
+        expected = reference._apply_penalties(logits, rows)
+        assert torch.equal(ours, expected), f"step {step}: {(ours - expected).abs().max()}"
+        for s in states:  # every sequence decodes: few distinct tokens, so repeats are common
+            s.output_token_ids.extend(torch.randint(0, 6, (1 + step % 2,), generator=generator).tolist())
+    assert len(sampler.penalty_history.free) + len(states) == sampler.penalty_history.ids.shape[0]
 
 
 def test_logprobs_hold_sampled_plus_top_k():

@@ -2,7 +2,8 @@
 
 Order, as in vLLM: the structured output's grammar mask, the logit controls (allowed_token_ids, bad_words, logit_bias, logits processors),
 EOS and stop tokens masked while a sequence is below min_tokens, penalties (repetition on prompt +
-output, presence and frequency on output), then greedy argmax, or temperature, top-k, top-p, min-p
+output, presence and frequency on output; on CUDA batched over a device-side token history that
+grows by each step's new tokens, PenaltyHistory), then greedy argmax, or temperature, top-k, top-p, min-p
 and a draw. Log-probabilities are those of the raw model distribution (before penalties and
 temperature); logprobs_of() gives them for any rows (the prompt's too).
 
@@ -15,6 +16,7 @@ shares its batch, and after preemption; unseeded rows take the engine seed's str
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +41,10 @@ class SequenceSamplingState:
     min_tokens_blocked: tuple[int, ...] = ()  # never sampled before min_tokens: stop ids (+ EOS unless ignored)
     bad_words: tuple[tuple[int, ...], ...] = ()  # SamplingParams.bad_words as token sequences
     matcher: object | None = None  # xgrammar.GrammarMatcher of the structured output, advanced per token
+    # Its row in the sampler's device-side PenaltyHistory (CUDA, penalties only) and the output
+    # tokens that row holds.
+    penalty_slot: int | None = field(default=None, repr=False)
+    penalty_len: int = field(default=0, repr=False)
 
     @classmethod
     def create(cls, params: SamplingParams, prompt_token_ids: list[int], seq_index: int,
@@ -98,9 +104,66 @@ class SampledBatch:
         return SamplerOutput([int(t) for t in both[:num]], both[num:], self._top_logprobs, self._ranks)
 
 
+class PenaltyHistory:
+    """The token history of the sequences that use penalties, on the device: one row per sequence
+    (its prompt, then its output tokens; -1 past its length), written whole once and then extended
+    by the step's new tokens, so that a step's penalties are a few batched kernels over all the
+    penalized rows instead of per-row tensors rebuilt from Python lists. A row is freed with its
+    sequence's sampling state."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.ids = torch.full((0, 0), -1, dtype=torch.long, device=device)  # [slots, capacity]
+        self.free: list[int] = []
+
+    def _grow(self, num_slots: int, capacity: int) -> None:
+        """Room for num_slots rows of capacity tokens (sizes at least double, so growth is rare)."""
+        slots, cap = self.ids.shape
+        if num_slots <= slots and capacity <= cap:
+            return
+        new_slots = slots if num_slots <= slots else max(num_slots, 2 * slots, 8)
+        new_cap = cap if capacity <= cap else max(capacity, 2 * cap, 64)
+        grown = torch.full((new_slots, new_cap), -1, dtype=torch.long, device=self.device)
+        grown[:slots, :cap] = self.ids
+        self.free.extend(range(slots, grown.shape[0]))
+        self.ids = grown
+
+    def rows(self, states: list[SequenceSamplingState]) -> tuple[torch.Tensor, int]:
+        """(the states' rows [R] on the device, the longest history among them), every row brought
+        up to date with its state's output tokens (one copy for the new rows, one for the rest)."""
+        new, appends = [], []
+        for state in states:
+            output = state.output_token_ids
+            if state.penalty_slot is None or state.penalty_len > len(output):
+                new.append(state)
+            else:
+                base = len(state.prompt_token_ids)
+                appends.extend((state.penalty_slot, base + k, output[k]) for k in range(state.penalty_len, len(output)))
+            state.penalty_len = len(output)
+        longest = max(len(s.prompt_token_ids) + len(s.output_token_ids) for s in states)
+        unplaced = sum(s.penalty_slot is None for s in new)
+        self._grow(self.ids.shape[0] + max(unplaced - len(self.free), 0), longest)
+        if new:
+            for state in new:
+                if state.penalty_slot is None:
+                    state.penalty_slot = self.free.pop()
+                    weakref.finalize(state, self.free.append, state.penalty_slot)
+            host = torch.full((len(new), self.ids.shape[1]), -1, dtype=torch.long)  # whole rows: a reused slot's old ids go
+            for i, state in enumerate(new):
+                history = state.prompt_token_ids + state.output_token_ids
+                host[i, :len(history)] = torch.tensor(history, dtype=torch.long)
+            slots = _host_tensor([s.penalty_slot for s in new], torch.long, self.device)
+            self.ids[slots] = host.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else host
+        if appends:
+            slot, position, token = _host_tensor(appends, torch.long, self.device).unbind(1)
+            self.ids[slot, position] = token
+        return _host_tensor([s.penalty_slot for s in states], torch.long, self.device), longest
+
+
 class Sampler:
     def __init__(self, vocab_size: int, generator: torch.Generator):
         self.vocab_size = vocab_size
+        self.penalty_history: PenaltyHistory | None = None  # CUDA: the penalized rows' histories
         self.key = generator.initial_seed() % (1 << 63)  # the noise key of rows of requests without a seed
         self.num_draws = 0  # calls that drew unseeded rows: their noise offset
 
@@ -209,6 +272,14 @@ class Sampler:
         rows = [i for i, s in enumerate(states) if s.params.uses_penalties]
         if not rows:
             return logits
+        if logits.is_cuda:
+            return self._apply_penalties_batched(logits, states, rows)
+        # CPU: per row over its own tokens (the batched form's [rows, vocab] passes cost more there:
+        # bench/RESULTS.md, "dense device-side penalty state").
+        return self._apply_penalties_per_row(logits, states, rows)
+
+    def _apply_penalties_per_row(self, logits: torch.Tensor, states: list[SequenceSamplingState],
+                                 rows: list[int]) -> torch.Tensor:
         logits = logits.clone()
         device = logits.device
         for row in rows:
@@ -225,6 +296,37 @@ class Sampler:
                                                values * params.repetition_penalty)
             row_logits -= params.frequency_penalty * counts
             row_logits -= params.presence_penalty * (counts > 0).to(counts.dtype)
+        return logits
+
+    def _apply_penalties_batched(self, logits: torch.Tensor, states: list[SequenceSamplingState],
+                                 rows: list[int]) -> torch.Tensor:
+        """The penalties of `rows` in a few kernels over all of them, from the device-side token
+        histories (PenaltyHistory): the same arithmetic as the per-row form, so the same values."""
+        if self.penalty_history is None or self.penalty_history.device != logits.device:
+            self.penalty_history = PenaltyHistory(logits.device)
+        penalized = [states[i] for i in rows]
+        slots, longest = self.penalty_history.rows(penalized)
+        vocab, device = self.vocab_size, logits.device
+        ids = self.penalty_history.ids[slots, :longest]  # [R, L], -1 past each row's history
+        settings = _host_tensor([[s.params.repetition_penalty, s.params.frequency_penalty, s.params.presence_penalty,
+                                  len(s.prompt_token_ids)] for s in penalized], torch.float32, device)
+        repetition, frequency, presence, prompt_len = settings.unbind(1)
+        in_vocab = (ids >= 0) & (ids < vocab)
+        is_output = in_vocab & (torch.arange(longest, device=device)[None, :] >= prompt_len[:, None])
+        pad = torch.full_like(ids, vocab)  # a column past the vocabulary takes the padding
+        seen = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=device)
+        seen.scatter_(1, torch.where(in_vocab, ids, pad), True)
+        counts = torch.zeros(len(rows), vocab + 1, device=device)
+        counts.scatter_add_(1, torch.where(is_output, ids, pad), torch.ones_like(ids, dtype=counts.dtype))
+        seen, counts = seen[:, :vocab], counts[:, :vocab]
+        index = _host_tensor(rows, torch.long, device)
+        sub = logits[index]  # [R, vocab] copy
+        repetition = repetition[:, None]
+        sub = torch.where(seen, torch.where(sub > 0, sub / repetition, sub * repetition), sub)
+        sub -= frequency[:, None] * counts
+        sub -= presence[:, None] * (counts > 0).to(counts.dtype)
+        logits = logits.clone()
+        logits[index] = sub
         return logits
 
     def _choose(self, scores: torch.Tensor, raw: torch.Tensor, states: list[SequenceSamplingState],
