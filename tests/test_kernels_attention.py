@@ -291,6 +291,22 @@ def test_cpu_plan_checks_block_ids_once_when_made():
                            num_tokens=1, num_heads=4)
 
 
+def test_a_cpu_plan_rechecks_refilled_arrays_on_every_run():
+    # A plan runs over buffers whose contents may change between runs (found in review: a CPU plan
+    # checked them only when made, and a bad id written afterwards was read out of bounds).
+    batch = small_batch(context_lens=[20])
+    plan = ops.attention_plan(batch["k_cache"], batch["block_tables"], batch["context_lens"], batch["query_start_loc"],
+                              num_tokens=1, num_heads=4)
+    plan.run(batch["q"], batch["k_cache"], batch["v_cache"])
+    batch["block_tables"][0, 1] = 10_000_000
+    with pytest.raises(IndexError, match="outside"):
+        plan.run(batch["q"], batch["k_cache"], batch["v_cache"])
+    batch["block_tables"][0, 1] = 0
+    batch["context_lens"][0] = 1_000_000
+    with pytest.raises(ValueError, match="blocks; block_tables has"):
+        plan.run(batch["q"], batch["k_cache"], batch["v_cache"])
+
+
 def test_plan_refuses_a_layer_of_another_shape():
     batch = small_batch()
     plan = ops.attention_plan(batch["k_cache"], batch["block_tables"], batch["context_lens"], batch["query_start_loc"],

@@ -116,8 +116,14 @@ void AttentionPlan::run(const AttentionLayer& layer, cudaStream_t stream) const 
   static_cast<AttentionLayer&>(p) = layer;
   require(p.q_stride_head >= p.head_dim && p.out_stride_head >= p.head_dim,
           "q/out head stride must be at least head_dim (last dim contiguous)");
-  if (cuda_) paged_attention_cuda(p, stream);
-  else paged_attention_cpu(p);
+  if (cuda_) {
+    paged_attention_cuda(p, stream);
+  } else {
+    // The step's arrays may have been refilled since the plan was made (a plan runs over buffers
+    // whose contents change): the CPU reads them, so it checks them again, as cheaply as it reads them.
+    check_attention_batch_cpu(p);
+    paged_attention_cpu(p);
+  }
 }
 
 // ---- layer kernels (pagedcore/layer_kernels.h) ------------------------------------------------------

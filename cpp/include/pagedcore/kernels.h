@@ -107,6 +107,8 @@ inline constexpr int kDecodeMaxGroupSize = 16;
 
 // One step's attention: built once per step (validation, the split count and workspace layout, and
 // on CPU a check of every block id), then run by every layer with that layer's q, caches and out.
+// The step's arrays may be refilled between runs (CUDA graphs replay a plan over refilled buffers);
+// a CPU run checks their contents again (the CPU kernel reads them on the host anyway).
 class AttentionPlan {
  public:
   // cuda: the step's arrays live on the current CUDA device. Throws std::invalid_argument naming
