@@ -70,7 +70,7 @@ def test_cli_values_reach_engine_args():
     ("pipeline_parallel_size", 2, "pipeline parallelism is not implemented"),
     ("enable_chunked_prefill", False, "pagedcore always chunks prefills"),
     ("kv_cache_dtype", "fp8", "an FP8 KV cache is not implemented yet"),
-    ("quantization", "awq", "quantized weights are not implemented yet"),
+    ("quantization", "awq", "the other weight formats are not implemented"),
     ("disable_log_stats", False, "periodic stats logging is not implemented"),
 ])
 def test_vllm_values_pagedcore_does_not_implement_are_refused_by_name(name, value, reason):

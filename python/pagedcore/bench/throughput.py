@@ -170,6 +170,7 @@ def run(args, argv, save) -> dict:
         llm = common.build_llm(args.preset, device=device, kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)),
                                max_model_len=2048 if args.workload == "w1" else 1024, model=args.model,
                                enable_prefix_caching=False, tensor_parallel_size=args.tensor_parallel_size,
+                               quantization=args.quantization,
                                **({} if args.async_scheduling is None else {"async_scheduling": args.async_scheduling}))
         shape = common.model_shape_of(llm)
         common.run_pagedcore(llm, [Request(r.prompt_token_ids, 16) for r in requests[-8:]], temperature=temperature)
@@ -232,7 +233,7 @@ def _payload(args, argv, device, sets, temperature, shape, results, ceilings) ->
             "config": {"workload": args.workload, "temperature": temperature, "peer_subset": args.peer_subset,
                        "hf_batch_size": args.hf_batch_size, "repeats": args.repeats, "rounds": args.rounds,
                        "kv_cache_bytes": int(args.kv_gib * (1 << 30)), "model": args.model or args.preset,
-                       "tensor_parallel_size": args.tensor_parallel_size,
+                       "tensor_parallel_size": args.tensor_parallel_size, "quantization": args.quantization,
                        "sets": {name: {"num_requests": len(reqs), "num_prompt_tokens": common.num_prompt_tokens(reqs),
                                        "num_output_tokens": common.num_output_tokens(reqs)}
                                 for name, reqs in sets.items()}},
@@ -316,6 +317,8 @@ def parser() -> argparse.ArgumentParser:
                    help="pagedcore's overlapped step loop (default: the engine's default)")
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="pagedcore's ranks (its floor is divided over them; --kv-gib is per rank)")
+    p.add_argument("--quantization", choices=["fp8"], default=None,
+                   help="pagedcore's weights in FP8 (the floor stays the model dtype's: compare tok/s)")
     p.add_argument("--out", default=None, help="results folder (default results/throughput)")
     return p
 

@@ -92,8 +92,10 @@ class EngineArgs:
         why="pagedcore always chunks prefills (max_num_batched_tokens bounds a step)")
     kv_cache_dtype: str = _setting("auto", "KV cache element type: auto (the model's dtype)", only=("auto",),
                                    why="an FP8 KV cache is not implemented yet")
-    quantization: str | None = _setting(None, "weight quantization method", only=(None,),
-                                        why="quantized weights are not implemented yet (GGUF files load dequantized)")
+    quantization: str | None = _setting(
+        None, "weight quantization: fp8 (float8 e4m3 linear layers with per-channel scales, on compute "
+        "capability 8.9+ GPUs); default: the checkpoint's (an FP8 checkpoint's is fp8)", only=(None, "fp8"),
+        why="the other weight formats are not implemented (GGUF files load dequantized)")
     trust_remote_code: bool = _setting(
         False, "accepted for vLLM programs: pagedcore runs only its built-in architectures, never model code "
         "from a repository", only=(False, True), why="")
@@ -222,6 +224,16 @@ class EngineArgs:
             raise ValueError(f"dtype {dtype} is not supported on CPU; supported: "
                              f"{', '.join(str(d).removeprefix('torch.') for d in ops.CPU_DTYPES)}")
         return dtype
+
+    def resolve_quantization(self, checkpoint_quantization: str | None, device: torch.device,
+                             dtype: torch.dtype) -> str | None:
+        """The weights' format: `quantization`, else the checkpoint's; FP8 checked against the device."""
+        quantization = self.quantization or checkpoint_quantization
+        if quantization == "fp8":
+            from pagedcore.model_executor.fp8 import check_fp8_supported
+
+            check_fp8_supported(device, dtype)
+        return quantization
 
     def resolve_max_model_len(self, model_max_len: int) -> int:
         if self.max_model_len is None:

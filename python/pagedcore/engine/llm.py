@@ -65,6 +65,7 @@ class LLM:
         config = source.config
         self.device = args.resolve_device()
         self.dtype = args.resolve_dtype(config.dtype, self.device)
+        self.quantization = args.resolve_quantization(config.quantization, self.device, self.dtype)
         self.max_model_len = args.resolve_max_model_len(config.max_model_len)
         if config.head_dim not in _core.SUPPORTED_HEAD_SIZES:
             raise ValueError(f"head_dim {config.head_dim} is not supported by the kernels; supported: "

@@ -61,6 +61,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     dtype: str = "float32"  # the checkpoint's dtype name ("bfloat16", "float16", "float32")
+    quantization: str | None = None  # the checkpoint's weight format: None, or "fp8" (HF FP8 layout)
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -109,6 +110,7 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos_ids,
             dtype=str(hf.get("dtype") or hf.get("torch_dtype") or "float32"),
+            quantization=_checkpoint_quantization(hf.get("quantization_config")),
         )
 
     @classmethod
@@ -128,3 +130,24 @@ class ModelConfig:
             raise ValueError(f"{path} has no {error.args[0]!r}, which the model needs") from None
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
+
+
+def _checkpoint_quantization(config: dict | None) -> str | None:
+    """The weight format a checkpoint's quantization_config names: None, or "fp8" (Hugging Face's FP8
+    layout: float8_e4m3fn weights with a weight_scale each, per tensor or per output channel, and
+    activations scaled dynamically). Anything else is refused by name."""
+    if not config:
+        return None
+    if not isinstance(config, dict):
+        raise ValueError(f"quantization_config must be an object, got {type(config).__name__}")
+    method = config.get("quant_method")
+    if method != "fp8":
+        raise ValueError(f"checkpoints quantized with quant_method {method!r} are not supported; supported: 'fp8'")
+    if config.get("activation_scheme", "dynamic") != "dynamic":
+        raise ValueError(f"FP8 checkpoints with activation_scheme {config.get('activation_scheme')!r} are not "
+                         "supported; supported: 'dynamic' (activation scales computed per token)")
+    if config.get("weight_block_size"):
+        raise ValueError(f"FP8 checkpoints with block-wise weight scales (weight_block_size "
+                         f"{config.get('weight_block_size')}) are not supported; supported: one scale per tensor "
+                         "or per output channel")
+    return "fp8"

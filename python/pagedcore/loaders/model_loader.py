@@ -17,6 +17,7 @@ import torch
 from pagedcore.loaders.config import ModelConfig
 from pagedcore.loaders.gguf_file import GGUFFile
 from pagedcore.loaders.hub import download_model, looks_like_hub_id
+from pagedcore.model_executor.fp8 import use_fp8_projections
 from pagedcore.model_executor.model import LlamaForCausalLM
 from pagedcore.model_executor.parallel import TensorParallel
 
@@ -75,8 +76,11 @@ def resolve_model(model: str | Path | None, *, revision: str | None = None,
 
 
 def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device, max_positions: int,
-                load_format: str, seed: int, tp: TensorParallel | None = None) -> LlamaForCausalLM:
-    """tp: build only this rank's shard (model_executor/parallel.py); None: the whole model."""
+                load_format: str, seed: int, tp: TensorParallel | None = None,
+                quantization: str | None = None) -> LlamaForCausalLM:
+    """tp: build only this rank's shard (model_executor/parallel.py); None: the whole model.
+    quantization "fp8": the decoder's projections in FP8 (model_executor/fp8.py), loaded as they are
+    from an FP8 checkpoint, else quantized after loading. The caller checks the device can run it."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
     with torch.device("meta"):
@@ -86,11 +90,18 @@ def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device
     model.model.rotary.build_tables()  # float32, as HF computes them
     if source.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    fp8_checkpoint = source.config.quantization == "fp8" and load_format != "dummy"
+    if quantization not in (None, "fp8") or (fp8_checkpoint and quantization is None):
+        raise ValueError(f"quantization must be None or 'fp8' (an FP8 checkpoint loads as 'fp8'), got {quantization!r}")
+    if fp8_checkpoint:
+        use_fp8_projections(model, quantize=False)  # the checkpoint's FP8 weights and scales load as they are
     if load_format == "dummy":
         model.init_dummy_weights(seed)
     else:
         model.load_weights(source.iter_weights(shard=model.shard_spec if tp is not None else None),
                            sharded=tp is not None)
+    if quantization == "fp8" and not fp8_checkpoint:
+        use_fp8_projections(model, quantize=True)
     return model.eval()
 
 

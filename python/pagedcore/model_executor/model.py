@@ -160,6 +160,13 @@ class LlamaForCausalLM(nn.Module):
             if self.tp is not None:
                 tensor = self._shard(name, tensor, sliced=sharded)
             dest = param if part is None else self._fused_slice(param, target, part)
+            if name.endswith(".weight_scale"):  # FP8: per tensor (one value) or per output channel
+                tensor = tensor.reshape(-1)
+                if tensor.numel() == 1:
+                    tensor = tensor.expand(dest.shape)
+            if (tensor.dtype == torch.float8_e4m3fn) != (dest.dtype == torch.float8_e4m3fn):
+                raise ValueError(f"checkpoint tensor {name!r} is {tensor.dtype} where the model holds {dest.dtype}: "
+                                 "FP8 weights load only into FP8 layers, with their weight_scale")
             if dest.shape != tensor.shape:
                 raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                                  f"the model expects {tuple(dest.shape)}")
@@ -193,7 +200,9 @@ class LlamaForCausalLM(nn.Module):
         """(dim, start, length) of this rank's slice of the HF tensor `name` of full `shape`, or None
         when every rank holds all of it (norms, o_proj's bias; parallel.py says which)."""
         attn, mlp = self.model.layers[0].self_attn, self.model.layers[0].mlp
-        leaf = name.split(".")[-2] if name.endswith((".weight", ".bias")) else ""
+        leaf = name.split(".")[-2] if name.endswith((".weight", ".bias", ".weight_scale")) else ""
+        if name.endswith(".weight_scale") and (len(shape) == 0 or shape[0] == 1 or leaf in ("o_proj", "down_proj")):
+            return None  # one scale per tensor, or per output channel of a row-parallel layer: every rank's
         if leaf == "q_proj":
             return 0, self.tp.rank * attn.q_size, attn.q_size
         if leaf in ("k_proj", "v_proj"):

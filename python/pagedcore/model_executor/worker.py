@@ -38,7 +38,8 @@ def build_shard(args: EngineArgs, source, device: torch.device, dtype: torch.dty
     """Loads this rank's model shard and plans its KV memory (the block count is agreed over ranks later)."""
     config = source.config
     model = build_model(source, dtype=dtype, device=device, max_positions=max_model_len,
-                        load_format=args.load_format, seed=args.seed, tp=tp)
+                        load_format=args.load_format, seed=args.seed, tp=tp,
+                        quantization=args.quantization or config.quantization)
     local = config
     if tp is not None:
         local = dataclasses.replace(config, num_key_value_heads=model.model.layers[0].self_attn.num_kv_heads)
