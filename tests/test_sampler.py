@@ -122,6 +122,22 @@ def test_batched_penalties_from_the_device_history_equal_the_per_row_form(device
     assert len(sampler.penalty_history.free) + len(states) == sampler.penalty_history.ids.shape[0]
 
 
+def test_a_new_penalty_history_never_reads_rows_of_an_old_one():
+    # A state that had a row in one history (say, of another device) gets its own row in a new one.
+    from pagedcore.model_executor.sampler import PenaltyHistory
+
+    state = SequenceSamplingState.create(SamplingParams(repetition_penalty=1.5), [1, 2, 3], 0)
+    state.output_token_ids.extend([4, 5])
+    first, second = PenaltyHistory(torch.device("cpu")), PenaltyHistory(torch.device("cpu"))
+    other = SequenceSamplingState.create(SamplingParams(repetition_penalty=1.5), [9, 9], 0)
+    second.rows([other])  # the second history's first row is taken by another sequence
+    first.rows([state])
+    slots, longest = second.rows([state])
+    assert longest == 5 and second.ids[slots[0], :5].tolist() == [1, 2, 3, 4, 5]
+    assert slots[0].item() != other.penalty_slot
+    assert second.ids[other.penalty_slot, :3].tolist() == [9, 9, -1]  # the other sequence's row is untouched
+
+
 def test_logprobs_hold_sampled_plus_top_k():
     logits = torch.randn(1, VOCAB)
     out = _sampler()(logits, [_state(SamplingParams(temperature=0, logprobs=3))])

@@ -41,9 +41,10 @@ class SequenceSamplingState:
     min_tokens_blocked: tuple[int, ...] = ()  # never sampled before min_tokens: stop ids (+ EOS unless ignored)
     bad_words: tuple[tuple[int, ...], ...] = ()  # SamplingParams.bad_words as token sequences
     matcher: object | None = None  # xgrammar.GrammarMatcher of the structured output, advanced per token
-    # Its row in the sampler's device-side PenaltyHistory (CUDA, penalties only) and the output
-    # tokens that row holds.
+    # Its row in the sampler's device-side PenaltyHistory (CUDA, penalties only), that history, and
+    # the output tokens the row holds.
     penalty_slot: int | None = field(default=None, repr=False)
+    penalty_owner: object | None = field(default=None, repr=False)
     penalty_len: int = field(default=0, repr=False)
 
     @classmethod
@@ -134,6 +135,8 @@ class PenaltyHistory:
         new, appends = [], []
         for state in states:
             output = state.output_token_ids
+            if state.penalty_owner is not self:  # a row of another history (a sampler moved device) is not ours
+                state.penalty_slot, state.penalty_owner = None, self
             if state.penalty_slot is None or state.penalty_len > len(output):
                 new.append(state)
             else:
