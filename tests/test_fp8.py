@@ -115,6 +115,47 @@ def test_an_fp8_checkpoint_loads_its_fp8_weights_and_scales_as_they_are(tmp_path
                     seed=0)
 
 
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+def test_tensor_parallel_ranks_load_their_slices_of_an_fp8_checkpoint(tmp_path, per_channel):
+    # Found in review: a rank read a per-tensor (0-d) scale through a slice, which safetensors cannot take.
+    from pagedcore.model_executor.parallel import TensorParallel
+
+    write_fp8_checkpoint(tmp_path, per_channel=per_channel)
+    source = resolve_model(str(tmp_path))
+    build = dict(dtype=torch.bfloat16, device=torch.device("cpu"), max_positions=64, load_format="auto", seed=0,
+                 quantization="fp8")
+    whole = build_model(source, **build).model.layers[0]
+    for rank in range(2):
+        part = build_model(source, tp=TensorParallel(rank, 2), **build).model.layers[0]
+        q_rows, kv_rows = part.self_attn.q_size, part.self_attn.kv_size
+        full_q, full_kv = whole.self_attn.q_size, whole.self_attn.kv_size
+        scale, full = part.self_attn.qkv_proj.weight_scale, whole.self_attn.qkv_proj.weight_scale
+        assert torch.equal(scale[:q_rows], full[rank * q_rows:(rank + 1) * q_rows])
+        assert torch.equal(scale[q_rows:q_rows + kv_rows], full[full_q + rank * kv_rows:full_q + (rank + 1) * kv_rows])
+        assert torch.equal(part.self_attn.o_proj.weight_scale, whole.self_attn.o_proj.weight_scale)  # row-parallel
+        half = whole.mlp.down_proj.weight.shape[1] // 2
+        assert torch.equal(part.mlp.down_proj.weight.view(torch.uint8),
+                           whole.mlp.down_proj.weight.view(torch.uint8)[:, rank * half:(rank + 1) * half])
+
+
+def test_an_fp8_checkpoint_never_takes_memory_for_bf16_projections(tmp_path, monkeypatch):
+    # Found in review: the projections were materialized in bf16, then replaced, so a model that fits
+    # only in FP8 could not load. They are FP8 layers before any memory is taken.
+    write_fp8_checkpoint(tmp_path, per_channel=True)
+    materialized = []
+    to_empty = torch.nn.Module.to_empty
+
+    def watching(module, *args, **kwargs):
+        if hasattr(module, "model"):
+            materialized.append({p.dtype for n, p in module.named_parameters() if n.endswith("_proj.weight")})
+        return to_empty(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to_empty", watching)
+    build_model(resolve_model(str(tmp_path)), dtype=torch.bfloat16, device=torch.device("cpu"), max_positions=64,
+                load_format="auto", seed=0, quantization="fp8")
+    assert materialized == [{FP8_DTYPE}]
+
+
 def test_bf16_weights_into_an_fp8_layer_are_refused(tmp_path):
     write_fp8_checkpoint(tmp_path, per_channel=True)
     tensors = load_file(str(tmp_path / "model.safetensors"))

@@ -83,18 +83,21 @@ def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device
     from an FP8 checkpoint, else quantized after loading. The caller checks the device can run it."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
-    with torch.device("meta"):
-        model = LlamaForCausalLM(source.config, max_positions, tp)
-    # Built on the meta device (no random init), materialized empty on the target, filled in place.
-    model = model.to_empty(device=device).to(dtype)
-    model.model.rotary.build_tables()  # float32, as HF computes them
-    if source.config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
     fp8_checkpoint = source.config.quantization == "fp8" and load_format != "dummy"
     if quantization not in (None, "fp8") or (fp8_checkpoint and quantization is None):
         raise ValueError(f"quantization must be None or 'fp8' (an FP8 checkpoint loads as 'fp8'), got {quantization!r}")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(source.config, max_positions, tp)
+    # Built on the meta device (no random init), cast there, materialized empty on the target and
+    # filled in place. An FP8 checkpoint's projections become FP8 layers before any memory is taken,
+    # so a model that fits only in FP8 loads.
+    model = model.to(dtype)
     if fp8_checkpoint:
         use_fp8_projections(model, quantize=False)  # the checkpoint's FP8 weights and scales load as they are
+    model = model.to_empty(device=device)
+    model.model.rotary.build_tables()  # float32, as HF computes them
+    if source.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
     if load_format == "dummy":
         model.init_dummy_weights(seed)
     else:
@@ -102,6 +105,8 @@ def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device
                            sharded=tp is not None)
     if quantization == "fp8" and not fp8_checkpoint:
         use_fp8_projections(model, quantize=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the replaced weights' memory back, so the KV plan sees it free
     return model.eval()
 
 
@@ -126,8 +131,8 @@ def _iter_safetensors(model_dir: Path, shard: ShardSpec | None = None) -> Iterat
                     continue
                 lazy = handle.get_slice(name)
                 spec = shard(name, tuple(lazy.get_shape()))
-                if spec is None:
-                    yield name, lazy[:]
+                if spec is None:  # every rank's whole tensor (a 0-d one, an FP8 scale, cannot be sliced)
+                    yield name, handle.get_tensor(name)
                     continue
                 dim, start, length = spec
                 yield name, lazy[(slice(None),) * dim + (slice(start, start + length),)]

@@ -29,8 +29,9 @@ def check_fp8_supported(device: torch.device, dtype: torch.dtype) -> None:
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_COMPUTE_CAPABILITY:
         raise ValueError(f"{need}; {torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}")
-    if dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"quantization='fp8' computes in bfloat16 or float16, got dtype {dtype}")
+    if dtype != torch.bfloat16:
+        raise ValueError(f"quantization='fp8' computes in bfloat16 (torch._scaled_mm's row-wise scales give "
+                         f"bfloat16 results), got dtype {dtype}")
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
