@@ -33,7 +33,8 @@ void bind_kernels(py::module_& m) {
   py::enum_<DType>(m, "DType", "Element types of the kernels")
       .value("float32", DType::kFloat32)
       .value("float16", DType::kFloat16)
-      .value("bfloat16", DType::kBFloat16);
+      .value("bfloat16", DType::kBFloat16)
+      .value("float8_e4m3fn", DType::kFloat8E4M3);
 
   // The dtypes each device's kernels take (pagedcore/supported.h); ops.py derives its checks from them.
   m.attr("SUPPORTED_CUDA_DTYPES") =
@@ -46,11 +47,14 @@ void bind_kernels(py::module_& m) {
       "write_kv_cache",
       [](DType dtype, uintptr_t k, int64_t k_stride_token, int64_t k_stride_head, uintptr_t v, int64_t v_stride_token,
          int64_t v_stride_head, uintptr_t k_cache, uintptr_t v_cache, uintptr_t slot_mapping, int num_tokens,
-         int num_kv_heads, int head_dim, int block_size, int64_t num_blocks, std::optional<int64_t> stream) {
+         int num_kv_heads, int head_dim, int block_size, int64_t num_blocks, std::optional<int64_t> stream,
+         std::optional<DType> cache_dtype, float k_scale, float v_scale) {
         WriteKVCacheArgs a{dtype, num_tokens, num_kv_heads, head_dim, block_size, num_blocks,
                            ptr<const void>(k), k_stride_token, k_stride_head,
                            ptr<const void>(v), v_stride_token, v_stride_head,
-                           ptr<void>(k_cache), ptr<void>(v_cache), ptr<const int32_t>(slot_mapping)};
+                           ptr<void>(k_cache), ptr<void>(v_cache), ptr<const int32_t>(slot_mapping),
+                           cache_dtype.value_or(dtype), k_scale, v_scale};
+        if (stream) check_cache_dtype(a.dtype, a.cache_dtype, /*cuda=*/true, "write_kv_cache");
         py::gil_scoped_release release;
         if (stream) write_kv_cache_cuda(a, stream_of(*stream));
         else write_kv_cache_cpu(a);
@@ -58,8 +62,9 @@ void bind_kernels(py::module_& m) {
       py::arg("dtype"), py::arg("k"), py::arg("k_stride_token"), py::arg("k_stride_head"), py::arg("v"),
       py::arg("v_stride_token"), py::arg("v_stride_head"), py::arg("k_cache"), py::arg("v_cache"),
       py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("num_kv_heads"), py::arg("head_dim"),
-      py::arg("block_size"), py::arg("num_blocks"), py::arg("stream"),
-      "Scatter K/V rows into their cache slots (raw pointers; stream None = CPU).");
+      py::arg("block_size"), py::arg("num_blocks"), py::arg("stream"), py::arg("cache_dtype") = py::none(),
+      py::arg("k_scale") = 1.0f, py::arg("v_scale") = 1.0f,
+      "Scatter K/V rows into their cache slots (raw pointers; stream None = CPU; an FP8 cache stores x / scale).");
 
   py::class_<AttentionPlan>(m, "AttentionPlan",
                             "One step's paged attention: validated once, run by every layer (raw pointers).")
@@ -67,12 +72,13 @@ void bind_kernels(py::module_& m) {
                        int block_size, int64_t num_blocks, uintptr_t block_tables, int64_t block_tables_stride,
                        int max_blocks_per_seq, uintptr_t context_lens, uintptr_t query_start_loc, float scale,
                        int max_query_len, int max_context_len, int num_splits, uintptr_t workspace,
-                       size_t workspace_bytes, bool cuda) {
+                       size_t workspace_bytes, bool cuda, std::optional<DType> cache_dtype) {
              const AttentionStep step{dtype, num_seqs, num_tokens, num_heads, num_kv_heads, head_dim, block_size,
                                       num_blocks, ptr<const int32_t>(block_tables), block_tables_stride,
                                       max_blocks_per_seq, ptr<const int32_t>(context_lens),
                                       ptr<const int32_t>(query_start_loc), scale, max_query_len, max_context_len,
-                                      num_splits, ptr<void>(workspace), workspace_bytes};
+                                      num_splits, ptr<void>(workspace), workspace_bytes,
+                                      cache_dtype.value_or(dtype)};
              py::gil_scoped_release release;
              return AttentionPlan(step, cuda);
            }),
@@ -80,7 +86,8 @@ void bind_kernels(py::module_& m) {
            py::arg("head_dim"), py::arg("block_size"), py::arg("num_blocks"), py::arg("block_tables"),
            py::arg("block_tables_stride"), py::arg("max_blocks_per_seq"), py::arg("context_lens"),
            py::arg("query_start_loc"), py::arg("scale"), py::arg("max_query_len"), py::arg("max_context_len"),
-           py::arg("num_splits"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("cuda"))
+           py::arg("num_splits"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("cuda"),
+           py::arg("cache_dtype") = py::none())
       .def_property_readonly("num_splits", [](const AttentionPlan& p) { return p.params().num_splits; },
                              "Split-KV partitions the CUDA decode launch takes (1 on CPU).")
       .def_property_readonly("cuda", &AttentionPlan::cuda)
@@ -88,9 +95,10 @@ void bind_kernels(py::module_& m) {
           "run",
           [](const AttentionPlan& plan, uintptr_t q, int64_t q_stride_token, int64_t q_stride_head, uintptr_t k_cache,
              uintptr_t v_cache, uintptr_t out, int64_t out_stride_token, int64_t out_stride_head,
-             std::optional<int64_t> stream) {
+             std::optional<int64_t> stream, float k_scale, float v_scale) {
             const AttentionLayer layer{ptr<const void>(q), q_stride_token, q_stride_head, ptr<const void>(k_cache),
-                                       ptr<const void>(v_cache), ptr<void>(out), out_stride_token, out_stride_head};
+                                       ptr<const void>(v_cache), ptr<void>(out), out_stride_token, out_stride_head,
+                                       k_scale, v_scale};
             if (plan.cuda() != stream.has_value()) {
               throw std::invalid_argument(plan.cuda() ? "a CUDA attention plan runs on a stream, got None"
                                                       : "a CPU attention plan runs without a stream");
@@ -100,7 +108,8 @@ void bind_kernels(py::module_& m) {
           },
           py::arg("q"), py::arg("q_stride_token"), py::arg("q_stride_head"), py::arg("k_cache"), py::arg("v_cache"),
           py::arg("out"), py::arg("out_stride_token"), py::arg("out_stride_head"), py::arg("stream"),
-          "Attention of one layer over the plan's step.");
+          py::arg("k_scale") = 1.0f, py::arg("v_scale") = 1.0f,
+          "Attention of one layer over the plan's step (an FP8 cache's values times k_scale / v_scale).");
 
   m.def("paged_attention_workspace_bytes", &paged_attention_workspace_bytes, py::arg("num_seqs"),
         py::arg("num_heads"), py::arg("head_dim"), py::arg("num_splits"),

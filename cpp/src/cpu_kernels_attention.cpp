@@ -26,7 +26,8 @@ struct WorkItem {
   int num_rows;
 };
 
-template <typename T>
+// T: q / out elements; C: cache elements (T, or Float8E4M3 read times the layer's k / v scale).
+template <typename T, typename C>
 void attend_work_item(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {
   const int D = a.head_dim;
   const int G = a.num_heads / a.num_kv_heads;
@@ -34,8 +35,8 @@ void attend_work_item(const AttentionParams& a, const WorkItem& w, std::vector<f
   const int row0 = a.query_start_loc[w.seq];
   const int qlen = a.query_start_loc[w.seq + 1] - row0;
   const int32_t* table = a.block_tables + w.seq * a.block_tables_stride;
-  const T* k_cache = static_cast<const T*>(a.k_cache);
-  const T* v_cache = static_cast<const T*>(a.v_cache);
+  const C* k_cache = static_cast<const C*>(a.k_cache);
+  const C* v_cache = static_cast<const C*>(a.v_cache);
   const int64_t head_block = static_cast<int64_t>(a.block_size) * D;
 
   // scratch: q [G, D] | scores [G, ctx] | acc [G, D] | kv row [D]
@@ -47,14 +48,17 @@ void attend_work_item(const AttentionParams& a, const WorkItem& w, std::vector<f
 
   // Calls fn(t, row) for keys t = 0 .. num_keys - 1 with row = the key's [D] values as float: the
   // block table is walked block by block (no division per key) and float caches are read in place.
-  auto for_each_row = [&](const T* cache, int num_keys, auto&& fn) {
+  auto for_each_row = [&](const C* cache, float cache_scale, int num_keys, auto&& fn) {
     for (int first = 0, b = 0; first < num_keys; first += a.block_size, ++b) {
-      const T* block_rows = cache + (static_cast<int64_t>(table[b]) * a.num_kv_heads + w.kv_head) * head_block;
+      const C* block_rows = cache + (static_cast<int64_t>(table[b]) * a.num_kv_heads + w.kv_head) * head_block;
       const int rows = std::min(a.block_size, num_keys - first);
       for (int i = 0; i < rows; ++i) {
-        const T* src = block_rows + static_cast<int64_t>(i) * D;
-        if constexpr (std::is_same_v<T, float>) {
+        const C* src = block_rows + static_cast<int64_t>(i) * D;
+        if constexpr (std::is_same_v<C, float>) {
           fn(first + i, src);
+        } else if constexpr (std::is_same_v<C, cpu::Float8E4M3>) {
+          for (int d = 0; d < D; ++d) row[d] = cpu::to_float(src[d]) * cache_scale;
+          fn(first + i, static_cast<const float*>(row));
         } else {
           for (int d = 0; d < D; ++d) row[d] = cpu::to_float(src[d]);
           fn(first + i, static_cast<const float*>(row));
@@ -70,7 +74,7 @@ void attend_work_item(const AttentionParams& a, const WorkItem& w, std::vector<f
       const T* src = static_cast<const T*>(a.q) + token * a.q_stride_token + (w.kv_head * G + g) * a.q_stride_head;
       for (int d = 0; d < D; ++d) q[g * D + d] = cpu::to_float(src[d]) * a.scale;
     }
-    for_each_row(k_cache, num_keys, [&](int t, const float* k) {
+    for_each_row(k_cache, a.k_scale, num_keys, [&](int t, const float* k) {
       for (int g = 0; g < G; ++g) {
         const float* qg = q + g * D;
         float dot = 0.f;
@@ -94,7 +98,7 @@ void attend_work_item(const AttentionParams& a, const WorkItem& w, std::vector<f
       for (int t = 0; t < num_keys; ++t) s[t] *= inv;
     }
     std::fill(acc, acc + G * D, 0.f);
-    for_each_row(v_cache, num_keys, [&](int t, const float* v) {
+    for_each_row(v_cache, a.v_scale, num_keys, [&](int t, const float* v) {
       for (int g = 0; g < G; ++g) {
         const float p = scores[static_cast<size_t>(g) * ctx + t];
         float* ag = acc + g * D;
@@ -108,7 +112,7 @@ void attend_work_item(const AttentionParams& a, const WorkItem& w, std::vector<f
   }
 }
 
-template <typename T>
+template <typename T, typename C>
 void run(const AttentionParams& a) {
   std::vector<WorkItem> items;
   for (int s = 0; s < a.num_seqs; ++s) {
@@ -123,7 +127,7 @@ void run(const AttentionParams& a) {
   });
   cpu::parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i) {
     thread_local std::vector<float> scratch;
-    attend_work_item<T>(a, items[i], scratch);
+    attend_work_item<T, C>(a, items[i], scratch);
   });
 }
 
@@ -162,8 +166,14 @@ void check_attention_batch_cpu(const AttentionParams& a) {
 
 void paged_attention_cpu(const AttentionParams& a) {
   if (a.num_seqs == 0 || a.num_tokens == 0) return;
-  if (a.dtype == DType::kFloat32) run<float>(a);
-  else run<cpu::BFloat16>(a);
+  const bool fp8 = a.cache_dtype == DType::kFloat8E4M3;
+  if (a.dtype == DType::kFloat32) {
+    if (fp8) run<float, cpu::Float8E4M3>(a);
+    else run<float, float>(a);
+  } else {
+    if (fp8) run<cpu::BFloat16, cpu::Float8E4M3>(a);
+    else run<cpu::BFloat16, cpu::BFloat16>(a);
+  }
 }
 
 }  // namespace pagedcore

@@ -1,17 +1,54 @@
-// CPU cache operations: write_kv_cache (scatter new K/V rows into their slots) and copy_blocks.
-// Both move bytes only, so every dtype is supported.
+// CPU cache operations: write_kv_cache (scatter new K/V rows into their slots; into an FP8 cache
+// each value divided by its scale and rounded to e4m3) and copy_blocks. Caches of the model's dtype
+// take bytes as they are, so every dtype is supported.
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
+#include "cpu_dtype.h"
 #include "cpu_thread_pool.h"
 #include "pagedcore/kernels.h"
+#include "pagedcore/supported.h"
 #include "pagedcore/types.h"
 
 namespace pagedcore {
 
+namespace {
+
+// Calls fn(t, h, row) for every written (token, KV head): row = the element offset of its cache row.
+template <typename Fn>
+void for_each_cache_row(const WriteKVCacheArgs& a, Fn&& fn) {
+  cpu::parallel_for(a.num_tokens, [&](int64_t t) {
+    const int32_t slot = a.slot_mapping[t];
+    if (slot == kPaddingSlot) return;
+    const int64_t block = slot / a.block_size;
+    const int64_t offset = slot % a.block_size;
+    for (int h = 0; h < a.num_kv_heads; ++h) {
+      fn(t, h, ((block * a.num_kv_heads + h) * a.block_size + offset) * a.head_dim);
+    }
+  });
+}
+
+// Rows of T quantized into an FP8 cache: stored = e4m3(x / scale).
+template <typename T>
+void write_fp8_rows(const WriteKVCacheArgs& a) {
+  for_each_cache_row(a, [&](int64_t t, int h, int64_t row) {
+    const T* k = static_cast<const T*>(a.k) + t * a.k_stride_token + h * a.k_stride_head;
+    const T* v = static_cast<const T*>(a.v) + t * a.v_stride_token + h * a.v_stride_head;
+    auto* k_out = static_cast<cpu::Float8E4M3*>(a.k_cache) + row;
+    auto* v_out = static_cast<cpu::Float8E4M3*>(a.v_cache) + row;
+    for (int d = 0; d < a.head_dim; ++d) {
+      k_out[d] = cpu::from_float<cpu::Float8E4M3>(cpu::to_float(k[d]) / a.k_scale);
+      v_out[d] = cpu::from_float<cpu::Float8E4M3>(cpu::to_float(v[d]) / a.v_scale);
+    }
+  });
+}
+
+}  // namespace
+
 void write_kv_cache_cpu(const WriteKVCacheArgs& a) {
   check_write_kv_cache_args(a);
+  check_cache_dtype(a.dtype, a.cache_dtype, /*cuda=*/false, "write_kv_cache");
   const int64_t elem = dtype_bytes(a.dtype);
   const int64_t row_bytes = a.head_dim * elem;
   const int64_t num_slots = a.num_blocks * a.block_size;
@@ -22,18 +59,17 @@ void write_kv_cache_cpu(const WriteKVCacheArgs& a) {
                               " is outside the cache (" + std::to_string(num_slots) + " slots; -1 skips)");
     }
   }
-  cpu::parallel_for(a.num_tokens, [&](int64_t t) {
-    const int32_t slot = a.slot_mapping[t];
-    if (slot == kPaddingSlot) return;
-    const int64_t block = slot / a.block_size;
-    const int64_t offset = slot % a.block_size;
-    for (int h = 0; h < a.num_kv_heads; ++h) {
-      const int64_t dst = ((block * a.num_kv_heads + h) * a.block_size + offset) * a.head_dim;
-      std::memcpy(static_cast<char*>(a.k_cache) + dst * elem,
-                  static_cast<const char*>(a.k) + (t * a.k_stride_token + h * a.k_stride_head) * elem, row_bytes);
-      std::memcpy(static_cast<char*>(a.v_cache) + dst * elem,
-                  static_cast<const char*>(a.v) + (t * a.v_stride_token + h * a.v_stride_head) * elem, row_bytes);
-    }
+  if (a.cache_dtype == DType::kFloat8E4M3) {
+    check_cpu_dtype(a.dtype, "write_kv_cache into an FP8 cache");
+    if (a.dtype == DType::kFloat32) write_fp8_rows<float>(a);
+    else write_fp8_rows<cpu::BFloat16>(a);
+    return;
+  }
+  for_each_cache_row(a, [&](int64_t t, int h, int64_t row) {
+    std::memcpy(static_cast<char*>(a.k_cache) + row * elem,
+                static_cast<const char*>(a.k) + (t * a.k_stride_token + h * a.k_stride_head) * elem, row_bytes);
+    std::memcpy(static_cast<char*>(a.v_cache) + row * elem,
+                static_cast<const char*>(a.v) + (t * a.v_stride_token + h * a.v_stride_head) * elem, row_bytes);
   });
 }
 

@@ -1,5 +1,6 @@
 // Host-side validation of kernel arguments, shared by the CPU and CUDA paths, so both refuse the
 // same inputs with the same messages.
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -30,11 +31,18 @@ std::string dtype_name(DType dtype) {
     case DType::kFloat32: return "float32";
     case DType::kFloat16: return "float16";
     case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat8E4M3: return "float8_e4m3fn";
   }
   return "unknown dtype " + std::to_string(static_cast<int>(dtype));
 }
 
-int dtype_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+int dtype_bytes(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat8E4M3: return 1;
+    default: return 2;
+  }
+}
 
 size_t paged_attention_workspace_bytes(int num_seqs, int num_heads, int head_dim, int num_splits) {
   if (num_splits <= 1) return 0;
@@ -42,6 +50,26 @@ size_t paged_attention_workspace_bytes(int num_seqs, int num_heads, int head_dim
   // (sequence, head) and the rest still holds the partials (see split_counter_region_bytes).
   const size_t partials = split_partials_bytes(num_seqs, num_heads, head_dim, num_splits);
   return partials + partials / 32 + 1024;
+}
+
+void check_cache_dtype(DType dtype, DType cache_dtype, bool cuda, const std::string& op) {
+  if (cache_dtype == dtype) return;
+  require(cache_dtype == DType::kFloat8E4M3,
+          op + ": the KV cache holds " + dtype_name(dtype) + " (the model's dtype) or float8_e4m3fn, got " +
+              dtype_name(cache_dtype));
+  require(!cuda, op + ": an FP8 (float8_e4m3fn) KV cache runs on CPU only so far; CUDA kernels for it are not "
+                      "implemented yet");
+}
+
+void check_kv_scales(DType cache_dtype, float k_scale, float v_scale) {
+  if (cache_dtype == DType::kFloat8E4M3) {
+    require(std::isfinite(k_scale) && std::isfinite(v_scale) && k_scale > 0 && v_scale > 0,
+            "FP8 KV cache scales must be positive and finite, got k_scale " + std::to_string(k_scale) +
+                ", v_scale " + std::to_string(v_scale));
+  } else {
+    require(k_scale == 1.0f && v_scale == 1.0f, "k_scale / v_scale apply to FP8 KV caches only; this cache holds " +
+                                                    dtype_name(cache_dtype));
+  }
 }
 
 void check_write_kv_cache_args(const WriteKVCacheArgs& a) {
@@ -52,6 +80,7 @@ void check_write_kv_cache_args(const WriteKVCacheArgs& a) {
   require(a.num_blocks > 0, "the KV cache must hold at least one block");
   require(a.k_stride_head >= a.head_dim && a.v_stride_head >= a.head_dim,
           "k/v head stride must be at least head_dim (last dim contiguous)");
+  check_kv_scales(a.cache_dtype, a.k_scale, a.v_scale);
 }
 
 // ---- AttentionPlan ----------------------------------------------------------------------------------
@@ -73,6 +102,7 @@ AttentionPlan::AttentionPlan(const AttentionStep& step, bool cuda) : cuda_(cuda)
   check_heads(a.num_heads, a.num_kv_heads);
   if (cuda) check_cuda_dtype(a.dtype, "paged_attention");
   else check_cpu_dtype(a.dtype, "paged_attention");
+  check_cache_dtype(a.dtype, a.cache_dtype, cuda, "paged_attention");
   require(a.num_seqs >= 0 && a.num_tokens >= 0, "num_seqs and num_tokens must be >= 0");
   require(a.num_blocks > 0, "the KV cache must hold at least one block");
   require(a.max_blocks_per_seq >= 0 && a.block_tables_stride >= a.max_blocks_per_seq,
@@ -116,6 +146,7 @@ void AttentionPlan::run(const AttentionLayer& layer, cudaStream_t stream) const 
   static_cast<AttentionLayer&>(p) = layer;
   require(p.q_stride_head >= p.head_dim && p.out_stride_head >= p.head_dim,
           "q/out head stride must be at least head_dim (last dim contiguous)");
+  check_kv_scales(p.cache_dtype, p.k_scale, p.v_scale);
   if (cuda_) {
     paged_attention_cuda(p, stream);
   } else {

@@ -48,6 +48,7 @@ _DTYPES = {
     torch.float32: _core.DType.float32,
     torch.float16: _core.DType.float16,
     torch.bfloat16: _core.DType.bfloat16,
+    torch.float8_e4m3fn: _core.DType.float8_e4m3fn,  # KV caches only (an FP8 cache, with scales)
 }
 _TORCH_DTYPES = {native: dtype for dtype, native in _DTYPES.items()}
 # What each device's kernels take: the native table (pagedcore/supported.h) is the one source.
@@ -73,11 +74,12 @@ def _check_same_device(named: dict[str, torch.Tensor]) -> torch.device:
     return first
 
 
-def _check_dtype(name: str, t: torch.Tensor, device: torch.device) -> None:
+def _check_dtype(name: str, t: torch.Tensor | torch.dtype, device: torch.device) -> None:
+    dtype = t if isinstance(t, torch.dtype) else t.dtype
     allowed = CUDA_DTYPES if device.type == "cuda" else CPU_DTYPES
-    if t.dtype not in allowed:
+    if dtype not in allowed:
         names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
-        raise TypeError(f"{name} has dtype {t.dtype}; supported on {device.type}: {names}")
+        raise TypeError(f"{name} has dtype {dtype}; supported on {device.type}: {names}")
 
 
 def _check_int32(name: str, t: torch.Tensor, ndim: int) -> None:
@@ -114,6 +116,8 @@ def write_kv_cache(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
     """Scatter new keys/values into their cache slots.
 
@@ -121,12 +125,15 @@ def write_kv_cache(
     of a fused qkv tensor); k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim];
     slot_mapping: int32 [num_tokens], slot = block_id * block_size + offset, -1 skips the token.
     CPU caches take any dtype; CUDA caches one the CUDA kernels read (``_core.SUPPORTED_CUDA_DTYPES``).
+    An FP8 cache (float8_e4m3fn, CPU so far) stores e4m3(x / scale), rounded to nearest even and
+    saturated to +-448, with k_scale / v_scale the layer's scales (1 for any other cache).
     """
     device = _check_same_device({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache, "slot_mapping": slot_mapping})
     num_blocks, num_kv_heads, block_size, head_dim = _check_cache(k_cache, v_cache)
     _check_rows("k", k, num_kv_heads, head_dim)
     _check_rows("v", v, num_kv_heads, head_dim)
-    if k.dtype != k_cache.dtype or v.dtype != k_cache.dtype:
+    fp8_cache = k_cache.dtype == torch.float8_e4m3fn
+    if v.dtype != k.dtype or (k.dtype != k_cache.dtype and not fp8_cache):
         raise TypeError(f"k ({k.dtype}) and v ({v.dtype}) must match the cache dtype {k_cache.dtype}")
     _check_int32("slot_mapping", slot_mapping, 1)
     if slot_mapping.shape[0] != k.shape[0] or v.shape[0] != k.shape[0]:
@@ -136,7 +143,7 @@ def write_kv_cache(
     _core.write_kv_cache(
         _DTYPES[k.dtype], k.data_ptr(), k.stride(0), k.stride(1), v.data_ptr(), v.stride(0), v.stride(1),
         k_cache.data_ptr(), v_cache.data_ptr(), slot_mapping.data_ptr(), k.shape[0], num_kv_heads, head_dim,
-        block_size, num_blocks, _stream(device),
+        block_size, num_blocks, _stream(device), _DTYPES[k_cache.dtype], float(k_scale), float(v_scale),
     )
 
 
@@ -208,12 +215,14 @@ class AttentionPlan:
     and out. Built by ``attention_plan``; holds the step's tensors, which must not change shape
     while it is used (their contents may: a CUDA graph replays a plan over refilled buffers)."""
 
-    __slots__ = ("native", "device", "dtype", "scale", "num_heads", "q_shape", "cache_shape", "stream_device",
-                 "_tensors")
+    __slots__ = ("native", "device", "dtype", "cache_dtype", "scale", "num_heads", "q_shape", "cache_shape",
+                 "stream_device", "_tensors")
 
-    def __init__(self, native, device: torch.device, dtype: torch.dtype, scale: float, q_shape: tuple[int, int, int],
-                 cache_shape: tuple[int, int, int, int], tensors: tuple[torch.Tensor | None, ...]):
+    def __init__(self, native, device: torch.device, dtype: torch.dtype, cache_dtype: torch.dtype, scale: float,
+                 q_shape: tuple[int, int, int], cache_shape: tuple[int, int, int, int],
+                 tensors: tuple[torch.Tensor | None, ...]):
         self.native = native
+        self.cache_dtype = cache_dtype
         self.scale = scale
         self.device = device
         self.dtype = dtype
@@ -235,15 +244,16 @@ class AttentionPlan:
             )
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            out: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention of one layer: q [num_tokens, num_heads, head_dim] -> out (allocated when None)."""
+            out: torch.Tensor | None = None, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
+        """Attention of one layer: q [num_tokens, num_heads, head_dim] -> out (allocated when None);
+        k_scale / v_scale: an FP8 cache's scales for this layer (1 for any other cache)."""
         self._check_rows("q", q)
         for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-            if (cache.shape != self.cache_shape or cache.dtype != self.dtype or cache.device != self.device
+            if (cache.shape != self.cache_shape or cache.dtype != self.cache_dtype or cache.device != self.device
                     or not cache.is_contiguous()):
                 raise ValueError(
-                    f"{name} must be a contiguous {self.dtype} [{', '.join(map(str, self.cache_shape))}] cache on "
-                    f"{self.device} (the plan's), got {cache.dtype} {tuple(cache.shape)} on {cache.device}"
+                    f"{name} must be a contiguous {self.cache_dtype} [{', '.join(map(str, self.cache_shape))}] cache "
+                    f"on {self.device} (the plan's), got {cache.dtype} {tuple(cache.shape)} on {cache.device}"
                 )
         if out is None:
             out = torch.empty(self.q_shape, dtype=self.dtype, device=self.device)
@@ -251,7 +261,7 @@ class AttentionPlan:
             self._check_rows("out", out)
         stream = None if self.stream_device is None else torch.cuda.current_stream(self.stream_device).cuda_stream
         self.native.run(q.data_ptr(), q.stride(0), q.stride(1), k_cache.data_ptr(), v_cache.data_ptr(),
-                        out.data_ptr(), out.stride(0), out.stride(1), stream)
+                        out.data_ptr(), out.stride(0), out.stride(1), stream, float(k_scale), float(v_scale))
         return out
 
 
@@ -268,6 +278,7 @@ def attention_plan(
     max_context_len: int | None = None,
     num_splits: int | None = None,
     workspace: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> AttentionPlan:
     """The plan of one step's paged attention over caches shaped like k_cache (any layer's).
 
@@ -279,7 +290,7 @@ def attention_plan(
     Host-side hints (pass them to avoid a device sync and to capture CUDA graphs): max_query_len
     (1 = decode only), max_context_len (picks num_splits), num_splits (CUDA split-KV partitions; with
     num_splits > 1 pass a workspace from paged_attention_workspace). On CPU the plan checks every
-    block id once.
+    block id once. dtype: q's and out's (default: the cache's; an FP8 cache, CPU so far, needs it).
     """
     device = _check_same_device(
         {"k_cache": k_cache, "block_tables": block_tables, "context_lens": context_lens,
@@ -288,7 +299,10 @@ def attention_plan(
     if k_cache.dim() != 4:
         raise ValueError(f"a KV cache is [num_blocks, num_kv_heads, block_size, head_dim], got {tuple(k_cache.shape)}")
     num_blocks, num_kv_heads, block_size, head_dim = k_cache.shape
-    _check_dtype("k_cache", k_cache, device)
+    dtype = k_cache.dtype if dtype is None else dtype
+    _check_dtype("q", dtype, device)
+    if k_cache.dtype not in (dtype, torch.float8_e4m3fn):
+        raise TypeError(f"the cache ({k_cache.dtype}) must hold q's dtype ({dtype}) or float8_e4m3fn")
     _check_int32("block_tables", block_tables, 2)
     _check_int32("context_lens", context_lens, 1)
     _check_int32("query_start_loc", query_start_loc, 1)
@@ -310,8 +324,7 @@ def attention_plan(
         if num_splits is None:
             if max_context_len is None:
                 max_context_len = int(context_lens.max().item()) if num_seqs else 0
-            num_splits = recommended_num_splits(num_seqs, num_kv_heads, num_heads, head_dim, k_cache.dtype,
-                                                max_context_len)
+            num_splits = recommended_num_splits(num_seqs, num_kv_heads, num_heads, head_dim, dtype, max_context_len)
         splits = num_splits
         if splits > 1:
             if workspace is None:
@@ -320,13 +333,13 @@ def attention_plan(
                 raise ValueError("workspace must be on the cache's device")
             ws_ptr, ws_bytes = workspace.data_ptr(), workspace.numel() * workspace.element_size()
     native = _core.AttentionPlan(
-        _DTYPES[k_cache.dtype], num_seqs, num_tokens, num_heads, num_kv_heads, head_dim, block_size, num_blocks,
+        _DTYPES[dtype], num_seqs, num_tokens, num_heads, num_kv_heads, head_dim, block_size, num_blocks,
         block_tables.data_ptr(), block_tables.stride(0), block_tables.shape[1], context_lens.data_ptr(),
         query_start_loc.data_ptr(), float(scale), max_query_len, max_context_len or 0, splits, ws_ptr, ws_bytes,
-        cuda,
+        cuda, _DTYPES[k_cache.dtype],
     )
-    return AttentionPlan(native, device, k_cache.dtype, float(scale), (num_tokens, num_heads, head_dim), tuple(k_cache.shape),
-                         (block_tables, context_lens, query_start_loc, workspace))
+    return AttentionPlan(native, device, dtype, k_cache.dtype, float(scale), (num_tokens, num_heads, head_dim),
+                         tuple(k_cache.shape), (block_tables, context_lens, query_start_loc, workspace))
 
 
 def paged_attention(
@@ -343,6 +356,8 @@ def paged_attention(
     max_context_len: int | None = None,
     num_splits: int | None = None,
     workspace: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Attention of a mixed decode / prefill batch over the paged KV cache: one layer's call, a plan
     (attention_plan) made and run once. A model makes the plan once per step and runs it per layer.
@@ -360,12 +375,12 @@ def paged_attention(
         raise ValueError(f"q must be [num_tokens, num_heads, {head_dim}], got {tuple(q.shape)}")
     if q.stride(2) != 1:
         raise ValueError(f"q must be contiguous in its last dim; got strides {q.stride()}")
-    if q.dtype != k_cache.dtype:
+    if q.dtype != k_cache.dtype and k_cache.dtype != torch.float8_e4m3fn:
         raise TypeError(f"q ({q.dtype}) must match the cache dtype ({k_cache.dtype})")
     plan = attention_plan(k_cache, block_tables, context_lens, query_start_loc, num_tokens=q.shape[0],
                           num_heads=q.shape[1], scale=scale, max_query_len=max_query_len,
-                          max_context_len=max_context_len, num_splits=num_splits, workspace=workspace)
-    return plan.run(q, k_cache, v_cache, out)
+                          max_context_len=max_context_len, num_splits=num_splits, workspace=workspace, dtype=q.dtype)
+    return plan.run(q, k_cache, v_cache, out, k_scale, v_scale)
 
 
 def _pairs_tensor(pairs: torch.Tensor | Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:

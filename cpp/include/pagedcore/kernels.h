@@ -29,7 +29,8 @@ typedef struct CUstream_st* cudaStream_t;
 
 namespace pagedcore {
 
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// kFloat8E4M3: KV caches only (kv_cache_dtype="fp8"), each layer's K and V with a float scale.
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat8E4M3 = 3 };
 
 std::string dtype_name(DType dtype);
 int dtype_bytes(DType dtype);
@@ -51,6 +52,9 @@ struct WriteKVCacheArgs {
   void* k_cache;                // [num_blocks, num_kv_heads, block_size, head_dim]
   void* v_cache;                // [num_blocks, num_kv_heads, block_size, head_dim]
   const int32_t* slot_mapping;  // [num_tokens]; block_id * block_size + offset, kPaddingSlot skips
+  DType cache_dtype;            // dtype (rows copied), or kFloat8E4M3 (CPU): stored = e4m3(x / scale)
+  float k_scale = 1.0f;         // FP8 caches: what one unit of the stored K / V is worth
+  float v_scale = 1.0f;
 };
 
 // ---- paged_attention: one plan per step, run by every layer ---------------------------------------
@@ -78,6 +82,7 @@ struct AttentionStep {
   int num_splits;                  // CUDA decode split-KV partitions, 1..kMaxAttentionSplits; 0 = the plan picks
   void* workspace;                 // CUDA: paged_attention_workspace_bytes(...) zero-filled bytes when num_splits > 1
   size_t workspace_bytes;
+  DType cache_dtype;               // dtype, or kFloat8E4M3 (CPU): the caches hold e4m3 values times a layer's scales
 };
 
 struct AttentionLayer {
@@ -89,6 +94,8 @@ struct AttentionLayer {
   void* out;                // [num_tokens, num_heads, head_dim], last dim contiguous
   int64_t out_stride_token;
   int64_t out_stride_head;
+  float k_scale = 1.0f;     // FP8 caches: this layer's K and V scales (1 otherwise)
+  float v_scale = 1.0f;
 };
 
 struct AttentionParams : AttentionStep, AttentionLayer {
@@ -142,6 +149,10 @@ inline constexpr int kMaxAttentionSplits = 64;
 
 // Throws std::invalid_argument with a message naming what is supported. Shared by CPU and CUDA.
 void check_write_kv_cache_args(const WriteKVCacheArgs& args);
+// The KV cache's element type against the model's: the same, or float8_e4m3fn on CPU.
+void check_cache_dtype(DType dtype, DType cache_dtype, bool cuda, const std::string& op);
+// Positive finite scales for an FP8 cache, exactly 1 for any other.
+void check_kv_scales(DType cache_dtype, float k_scale, float v_scale);
 
 // ---- CPU implementations (threads; fp32 and bf16) -------------------------------------------------
 void write_kv_cache_cpu(const WriteKVCacheArgs& args);
