@@ -69,7 +69,7 @@ def test_cli_values_reach_engine_args():
 @pytest.mark.parametrize("name,value,reason", [
     ("pipeline_parallel_size", 2, "pipeline parallelism is not implemented"),
     ("enable_chunked_prefill", False, "pagedcore always chunks prefills"),
-    ("kv_cache_dtype", "fp8", "an FP8 KV cache is not implemented yet"),
+    ("kv_cache_dtype", "fp8_e5m2", "the other KV cache types are not implemented"),
     ("quantization", "awq", "the other weight formats are not implemented"),
     ("disable_log_stats", False, "periodic stats logging is not implemented"),
 ])

@@ -20,7 +20,7 @@ _CLI_TYPES = {"kv_cache_memory_bytes": int, "max_model_len": int, "quantization"
 # vLLM engine arguments that pagedcore has no setting for yet: LLM(...) names them in its error.
 VLLM_ENGINE_ARGUMENTS = frozenset({
     "tokenizer_mode", "skip_tokenizer_init",
-    "calculate_kv_scales", "distributed_executor_backend",
+    "distributed_executor_backend",
     "data_parallel_size", "enable_expert_parallel", "max_parallel_loading_workers", "prefix_caching_hash_algo",
     "disable_sliding_window", "cpu_offload_gb", "num_gpu_blocks_override", "max_num_partial_prefills",
     "max_logprobs", "code_revision", "tokenizer_revision", "rope_scaling",
@@ -90,8 +90,13 @@ class EngineArgs:
     enable_chunked_prefill: bool | None = _setting(
         None, "pagedcore always splits long prompts into chunks that run beside decodes", only=(None, True),
         why="pagedcore always chunks prefills (max_num_batched_tokens bounds a step)")
-    kv_cache_dtype: str = _setting("auto", "KV cache element type: auto (the model's dtype)", only=("auto",),
-                                   why="an FP8 KV cache is not implemented yet")
+    kv_cache_dtype: str = _setting(
+        "auto", "KV cache element type: auto (the model's dtype), fp8 / fp8_e4m3 (float8 e4m3 with a K and a V "
+        "scale per layer: one byte per element; CPU so far)", only=("auto", "fp8", "fp8_e4m3"),
+        why="the other KV cache types are not implemented")
+    calculate_kv_scales: bool = _setting(
+        False, "fp8 KV cache: each layer's K and V scales from the first batch's largest values (else the "
+        "checkpoint's k_scale / v_scale, else 1.0)", only=(False, True), why="")
     quantization: str | None = _setting(
         None, "weight quantization: fp8 (float8 e4m3 linear layers with per-channel scales, on compute "
         "capability 8.9+ GPUs); default: the checkpoint's (an FP8 checkpoint's is fp8)", only=(None, "fp8"),
@@ -234,6 +239,17 @@ class EngineArgs:
 
             check_fp8_supported(device, dtype)
         return quantization
+
+    def resolve_kv_cache_dtype(self, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+        """The KV cache's element type: the model's, or float8_e4m3fn for kv_cache_dtype fp8 (CPU so far)."""
+        if self.kv_cache_dtype == "auto":
+            if self.calculate_kv_scales:
+                raise ValueError("calculate_kv_scales=True applies to an FP8 KV cache (kv_cache_dtype='fp8')")
+            return dtype
+        if device.type != "cpu":
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} runs on CPU only so far: the CUDA attention "
+                             "kernels do not read FP8 caches yet")
+        return torch.float8_e4m3fn
 
     def resolve_max_model_len(self, model_max_len: int) -> int:
         if self.max_model_len is None:

@@ -13,6 +13,8 @@ import torch
 
 from pagedcore import ops
 
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
+
 
 @dataclass
 class AttentionMetadata:
@@ -28,15 +30,18 @@ class AttentionMetadata:
     workspace: torch.Tensor | None = None  # CUDA split-KV scratch for num_splits > 1 (graph capture)
     plan: ops.AttentionPlan | None = field(default=None, repr=False)  # made by the step's first layer
 
-    def attention_plan(self, cache: torch.Tensor, num_tokens: int, num_heads: int, scale: float) -> ops.AttentionPlan:
-        """The step's attention plan for layers of this geometry: made once, by the first layer."""
+    def attention_plan(self, cache: torch.Tensor, num_tokens: int, num_heads: int, scale: float,
+                       dtype: torch.dtype) -> ops.AttentionPlan:
+        """The step's attention plan for layers of this geometry (q / out of `dtype`): made once, by
+        the first layer."""
         plan = self.plan
-        if (plan is None or plan.q_shape[0] != num_tokens or plan.num_heads != num_heads
-                or plan.scale != scale or plan.cache_shape != cache.shape or plan.dtype != cache.dtype):
+        if (plan is None or plan.q_shape[0] != num_tokens or plan.num_heads != num_heads or plan.scale != scale
+                or plan.cache_shape != cache.shape or plan.cache_dtype != cache.dtype or plan.dtype != dtype):
             plan = self.plan = ops.attention_plan(
                 cache, self.block_tables, self.context_lens, self.query_start_loc, num_tokens=num_tokens,
                 num_heads=num_heads, scale=scale, max_query_len=self.max_query_len,
-                max_context_len=self.max_context_len, num_splits=self.num_splits, workspace=self.workspace)
+                max_context_len=self.max_context_len, num_splits=self.num_splits, workspace=self.workspace,
+                dtype=dtype)
         return plan
 
 
@@ -44,6 +49,11 @@ class AttentionMetadata:
 class LayerKVCache:
     key: torch.Tensor  # [num_blocks, num_kv_heads, block_size, head_dim]
     value: torch.Tensor  # [num_blocks, num_kv_heads, block_size, head_dim]
+    # An FP8 cache's scales (a stored value times its scale is the K / V value; 1 for other caches),
+    # and whether the next batch sets them (calculate_kv_scales: its largest |K| and |V| map to 448).
+    k_scale: float = 1.0
+    v_scale: float = 1.0
+    calibrate: bool = False
 
 
 class PagedAttention(torch.nn.Module):
@@ -58,6 +68,10 @@ class PagedAttention(torch.nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]
         -> [num_tokens, num_heads, head_dim]."""
-        ops.write_kv_cache(k, v, cache.key, cache.value, meta.slot_mapping)
-        plan = meta.attention_plan(cache.key, q.shape[0], self.num_heads, self.scale)
-        return plan.run(q, cache.key, cache.value)
+        if cache.calibrate:
+            cache.calibrate = False
+            cache.k_scale = max(k.abs().amax().item() / FP8_MAX, 1e-12)
+            cache.v_scale = max(v.abs().amax().item() / FP8_MAX, 1e-12)
+        ops.write_kv_cache(k, v, cache.key, cache.value, meta.slot_mapping, cache.k_scale, cache.v_scale)
+        plan = meta.attention_plan(cache.key, q.shape[0], self.num_heads, self.scale, q.dtype)
+        return plan.run(q, cache.key, cache.value, k_scale=cache.k_scale, v_scale=cache.v_scale)

@@ -124,6 +124,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.tp = tp
         self.model = LlamaModel(config, max_positions, tp)
+        self.kv_scales: dict[int, tuple[float, float]] = {}  # layer -> the checkpoint's (k_scale, v_scale)
         self.lm_head = nn.Linear(config.hidden_size, self.model.vocab_end - self.model.vocab_start, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -151,6 +152,12 @@ class LlamaForCausalLM(nn.Module):
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
                 continue  # older checkpoints store the RoPE table; it is recomputed here
+            if name.endswith((".self_attn.k_scale", ".self_attn.v_scale")):  # an FP8 KV cache's scales
+                layer = int(name.split(".")[2])
+                k_scale, v_scale = self.kv_scales.get(layer, (1.0, 1.0))
+                value = float(tensor.float().reshape(-1)[0])
+                self.kv_scales[layer] = (value, v_scale) if name.endswith("k_scale") else (k_scale, value)
+                continue
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue  # some tied checkpoints store the shared matrix twice
             target, part = self._fused_target(name)

@@ -46,7 +46,8 @@ def build_shard(args: EngineArgs, source, device: torch.device, dtype: torch.dty
     budget = kv_budget_bytes(config, device, dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                              kv_cache_memory_bytes=args.kv_cache_memory_bytes,
                              max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
-    plan = plan_kv_cache(local, block_size=args.block_size, dtype=dtype, budget_bytes=budget,
+    plan = plan_kv_cache(local, block_size=args.block_size, dtype=args.resolve_kv_cache_dtype(device, dtype),
+                         budget_bytes=budget,
                          max_model_len=max_model_len)
     return Shard(model, local, plan)
 
@@ -54,9 +55,15 @@ def build_shard(args: EngineArgs, source, device: torch.device, dtype: torch.dty
 def build_runner(args: EngineArgs, shard: Shard, num_blocks: int, num_host_blocks: int, device: torch.device,
                  dtype: torch.dtype, max_model_len: int) -> ModelRunner:
     """Allocates the KV cache (num_blocks, the same on every rank) and the runner (CUDA graphs captured)."""
-    kv_caches = allocate_kv_cache(shard.config, num_blocks, args.block_size, dtype, device)
-    host_kv_caches = (allocate_kv_cache(shard.config, num_host_blocks, args.block_size, dtype, torch.device("cpu"),
-                                        pin_memory=True) if num_host_blocks else None)
+    cache_dtype = args.resolve_kv_cache_dtype(device, dtype)
+    kv_caches = allocate_kv_cache(shard.config, num_blocks, args.block_size, cache_dtype, device)
+    host_kv_caches = (allocate_kv_cache(shard.config, num_host_blocks, args.block_size, cache_dtype,
+                                        torch.device("cpu"), pin_memory=True) if num_host_blocks else None)
+    if cache_dtype == torch.float8_e4m3fn:
+        # Each layer's scales: the first batch's (calculate_kv_scales), else the checkpoint's, else 1.0.
+        for layer, cache in enumerate(kv_caches):
+            cache.k_scale, cache.v_scale = shard.model.kv_scales.get(layer, (1.0, 1.0))
+            cache.calibrate = args.calculate_kv_scales
     return ModelRunner(shard.model, kv_caches, device, host_kv_caches=host_kv_caches, max_num_seqs=args.max_num_seqs,
                        max_blocks_per_seq=blocks_per_seq(max_model_len, args.block_size),
                        use_cuda_graphs=not args.enforce_eager)

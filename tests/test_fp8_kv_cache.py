@@ -1,0 +1,87 @@
+"""The FP8 KV cache through the engine (kv_cache_dtype="fp8", CPU so far): accuracy against the
+model-dtype cache, the memory plan, scales from the checkpoint or the first batch, prefix caching, and
+the refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_models import save_tiny_model
+
+from pagedcore.engine.engine_args import EngineArgs
+from pagedcore.engine.llm import LLM
+from pagedcore.engine.sampling_params import SamplingParams
+
+# Teacher-forced over 8 prompts x 256 greedy tokens (2,048 positions): the FP8-cache engine reads the
+# tokens the model-dtype cache's engine chose. Measured on the tiny random models (2026-12-04, float32):
+# top-1 agreement 0.903-0.930, mean |logprob difference| of the chosen token 0.031-0.035 (max 0.24),
+# with scales 1.0 and with calculate_kv_scales. A random model's near-ties make agreement < 1.
+MIN_AGREEMENT = 0.85
+MAX_MEAN_LOGPROB_DIFF = 0.06
+
+
+def _engine(path, **kwargs) -> LLM:
+    return LLM(str(path), device="cpu", kv_cache_memory_bytes=16 << 20, max_model_len=512, verbose=False, **kwargs)
+
+
+@pytest.mark.parametrize("variant", ["llama", "qwen3"])
+@pytest.mark.parametrize("calculate_kv_scales", [False, True], ids=["scales-1", "calculated-scales"])
+def test_fp8_cache_follows_the_model_dtype_cache_over_two_thousand_tokens(tmp_path, variant, calculate_kv_scales):
+    save_tiny_model(tmp_path, variant, with_tokenizer=False, vocab_size=512)
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 512, (n,), generator=generator).tolist() for n in (5, 17, 40, 63, 100, 7, 30, 12)]
+    reference = _engine(tmp_path).generate(
+        prompts, SamplingParams(temperature=0, max_tokens=256, ignore_eos=True, logprobs=0), use_tqdm=False)
+    fp8 = _engine(tmp_path, kv_cache_dtype="fp8", calculate_kv_scales=calculate_kv_scales)
+    assert fp8.engine.runner.kv_caches[0].key.dtype == torch.float8_e4m3fn
+    forced = fp8.generate([p + r.outputs[0].token_ids for p, r in zip(prompts, reference)],
+                          SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1), use_tqdm=False)
+    agree, diffs = 0, []
+    for prompt, ref, out in zip(prompts, reference, forced):
+        completion = ref.outputs[0]
+        for i, (token, entry) in enumerate(zip(completion.token_ids, completion.logprobs)):
+            position = out.prompt_logprobs[len(prompt) + i]
+            agree += min(position.items(), key=lambda kv: kv[1].rank)[0] == token
+            diffs.append(abs(position[token].logprob - entry[token].logprob))
+    scales = [c.k_scale for c in fp8.engine.runner.kv_caches]
+    assert (scales != [1.0] * len(scales)) == calculate_kv_scales
+    assert agree / len(diffs) >= MIN_AGREEMENT, agree / len(diffs)
+    assert sum(diffs) / len(diffs) <= MAX_MEAN_LOGPROB_DIFF, sum(diffs) / len(diffs)
+
+
+def test_fp8_cache_halves_the_bytes_per_token_of_a_bf16_cache(tmp_path):
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512)
+    bf16 = _engine(tmp_path, dtype="bfloat16").kv_plan
+    fp8 = _engine(tmp_path, dtype="bfloat16", kv_cache_dtype="fp8").kv_plan
+    assert fp8.plan.bytes_per_token * 2 == bf16.plan.bytes_per_token
+    assert fp8.num_blocks == 2 * bf16.num_blocks
+
+
+def test_checkpoint_kv_scales_are_read_and_prefix_caching_keeps_tokens(tmp_path):
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["model.layers.0.self_attn.k_scale"] = torch.tensor(0.0123)
+    tensors["model.layers.1.self_attn.v_scale"] = torch.tensor([0.0456])
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    llm = _engine(tmp_path, kv_cache_dtype="fp8_e4m3")
+    caches = llm.engine.runner.kv_caches
+    assert [(c.k_scale, c.v_scale) for c in caches] == [(pytest.approx(0.0123), 1.0), (1.0, pytest.approx(0.0456))]
+    generator = torch.Generator().manual_seed(1)
+    shared = torch.randint(3, 512, (40,), generator=generator).tolist()
+    prompts = [shared + [5, 6], shared + [7], shared + [5, 6]]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    cached = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    uncached = _engine(tmp_path, kv_cache_dtype="fp8", enable_prefix_caching=False).generate(
+        prompts, params, use_tqdm=False)
+    assert cached == [o.outputs[0].token_ids for o in uncached]
+
+
+def test_fp8_cache_refusals_name_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="runs on CPU only so far"):
+        EngineArgs(kv_cache_dtype="fp8").resolve_kv_cache_dtype(torch.device("cuda"), torch.bfloat16)
+    with pytest.raises(ValueError, match="calculate_kv_scales=True applies to an FP8 KV cache"):
+        EngineArgs(calculate_kv_scales=True).resolve_kv_cache_dtype(torch.device("cpu"), torch.float32)
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512)
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        _engine(tmp_path, kv_cache_dtype="fp8_e5m2")
