@@ -133,6 +133,7 @@ inline AttentionStep decode_step(const DecodeBatch& b, int num_splits, void* wor
   const int blocks_per_seq = (b.context + b.block_size - 1) / b.block_size;
   AttentionStep a{};
   a.dtype = b.dtype;
+  a.cache_dtype = b.dtype;
   a.num_seqs = b.batch;
   a.num_tokens = b.batch;
   a.num_heads = b.num_heads;

@@ -107,3 +107,15 @@ def test_fp8_cache_refusals_name_the_limit():
     with pytest.raises(ValueError, match="FP8 .* KV cache runs on CPU only so far"):
         _core.AttentionPlan(_core.DType.bfloat16, 1, 1, 4, 2, 64, 16, 4, bt.data_ptr(), 1, 1, cl.data_ptr(),
                             qsl.data_ptr(), 0.125, 1, 1, 1, 0, 0, True, _core.DType.float8_e4m3fn)
+
+
+def test_nan_is_stored_as_nan_and_infinities_saturate():
+    # Found in review: NaN was stored as +-0.5 (a NaN converted to an integer).
+    k = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf"), 1.0, -0.0] + [0.0] * 58)
+    k = k.reshape(1, 1, 64)
+    k_cache = torch.zeros(1, 1, 16, 64, dtype=FP8)
+    v_cache = torch.zeros_like(k_cache)
+    ops.write_kv_cache(k, k, k_cache, v_cache, torch.tensor([3], dtype=torch.int32), k_scale=0.5, v_scale=0.5)
+    stored = k_cache[0, 0, 3].view(torch.uint8)[:6].tolist()
+    expected = torch_quantize(k[0, 0, :6], 0.5).view(torch.uint8).tolist()
+    assert stored == expected and stored[:2] == [0x7F, 0xFF]

@@ -59,10 +59,11 @@ inline float to_float(Float8E4M3 x) {
   return table[x.bits];
 }
 
-// Round to nearest even, saturated to +-448 (x finite).
+// Round to nearest even, saturated to +-448 (infinities too); NaN stays NaN (torch's clamp-then-convert).
 template <>
 inline Float8E4M3 from_float<Float8E4M3>(float x) {
   const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  if (std::isnan(x)) return Float8E4M3{static_cast<uint8_t>(sign | 0x7f)};
   const float a = std::min(std::fabs(x), kFloat8E4M3Max);
   if (a < 0.015625f) {  // below 2^-6: subnormal, a multiple of 2^-9 (8 is the smallest normal, bits 0x08)
     return Float8E4M3{static_cast<uint8_t>(sign | static_cast<uint8_t>(std::nearbyint(std::ldexp(a, 9))))};

@@ -82,7 +82,8 @@ struct AttentionStep {
   int num_splits;                  // CUDA decode split-KV partitions, 1..kMaxAttentionSplits; 0 = the plan picks
   void* workspace;                 // CUDA: paged_attention_workspace_bytes(...) zero-filled bytes when num_splits > 1
   size_t workspace_bytes;
-  DType cache_dtype;               // dtype, or kFloat8E4M3 (CPU): the caches hold e4m3 values times a layer's scales
+  DType cache_dtype;               // set it: dtype, or kFloat8E4M3 (CPU): the caches hold e4m3 values times a
+                                   // layer's scales
 };
 
 struct AttentionLayer {

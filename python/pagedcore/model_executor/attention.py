@@ -7,6 +7,7 @@ rows and (chunked) prefill rows described by AttentionMetadata.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -68,10 +69,12 @@ class PagedAttention(torch.nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]
         -> [num_tokens, num_heads, head_dim]."""
-        if cache.calibrate:
-            cache.calibrate = False
-            cache.k_scale = max(k.abs().amax().item() / FP8_MAX, 1e-12)
-            cache.v_scale = max(v.abs().amax().item() / FP8_MAX, 1e-12)
+        if cache.calibrate and k.numel():
+            # The first batch with finite, nonzero K and V sets the scales (a batch of zeros or one
+            # that overflowed keeps the current ones and leaves it to the next batch).
+            k_max, v_max = k.abs().amax().item(), v.abs().amax().item()
+            if all(math.isfinite(m) and m > 0 for m in (k_max, v_max)):
+                cache.k_scale, cache.v_scale, cache.calibrate = k_max / FP8_MAX, v_max / FP8_MAX, False
         ops.write_kv_cache(k, v, cache.key, cache.value, meta.slot_mapping, cache.k_scale, cache.v_scale)
         plan = meta.attention_plan(cache.key, q.shape[0], self.num_heads, self.scale, q.dtype)
         return plan.run(q, cache.key, cache.value, k_scale=cache.k_scale, v_scale=cache.v_scale)
