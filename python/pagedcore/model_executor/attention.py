@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pagedcore import ops
-
-FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
+from pagedcore.model_executor.fp8 import FP8_MAX
 
 
 @dataclass
