@@ -121,6 +121,9 @@ void bind_kernels(py::module_& m) {
         py::arg("block_size"), "'hopper' or 'ampere': the kernel path decode attention takes on the current device.");
   m.def("cuda_build_architectures", &cuda_build_architectures,
         "CUDA architectures this build holds code for ('' without CUDA).");
+  m.def("cpu_parallel_backend", &cpu_parallel_backend,
+        "Where the CPU kernels run their threads: 'openmp <runtime path>' (torch's OpenMP threads) or 'own pool'.");
+  m.def("cpu_num_threads", &cpu_num_threads, "Threads the CPU kernels use (follows torch.set_num_threads).");
 
   m.def(
       "cuda_recommended_num_splits",

@@ -1,5 +1,6 @@
-// A small persistent thread pool for the CPU kernels: parallel_for over an index range, the
-// calling thread taking part. Workers start on first use and live until process exit.
+// parallel_for over an index range for the CPU kernels, the calling thread taking part: on the
+// threads of the OpenMP runtime already in the process (torch's) when there is one, else on a small
+// persistent pool of our own (workers start on first use and live until process exit).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,8 @@ namespace pagedcore::cpu {
 // The first exception thrown by fn is rethrown here. Nested calls run serially.
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 
-// Threads used by parallel_for: PAGEDCORE_NUM_THREADS if set, else the hardware concurrency.
+// Threads used by parallel_for: PAGEDCORE_NUM_THREADS if set, else the OpenMP runtime's
+// omp_get_max_threads() (torch.set_num_threads sets it), else the hardware concurrency.
 int num_threads();
 
 }  // namespace pagedcore::cpu

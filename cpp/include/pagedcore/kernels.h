@@ -186,6 +186,11 @@ std::string cuda_build_architectures();
 // The kernel path decode attention of this shape takes on the current device: "hopper" (bulk
 // copies; sm_90 code on a 9.0+ GPU) or "ampere" (cp.async; every GPU, and PAGEDCORE_KERNEL_PATH=ampere).
 std::string cuda_decode_attention_path(DType dtype, int head_dim, int block_size);
+// Where the CPU kernels run their threads: "openmp <runtime library path>" (the OpenMP runtime
+// already in the process, torch's) or "own pool" (none loaded, or PAGEDCORE_OWN_THREADS=1), and
+// how many threads they use.
+std::string cpu_parallel_backend();
+int cpu_num_threads();
 // Decode split count that fills the device (waves of CTAs) for this batch, in [1, kMaxAttentionSplits].
 int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype,
                                 int max_context_len);
