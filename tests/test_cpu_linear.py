@@ -28,7 +28,7 @@ def test_matches_f_linear(pack, bias, rows):
     # float32 sums of 576 products in another order: a few units of float32 rounding of |x||w|
     torch.testing.assert_close(out, expected, rtol=0, atol=2e-5)
     assert layer(x.reshape(1, rows, 576)).shape == (1, rows, 960)  # leading dims kept
-    assert torch.equal(layer(x[:, :576].clone()), out)  # the same rows give the same bits
+    assert torch.equal(layer(x.clone()), out)  # deterministic: the same input gives the same bits
 
 
 def test_non_contiguous_input_is_handled():
@@ -42,9 +42,11 @@ def test_model_swaps_every_float32_linear_and_keeps_the_tied_head_shared(tmp_pat
     save_tiny_model(tmp_path, "qwen2", with_tokenizer=False, tie_word_embeddings=True)  # qkv bias, tied head
     model = build_model(resolve_model(str(tmp_path)), dtype=torch.float32, device=torch.device("cpu"),
                         max_positions=128, load_format="auto", seed=0)
+    # The loader's model keeps nn.Linear and its parameters; the runner swaps them.
+    assert type(model.model.layers[0].mlp.down_proj) is nn.Linear
+    assert use_onednn_linears(model) == 4 * model.config.num_hidden_layers + 1
     assert not any(type(m) is nn.Linear for m in model.modules())
     layers = [m for m in model.modules() if isinstance(m, OneDnnLinear)]
-    assert len(layers) == 4 * model.config.num_hidden_layers + 1
     assert not model.lm_head.packed  # the embedding's matrix itself, not a copy:
     assert model.lm_head.onednn_weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert all(m.packed for m in layers if m is not model.lm_head)
@@ -52,6 +54,15 @@ def test_model_swaps_every_float32_linear_and_keeps_the_tied_head_shared(tmp_pat
     names = {name for name, _ in model.named_parameters()}
     assert not any(name.endswith("proj.weight") for name in names)
     assert any(name.endswith("qkv_proj.bias") for name in names)
+
+
+def test_the_cpu_engine_runs_onednn_linears(tmp_path):
+    from pagedcore.engine.llm import LLM
+
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False)
+    llm = LLM(str(tmp_path), device="cpu", max_model_len=64, verbose=False)
+    assert isinstance(llm.model.model.layers[0].self_attn.qkv_proj, OneDnnLinear)
+    assert isinstance(llm.model.lm_head, OneDnnLinear)
 
 
 def test_other_dtypes_and_an_untied_head(tmp_path):

@@ -17,7 +17,6 @@ import torch
 from pagedcore.loaders.config import ModelConfig
 from pagedcore.loaders.gguf_file import GGUFFile
 from pagedcore.loaders.hub import download_model, looks_like_hub_id
-from pagedcore.model_executor.cpu_linear import use_onednn_linears
 from pagedcore.model_executor.fp8 import use_fp8_projections
 from pagedcore.model_executor.model import LlamaForCausalLM
 from pagedcore.model_executor.parallel import TensorParallel
@@ -108,8 +107,6 @@ def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device
         use_fp8_projections(model, quantize=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand the replaced weights' memory back, so the KV plan sees it free
-    if device.type == "cpu" and dtype == torch.float32:
-        use_onednn_linears(model)  # faster than MKL's sgemm where measured (model_executor/cpu_linear.py)
     return model.eval()
 
 

@@ -1,14 +1,15 @@
 """float32 linear layers on the CPU through oneDNN with pre-packed weights.
 
-torch's `F.linear` on the CPU multiplies in float32 with MKL's sgemm. On the AMD EPYC machines this
-project runs its CPU work on, MKL takes a generic path: measured on 2 cores, the decode shapes of
-the default model (32 rows x 576 -> 960 / 3072, 1536 -> 576) ran at 140-150 GFLOP/s and its LM head
-(576 -> 49,152) at 70 GFLOP/s, where oneDNN (already inside torch) with the weight reordered once
-into its blocked layout runs them at 175-220 and 181 GFLOP/s (bench/RESULTS.md, W5). The results are
-float32 sums in another order: within float32 rounding of MKL's, not bit-equal to it.
+torch's `F.linear` on the CPU multiplies in float32 with MKL's sgemm, which on the AMD EPYC machines
+this project's CPU work runs on is markedly slower than oneDNN (already inside torch) with the weight
+reordered once into its blocked layout, above all at decode's few rows and for the LM head
+(bench/RESULTS.md, "W5 on the CPU"). The results are float32 sums in another order: within float32
+rounding of MKL's, not bit-equal to it.
 
-The packed weight replaces the plain one (no second copy), except for an LM head tied to the
-embeddings: the embedding lookup needs the plain matrix, so that layer runs oneDNN on it unpacked.
+The model runner swaps the layers (ModelRunner on a CPU device), after loading: the model a loader
+builds keeps nn.Linear and its parameters. The packed weight replaces the plain one (no second copy),
+except for an LM head tied to the embeddings: the embedding lookup needs the plain matrix, so that
+layer runs oneDNN on it unpacked.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# oneDNN picks its blocked layout for a batch size; 32 to 4,800 rows measured the same with any hint >= 32.
+# The batch size oneDNN chooses its blocked layout for (bench/RESULTS.md: the same speed for 32 to
+# 4,800 rows with any hint from 32 up).
 PACK_BATCH_HINT = 64
 
 
@@ -52,7 +54,8 @@ class OneDnnLinear(nn.Module):
 def use_onednn_linears(model: nn.Module) -> int:
     """Replaces every float32 CPU nn.Linear of `model` by a OneDnnLinear (packed unless its weight is
     shared with another module, as a tied LM head's is). Returns how many were replaced; 0 when
-    oneDNN is not in this torch build (the layers stay as they are)."""
+    oneDNN is not in this torch build (the layers stay as they are). The model is for inference from
+    then on: the packed projections are no longer parameters (no state_dict, no load_weights)."""
     if not onednn_linear_available():
         return 0
     shared = _shared_weights(model)

@@ -13,6 +13,7 @@ import torch
 
 from pagedcore import ops
 from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache
+from pagedcore.model_executor.cpu_linear import use_onednn_linears
 from pagedcore.model_executor.cuda_graphs import DecodeGraphs
 from pagedcore.model_executor.model import LlamaForCausalLM
 from pagedcore.model_executor.step_inputs import PlanUploader, StepInputs
@@ -22,6 +23,8 @@ class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv_caches: list[LayerKVCache], device: torch.device, *,
                  max_num_seqs: int, max_blocks_per_seq: int, use_cuda_graphs: bool,
                  host_kv_caches: list[LayerKVCache] | None = None):
+        if device.type == "cpu":
+            use_onednn_linears(model)  # float32 projections through oneDNN (model_executor/cpu_linear.py)
         self.model = model
         self.kv_caches = kv_caches
         self.host_kv_caches = host_kv_caches  # pinned CPU swap space (preemption by swapping), or None
