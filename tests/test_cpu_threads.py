@@ -27,11 +27,17 @@ ATTENTION_SCRIPT = textwrap.dedent("""
     q = torch.randn(41, num_heads, head_dim)
     out = ops.paged_attention(q, ops.kv_cache_from_logical(k), ops.kv_cache_from_logical(v), tables,
                               context_lens, query_start_loc, scale=0.125)
-    torch.save({"out": out, "backend": _core.cpu_parallel_backend()}, sys.argv[1])
+    torch.save({"out": out, "backend": _core.cpu_parallel_backend(), "threads": _core.cpu_num_threads()}, sys.argv[1])
 """)
 
 
+OPENMP_TORCH = "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]
+THREAD_SETTINGS = [name for name in ("PAGEDCORE_NUM_THREADS", "PAGEDCORE_OWN_THREADS") if name in os.environ]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the OpenMP runtime is found among Linux's loaded libraries")
+@pytest.mark.skipif(not OPENMP_TORCH, reason="this torch's parallel backend is not OpenMP")
+@pytest.mark.skipif(bool(THREAD_SETTINGS), reason=f"{THREAD_SETTINGS} set in the environment")
 def test_cpu_kernels_run_on_torchs_openmp_threads():
     backend = _core.cpu_parallel_backend()
     assert backend.startswith("openmp ") and "omp" in backend.rsplit("/", 1)[-1], backend
@@ -49,10 +55,12 @@ def test_own_pool_and_openmp_threads_give_the_same_attention(tmp_path):
     for name, env in (("openmp", {}), ("own", {"PAGEDCORE_OWN_THREADS": "1"})):
         path = tmp_path / f"{name}.pt"
         subprocess.run([sys.executable, "-c", ATTENTION_SCRIPT, str(path)], check=True, timeout=120,
-                       env={**os.environ, "PAGEDCORE_NUM_THREADS": "2", **env})
+                       env={**{k: v for k, v in os.environ.items() if k != "PAGEDCORE_OWN_THREADS"},
+                            "PAGEDCORE_NUM_THREADS": "2", **env})
         results[name] = torch.load(path)
     assert results["own"]["backend"] == "own pool"
-    if sys.platform.startswith("linux"):
+    assert results["own"]["threads"] == results["openmp"]["threads"] == 2
+    if sys.platform.startswith("linux") and OPENMP_TORCH:
         assert results["openmp"]["backend"].startswith("openmp ")
     assert torch.isfinite(results["own"]["out"]).all()
     assert torch.equal(results["openmp"]["out"], results["own"]["out"])

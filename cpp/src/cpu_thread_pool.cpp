@@ -108,12 +108,12 @@ ThreadPool& pool() {
   return instance;
 }
 
-// The OpenMP runtime already loaded into the process (torch's libgomp, or an Intel / LLVM runtime,
-// which export the same GNU entry points), found by name among the loaded libraries. Running the
+// The OpenMP runtime already loaded into the process: the one torch's libtorch_cpu links against
+// (symbols looked up through its handle, which searches its dependencies), else a loaded library
+// named as an OpenMP runtime (GNU, Intel or LLVM: all export the GNU entry points). Running the
 // kernels on its threads matters on a small machine: after each of torch's parallel regions its
 // worker threads spin for a while waiting for the next one, and a pool of our own would share the
-// cores with those spinning threads (measured: the CPU paged attention ran 2.2x slower inside the
-// engine than alone on 2 cores).
+// cores with those spinning threads (bench/RESULTS.md, "W5 on the CPU").
 struct OpenMpRuntime {
   std::string path;
   void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
@@ -123,39 +123,96 @@ struct OpenMpRuntime {
 };
 
 #if defined(__linux__)
-int find_openmp(dl_phdr_info* info, size_t, void* out) {
-  const char* path = info->dlpi_name;
-  const char* base = path ? std::strrchr(path, '/') : nullptr;
-  base = base ? base + 1 : path;
-  if (!base || !(std::strncmp(base, "libgomp", 7) == 0 || std::strncmp(base, "libiomp5", 8) == 0 ||
-                 std::strncmp(base, "libomp", 6) == 0)) {
-    return 0;
-  }
-  void* handle = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);  // already loaded: only a reference
-  if (!handle) return 0;
+bool has_prefix(const std::string& name, const char* prefix) { return name.rfind(prefix, 0) == 0; }
+
+// Loaded libraries' paths, with the count of libraries ever loaded (to look again only after one more
+// is). dlopen / dlsym must not run inside dl_iterate_phdr's callback: it holds the loader's lock in
+// the opposite order to a dlopen in another thread.
+std::vector<std::string> loaded_libraries(unsigned long long& adds) {
+  struct Found {
+    std::vector<std::string> paths;
+    unsigned long long adds = 0;
+  } found;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        auto& f = *static_cast<Found*>(out);
+        f.adds = info->dlpi_adds;
+        if (info->dlpi_name && info->dlpi_name[0]) f.paths.emplace_back(info->dlpi_name);
+        return 0;
+      },
+      &found);
+  adds = found.adds;
+  return std::move(found.paths);
+}
+
+OpenMpRuntime runtime_through(const std::string& path, const std::string& reported_path) {
   OpenMpRuntime found;
+  void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);  // already loaded: only a reference
+  if (!handle) return found;
   found.parallel = reinterpret_cast<decltype(found.parallel)>(dlsym(handle, "GOMP_parallel"));
   found.max_threads = reinterpret_cast<decltype(found.max_threads)>(dlsym(handle, "omp_get_max_threads"));
   found.in_parallel = reinterpret_cast<decltype(found.in_parallel)>(dlsym(handle, "omp_in_parallel"));
-  if (!found) return 0;  // the handle stays open: the runtime is never unloaded while we may use it
-  found.path = path;
-  *static_cast<OpenMpRuntime*>(out) = found;
-  return 1;
+  if (!found) {
+    dlclose(handle);
+    return {};
+  }
+  // The handle stays open: the runtime is never unloaded while the kernels may use it.
+  Dl_info where;
+  found.path = dladdr(reinterpret_cast<void*>(found.parallel), &where) && where.dli_fname ? where.dli_fname : reported_path;
+  return found;
+}
+
+OpenMpRuntime find_openmp(unsigned long long& adds) {
+  const std::vector<std::string> paths = loaded_libraries(adds);
+  auto base = [](const std::string& path) { return path.substr(path.rfind('/') + 1); };
+  for (const auto& path : paths) {
+    if (has_prefix(base(path), "libtorch_cpu")) {
+      if (OpenMpRuntime found = runtime_through(path, path)) return found;
+    }
+  }
+  for (const auto& path : paths) {
+    const std::string name = base(path);
+    const bool runtime = has_prefix(name, "libgomp.") || has_prefix(name, "libgomp-") ||
+                         has_prefix(name, "libiomp5") || has_prefix(name, "libomp.") || has_prefix(name, "libomp-");
+    if (runtime && name.find("plugin") == std::string::npos) {
+      if (OpenMpRuntime found = runtime_through(path, path)) return found;
+    }
+  }
+  return {};
 }
 #endif
 
-// Looked up once, at the first parallel_for (by then `import pagedcore` has loaded torch).
-// PAGEDCORE_OWN_THREADS=1 keeps the kernels on the pool above.
+// Looked up at the first parallel_for and kept once found; while none is found (torch not imported
+// yet: pagedcore's package imports it lazily), looked up again whenever another library has been
+// loaded since. PAGEDCORE_OWN_THREADS=1 keeps the kernels on the pool above (README, "Environment").
 const OpenMpRuntime& openmp() {
-  static const OpenMpRuntime runtime = [] {
-    OpenMpRuntime found;
-    const char* own = std::getenv("PAGEDCORE_OWN_THREADS");
-#if defined(__linux__)
-    if (!(own && std::strcmp(own, "1") == 0)) dl_iterate_phdr(find_openmp, &found);
-#endif
-    return found;
+  static std::mutex mutex;
+  static OpenMpRuntime runtime;
+  static std::atomic<bool> found{false};
+  static unsigned long long adds_seen = ~0ull;
+  if (found.load(std::memory_order_acquire)) return runtime;
+  static const bool own = [] {
+    const char* env = std::getenv("PAGEDCORE_OWN_THREADS");
+    return env && std::strcmp(env, "1") == 0;
   }();
-  return runtime;
+  static const OpenMpRuntime none;
+  if (own) return none;
+#if defined(__linux__)
+  std::lock_guard<std::mutex> lock(mutex);
+  if (found.load(std::memory_order_relaxed)) return runtime;
+  unsigned long long adds = 0;
+  dl_iterate_phdr([](dl_phdr_info* info, size_t, void* out) {
+    *static_cast<unsigned long long*>(out) = info->dlpi_adds;
+    return 1;
+  }, &adds);
+  if (adds == adds_seen) return none;
+  runtime = find_openmp(adds_seen);
+  if (runtime) {
+    found.store(true, std::memory_order_release);
+    return runtime;
+  }
+#endif
+  return none;
 }
 
 struct OpenMpJob {
@@ -190,7 +247,9 @@ int num_threads() {
     const int n = std::atoi(env);
     if (n > 0) return n;
   }
-  if (const auto& runtime = openmp()) return std::max(1, runtime.max_threads());  // follows torch.set_num_threads
+  // omp_get_max_threads is per thread: torch.set_num_threads sets the calling thread's, and torch sets
+  // it in any other thread at that thread's first parallel op (the engine thread's embedding, say).
+  if (const auto& runtime = openmp()) return std::max(1, runtime.max_threads());
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
