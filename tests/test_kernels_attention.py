@@ -108,6 +108,38 @@ def test_decode_hostile_lengths(device, dtype, group, block_size, head_dim, seed
     check(batch, seed=seed, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [9, 16, 32])
+def test_cpu_decode_of_large_groups(dtype, group, seed):
+    """More than 8 query heads per KV head: the CPU's decode rows take the tiled kernel, not the
+    two-pass one."""
+    lengths = hostile_lengths(16)
+    batch = make_batch("cpu", dtype, query_lens=[1] * len(lengths), context_lens=lengths, num_heads=2 * group,
+                       num_kv_heads=2, head_dim=64, block_size=16)
+    check(batch, seed=seed, dtype=dtype)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("trend", ["rising", "falling"])
+def test_scores_that_move_the_running_max(device, dtype, trend, seed):
+    """Positive q and K rows whose scale grows (or shrinks) along the sequence: every tile of an
+    online softmax raises the running max ("rising": earlier tiles' weights rescaled, by exactly 0
+    once the gap passes float's exp range) or none does ("falling"). Decode rows, a prefill and a
+    chunk over a cached past."""
+    rows = [(1, 200), (1, 37), (40, 40), (24, 150)]
+    batch = make_batch(device, dtype, query_lens=[r[0] for r in rows], context_lens=[r[1] for r in rows],
+                       num_heads=6, num_kv_heads=2, head_dim=64, block_size=16)
+    for i, (_, ctx) in enumerate(rows):
+        t = torch.arange(ctx)
+        blocks = batch["block_tables"][i, t // 16].long().to(batch["k_logical"].device)
+        growth = (t if trend == "rising" else ctx - 1 - t).double() / 4 + 0.25  # up to 50x
+        keys = batch["k_logical"][blocks, :, t % 16].double().abs() * growth[:, None, None].to(blocks.device)
+        batch["k_logical"][blocks, :, t % 16] = keys.to(dtype)
+    batch["q"] = batch["q"].abs()
+    batch["k_cache"] = ops.kv_cache_from_logical(batch["k_logical"])
+    check(batch, seed=seed, dtype=dtype, max_query_len=40)
+
+
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("block_size", [8, 16])

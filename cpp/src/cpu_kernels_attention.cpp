@@ -27,9 +27,9 @@ struct WorkItem {
   int num_rows;
 };
 
-// Few queries (decode): two passes over the keys, K's rows read as they lie: all scores, the
-// softmax, then V. Measured faster than the tiles below for one row's group of heads when the cache
-// is far larger than the CPU's caches (W5's decode steps).
+// Work items of few queries (decode rows of up to kMaxQueriesTwoPass heads per KV head): two passes
+// over the keys, K's rows read as they lie: all scores, the softmax, then V. Faster there than the
+// tiles below when the cache is larger than the CPU's caches (bench/RESULTS.md, "W5 on the CPU").
 template <typename T, typename C>
 void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {
   const int D = a.head_dim;
@@ -115,7 +115,6 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
   }
 }
 
-
 // Keys are taken kTile at a time (a tile may span several blocks): K's tile is stored transposed,
 // [D][kTile], so a query's kTile scores are kTile independent sums vectorized across the keys (no
 // horizontal reduction per key), and each query keeps a running max, sum and output (online softmax:
@@ -123,6 +122,9 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
 constexpr int kTile = 16;  // four cpu::Vec4
 // Work items of up to this many queries (decode: one row's group of heads) take attend_two_pass.
 constexpr int kMaxQueriesTwoPass = 8;
+// attend_tiles walks the head dimension 16 floats at a time.
+static_assert(std::all_of(kSupportedHeadSizes.begin(), kSupportedHeadSizes.end(), [](int d) { return d % kTile == 0; }),
+              "every supported head size is a multiple of the tile width");
 
 // T: q / out elements; C: cache elements (T, or Float8E4M3 read times the layer's k / v scale).
 template <typename T, typename C>
@@ -169,8 +171,7 @@ void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float
            static_cast<int64_t>(t % a.block_size) * D;
   };
   // Blocks sit anywhere in the pool, so the hardware prefetcher stops at each one: the rows of the
-  // tile after next are requested while this one is computed (a cache far larger than the CPU's
-  // caches otherwise waits on memory latency: 32 decode sequences x 30 layers ran at ~7 GB/s).
+  // tile after next are requested while this one is computed.
   auto prefetch_tile = [&](int t0) {
     for (int t = t0, end = std::min(num_keys, t0 + kTile); t < end; ++t) {
       const char* k = reinterpret_cast<const char*>(row_of(cache_k, t));
@@ -279,10 +280,6 @@ void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float
 
 template <typename T, typename C>
 void run(const AttentionParams& a) {
-  if (a.head_dim % kTile != 0) {  // every supported head size is (supported.h)
-    throw std::invalid_argument("CPU attention needs a head size that is a multiple of " + std::to_string(kTile) +
-                                ", got " + std::to_string(a.head_dim));
-  }
   std::vector<WorkItem> items;
   for (int s = 0; s < a.num_seqs; ++s) {
     const int qlen = a.query_start_loc[s + 1] - a.query_start_loc[s];
