@@ -64,3 +64,20 @@ def test_own_pool_and_openmp_threads_give_the_same_attention(tmp_path):
         assert results["openmp"]["backend"].startswith("openmp ")
     assert torch.isfinite(results["own"]["out"]).all()
     assert torch.equal(results["openmp"]["out"], results["own"]["out"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not OPENMP_TORCH,
+                    reason="needs Linux and torch's OpenMP backend")
+def test_the_runtime_is_found_when_torch_is_imported_after_a_first_call():
+    script = textwrap.dedent("""
+        import sys
+        from pagedcore import _core
+        assert "torch" not in sys.modules
+        print(_core.cpu_parallel_backend())
+        import torch
+        print(_core.cpu_parallel_backend())
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PAGEDCORE_OWN_THREADS", "PAGEDCORE_NUM_THREADS")}
+    lines = subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env=env,
+                           capture_output=True, text=True).stdout.splitlines()
+    assert lines[0] == "own pool" and lines[1].startswith("openmp "), lines
