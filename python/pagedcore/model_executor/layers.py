@@ -1,10 +1,11 @@
 """Dense building blocks of the Llama family: RMSNorm, rotary position embeddings, the gated MLP's
 activation.
 
-On CUDA each runs one fused pagedcore kernel (pagedcore.ops: add_rms_norm, qk_norm_rope,
-silu_and_mul), which rounds where HF's modules round. On CPU they run HF transformers' torch ops
-step by step (float32 statistics, the same inv_freq formula), so float32 runs match it to the
-last bit.
+RMSNorm (with the residual add) and RoPE (with Qwen3's per-head norms) run one fused pagedcore kernel
+(pagedcore.ops: add_rms_norm, qk_norm_rope) on CUDA and on the CPU, rounding where HF's modules
+round. The MLP's activation is the fused silu_and_mul kernel on CUDA; on the CPU torch's silu and
+multiply (AVX-512 where the CPU has it) measured faster than the CPU kernel (bench/RESULTS.md, "W5 on
+the CPU").
 """
 
 from __future__ import annotations
@@ -28,21 +29,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """x: [num_tokens, hidden_size] -> normalized, same shape and dtype. With residual (the
         residual stream, [num_tokens, hidden_size]): returns (norm(x + residual), x + residual)."""
-        if x.is_cuda:
-            if residual is None:
-                return ops.add_rms_norm(x, self.weight, self.eps)
-            return ops.add_rms_norm(x, self.weight, self.eps, residual=residual, out=x), residual
         if residual is None:
-            return self._normalize(x)
-        residual = x + residual
-        return self._normalize(residual), residual
-
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """HF transformers' LlamaRMSNorm, op by op. x: [..., hidden_size]."""
-        input_dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(input_dtype)
+            return ops.add_rms_norm(x, self.weight, self.eps)
+        return ops.add_rms_norm(x, self.weight, self.eps, residual=residual, out=x), residual
 
 
 def rope_inverse_frequencies(head_dim: int, rope: RopeConfig) -> torch.Tensor:
@@ -95,17 +84,11 @@ class RotaryEmbedding(nn.Module):
                 q_norm: RMSNorm | None = None, k_norm: RMSNorm | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: int32 [num_tokens]; q: [num_tokens, num_heads, head_dim]; k: [num_tokens,
         num_kv_heads, head_dim]; q_norm / k_norm: per-head RMSNorms applied first (Qwen3), or None.
-        Returns the rotated (q, k): on CUDA q and k themselves, rotated in place."""
-        if q.is_cuda:
-            ops.qk_norm_rope(positions, q, k, self.cos_cache, self.sin_cache,
-                             q_norm.weight if q_norm is not None else None,
-                             k_norm.weight if k_norm is not None else None, q_norm.eps if q_norm is not None else 0.0)
-            return q, k
-        if q_norm is not None:
-            q, k = q_norm(q), k_norm(k)
-        cos = self.cos_cache[positions].to(q.dtype)[:, None, :]  # [num_tokens, 1, head_dim]
-        sin = self.sin_cache[positions].to(q.dtype)[:, None, :]
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        Returns q and k themselves, rotated in place."""
+        ops.qk_norm_rope(positions, q, k, self.cos_cache, self.sin_cache,
+                         q_norm.weight if q_norm is not None else None,
+                         k_norm.weight if k_norm is not None else None, q_norm.eps if q_norm is not None else 0.0)
+        return q, k
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -114,8 +97,3 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         return ops.silu_and_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
