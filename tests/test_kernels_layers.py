@@ -103,6 +103,22 @@ def test_silu_and_mul(device, dtype, intermediate, num_tokens):
     assert torch.equal(buffer.nan_to_num(5.0), before.nan_to_num(5.0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cpu_silu_and_mul_special_values(dtype):
+    """The CPU kernel takes sigmoid from exp(-|g|): infinities, NaN, -0 and the ends of exp's range
+    give what float64 silu gives (NaN for -inf, as torch's silu)."""
+    specials = [float("nan"), float("inf"), float("-inf"), -0.0, 0.0, -87.5, -86.9, -88.8, -200.0, 88.9, 200.0,
+                1e-30, -1e-30, 3.0e38, -3.0e38]
+    gate = torch.tensor(specials, dtype=dtype)
+    up = torch.full_like(gate, 1.5)
+    out = ops.silu_and_mul(torch.cat([gate, up])[None, :])[0]
+    g = gate.double()
+    expected = (g * torch.sigmoid(g) * 1.5).to(dtype)
+    # Below g = -87 the kernel's exp flushes to 0, so silu there is 0 where it is |g| e^g < 2e-36.
+    torch.testing.assert_close(out, expected, equal_nan=True, rtol=2e-6 if dtype == torch.float32 else 8e-3,
+                               atol=2e-36)
+
+
 def test_silu_and_mul_refuses_an_odd_width():
     with pytest.raises(ValueError, match="2 \\* intermediate_size"):
         ops.silu_and_mul(torch.randn(3, 7))

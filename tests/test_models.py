@@ -51,6 +51,32 @@ def test_tiny_model_matches_transformers(tmp_path, variant):
     _check_against_hf(llm, hf_model, prompts, NUM_TOKENS)
 
 
+@pytest.mark.parametrize("variant", ["llama3-rope-tied", "qwen3"])
+def test_bfloat16_on_cpu_stays_within_tolerance_of_float32_transformers(tmp_path, variant):
+    """bfloat16 on the CPU (the fused norm / RoPE kernels, oneDNN not used: float32 only), judged as
+    the GPU's half-precision runs are (tests/test_models_gpu.py): every token the engine picks is
+    within 0.15 of the float32 reference's best log-probability, teacher-forced with the engine's own
+    tokens, and its log-probability within 0.15 of the reference's."""
+    tolerance = 0.15
+    model_type, overrides = VARIANTS[variant]
+    hf_model = save_tiny_model(tmp_path, model_type, with_tokenizer=False, vocab_size=512, **overrides)
+    llm = LLM(str(tmp_path), device="cpu", dtype="bfloat16", kv_cache_memory_bytes=8 << 20, max_model_len=256,
+              verbose=False)
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 512, (length,), generator=generator).tolist() for length in (5, 17, 40)]
+    params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=0)
+    for prompt, output in zip(prompts, llm.generate(prompts, params, use_tqdm=False)):
+        completion = output.outputs[0]
+        with torch.no_grad():
+            logits = hf_model(torch.tensor([prompt + completion.token_ids])).logits[0, len(prompt) - 1:-1]
+        reference = logits.float().log_softmax(-1)
+        chosen = reference.gather(1, torch.tensor(completion.token_ids)[:, None])[:, 0]
+        gap = reference.max(-1).values - chosen
+        assert gap.max() <= tolerance, f"token off the reference argmax by {gap.max():.3f} at {gap.argmax()}"
+        ours = torch.tensor([entry[token].logprob for entry, token in zip(completion.logprobs, completion.token_ids)])
+        assert (ours - chosen).abs().max() <= tolerance, (ours - chosen).abs().max()
+
+
 def test_smollm2_gguf_matches_transformers_loading_the_same_gguf():
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")

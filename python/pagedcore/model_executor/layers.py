@@ -2,8 +2,10 @@
 activation.
 
 RMSNorm (with the residual add) and RoPE (with Qwen3's per-head norms) run one fused pagedcore kernel
-(pagedcore.ops: add_rms_norm, qk_norm_rope) on CUDA and on the CPU, rounding where HF's modules
-round. The MLP's activation is the fused silu_and_mul kernel on CUDA; on the CPU torch's silu and
+(pagedcore.ops: add_rms_norm, qk_norm_rope) on CUDA and on the CPU, in place. The norms round where
+HF's modules round; RoPE rotates in float32 with float32 tables and rounds once (HF rounds cos / sin
+and each product to a half type first), so half-precision runs match HF within a tolerance
+(tests/test_models*.py), float32 ones to float32 rounding. The MLP's activation is the fused silu_and_mul kernel on CUDA; on the CPU torch's silu and
 multiply (AVX-512 where the CPU has it) measured faster than the CPU kernel (bench/RESULTS.md, "W5 on
 the CPU").
 """
@@ -28,7 +30,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """x: [num_tokens, hidden_size] -> normalized, same shape and dtype. With residual (the
-        residual stream, [num_tokens, hidden_size]): returns (norm(x + residual), x + residual)."""
+        residual stream, [num_tokens, hidden_size]): returns (norm(x + residual), x + residual), in
+        place: x then holds the normalized sum and residual the sum."""
         if residual is None:
             return ops.add_rms_norm(x, self.weight, self.eps)
         return ops.add_rms_norm(x, self.weight, self.eps, residual=residual, out=x), residual
