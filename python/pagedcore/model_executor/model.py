@@ -53,6 +53,12 @@ class Attention(nn.Module):
         return out if self.tp is None else self.tp.all_reduce(out)  # row-parallel: sum the partial outputs
 
 
+# On the CPU the MLP takes a long prefill this many rows at a time: the gate / up product of W5's
+# 4,800-token prefill step ([4800, 3072] float32, larger than the CPU's last-level cache) ran at
+# ~180 GFLOP/s, slices of 2,048 rows or fewer at ~220 (bench/RESULTS.md, "W5 on the CPU").
+CPU_MLP_ROWS = 2048
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig, tp: TensorParallel | None = None):
         super().__init__()
@@ -63,7 +69,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, hidden_size] -> [num_tokens, hidden_size]."""
-        out = self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        if x.is_cuda or x.shape[0] <= CPU_MLP_ROWS:
+            out = self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        else:  # a long prefill on the CPU, a slice of rows at a time (see CPU_MLP_ROWS)
+            out = torch.cat([self.down_proj(silu_and_mul(self.gate_up_proj(rows))) for rows in x.split(CPU_MLP_ROWS)])
         return out if self.tp is None else self.tp.all_reduce(out)
 
 
