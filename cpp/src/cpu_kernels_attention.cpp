@@ -27,6 +27,38 @@ struct WorkItem {
   int num_rows;
 };
 
+constexpr int kTile = 16;  // keys at a time; four cpu::Vec4
+// Work items of up to this many queries (decode: one row's group of heads) take attend_two_pass.
+constexpr int kMaxQueriesTwoPass = 8;
+// The kernels walk the head dimension 16 floats at a time.
+static_assert(std::all_of(kSupportedHeadSizes.begin(), kSupportedHeadSizes.end(), [](int d) { return d % kTile == 0; }),
+              "every supported head size is a multiple of the tile width");
+
+// out[0..D) = out * correction + sum over j < count of p[j] * rows[j][0..D): 16 columns at a time in
+// four vector accumulators that stay in registers across the rows (accumulating into memory row by
+// row waited on a store and a load per 4 floats and key).
+inline void scale_and_accumulate(float* out, float correction, const float* p, const float* const* rows, int count,
+                                 int D) {
+  const cpu::Vec4 corr = cpu::broadcast4(correction);
+  for (int d0 = 0; d0 < D; d0 += kTile) {
+    float* od = out + d0;
+    cpu::Vec4 o0 = cpu::load4(od) * corr, o1 = cpu::load4(od + 4) * corr;
+    cpu::Vec4 o2 = cpu::load4(od + 8) * corr, o3 = cpu::load4(od + 12) * corr;
+    for (int j = 0; j < count; ++j) {
+      const cpu::Vec4 pj = cpu::broadcast4(p[j]);
+      const float* v = rows[j] + d0;
+      o0 += pj * cpu::load4(v);
+      o1 += pj * cpu::load4(v + 4);
+      o2 += pj * cpu::load4(v + 8);
+      o3 += pj * cpu::load4(v + 12);
+    }
+    cpu::store4(od, o0);
+    cpu::store4(od + 4, o1);
+    cpu::store4(od + 8, o2);
+    cpu::store4(od + 12, o3);
+  }
+}
+
 // Work items of few queries (decode rows of up to kMaxQueriesTwoPass heads per KV head): two passes
 // over the keys, K's rows read as they lie: all scores, the softmax, then V. Faster there than the
 // tiles below when the cache is larger than the CPU's caches (bench/RESULTS.md, "W5 on the CPU").
@@ -42,8 +74,8 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
   const C* v_cache = static_cast<const C*>(a.v_cache);
   const int64_t head_block = static_cast<int64_t>(a.block_size) * D;
 
-  // scratch: q [G, D] | scores [G, ctx] | acc [G, D] | kv row [D]
-  scratch.resize(static_cast<size_t>(G) * D * 2 + static_cast<size_t>(G) * ctx + D);
+  // scratch: q [G, D] | scores [G, ctx] | acc [G, D] | kTile converted rows [kTile, D]
+  scratch.resize(static_cast<size_t>(G) * D * 2 + static_cast<size_t>(G) * ctx + static_cast<size_t>(kTile) * D);
   float* q = scratch.data();
   float* scores = q + G * D;
   float* acc = scores + static_cast<size_t>(G) * ctx;
@@ -78,36 +110,46 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
       for (int d = 0; d < D; ++d) q[g * D + d] = cpu::to_float(src[d]) * a.scale;
     }
     for_each_row(k_cache, a.k_scale, num_keys, [&](int t, const float* k) {
-      for (int g = 0; g < G; ++g) {
-        const float* qg = q + g * D;
-        float dot = 0.f;
-        // A reduction vectorizes only when the compiler may reorder the sum: allowed here (the
-        // float64 reference tests bound the error), which makes the dot products SIMD.
-#pragma omp simd reduction(+ : dot)
-        for (int d = 0; d < D; ++d) dot += qg[d] * k[d];
-        scores[static_cast<size_t>(g) * ctx + t] = dot;
-      }
+      for (int g = 0; g < G; ++g) scores[static_cast<size_t>(g) * ctx + t] = cpu::dot(q + g * D, k, D);
     });
     for (int g = 0; g < G; ++g) {
       float* s = scores + static_cast<size_t>(g) * ctx;
       float max_score = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : max_score)
       for (int t = 0; t < num_keys; ++t) max_score = std::max(max_score, s[t]);
       float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
       for (int t = 0; t < num_keys; ++t) {
-        s[t] = std::exp(s[t] - max_score);
+        s[t] = cpu::exp_shifted(s[t] - max_score);
         sum += s[t];
       }
       const float inv = 1.f / sum;
       for (int t = 0; t < num_keys; ++t) s[t] *= inv;
     }
+    // V, up to kTile rows at a time within a block, float caches read in place.
     std::fill(acc, acc + G * D, 0.f);
-    for_each_row(v_cache, a.v_scale, num_keys, [&](int t, const float* v) {
-      for (int g = 0; g < G; ++g) {
-        const float p = scores[static_cast<size_t>(g) * ctx + t];
-        float* ag = acc + g * D;
-        for (int d = 0; d < D; ++d) ag[d] += p * v[d];
+    const float* v_rows[kTile];
+    for (int first = 0, b = 0; first < num_keys; first += a.block_size, ++b) {
+      const C* block_rows = v_cache + (static_cast<int64_t>(table[b]) * a.num_kv_heads + w.kv_head) * head_block;
+      const int rows = std::min(a.block_size, num_keys - first);
+      for (int i0 = 0; i0 < rows; i0 += kTile) {
+        const int count = std::min(kTile, rows - i0);
+        for (int j = 0; j < count; ++j) {
+          const C* src = block_rows + static_cast<int64_t>(i0 + j) * D;
+          if constexpr (std::is_same_v<C, float>) {
+            v_rows[j] = src;
+          } else {
+            float* converted = row + static_cast<size_t>(j) * D;
+            const float scale = std::is_same_v<C, cpu::Float8E4M3> ? a.v_scale : 1.f;
+            for (int d = 0; d < D; ++d) converted[d] = cpu::to_float(src[d]) * scale;
+            v_rows[j] = converted;
+          }
+        }
+        for (int g = 0; g < G; ++g) {
+          scale_and_accumulate(acc + g * D, 1.f, scores + static_cast<size_t>(g) * ctx + first + i0, v_rows, count, D);
+        }
       }
-    });
+    }
     for (int g = 0; g < G; ++g) {
       T* dst = static_cast<T*>(a.out) + token * a.out_stride_token + (w.kv_head * G + g) * a.out_stride_head;
       for (int d = 0; d < D; ++d) dst[d] = cpu::from_float<T>(acc[g * D + d]);
@@ -119,12 +161,6 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
 // [D][kTile], so a query's kTile scores are kTile independent sums vectorized across the keys (no
 // horizontal reduction per key), and each query keeps a running max, sum and output (online softmax:
 // one pass over K and V).
-constexpr int kTile = 16;  // four cpu::Vec4
-// Work items of up to this many queries (decode: one row's group of heads) take attend_two_pass.
-constexpr int kMaxQueriesTwoPass = 8;
-// attend_tiles walks the head dimension 16 floats at a time.
-static_assert(std::all_of(kSupportedHeadSizes.begin(), kSupportedHeadSizes.end(), [](int d) { return d % kTile == 0; }),
-              "every supported head size is a multiple of the tile width");
 
 // T: q / out elements; C: cache elements (T, or Float8E4M3 read times the layer's k / v scale).
 template <typename T, typename C>
@@ -246,24 +282,7 @@ void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float
         run_max[i] = new_max;
         run_sum[i] = run_sum[i] * correction + p_sum;
         float* ai = acc + static_cast<size_t>(i) * D;
-        const cpu::Vec4 corr = cpu::broadcast4(correction);
-        for (int d0 = 0; d0 < D; d0 += kTile) {  // head sizes are multiples of 16 (supported.h)
-          float* ad = ai + d0;
-          cpu::Vec4 o0 = cpu::load4(ad) * corr, o1 = cpu::load4(ad + 4) * corr;
-          cpu::Vec4 o2 = cpu::load4(ad + 8) * corr, o3 = cpu::load4(ad + 12) * corr;
-          for (int j = 0; j < valid; ++j) {
-            const cpu::Vec4 p = cpu::broadcast4(s[j]);
-            const float* v = v_rows[j] + d0;
-            o0 += p * cpu::load4(v);
-            o1 += p * cpu::load4(v + 4);
-            o2 += p * cpu::load4(v + 8);
-            o3 += p * cpu::load4(v + 12);
-          }
-          cpu::store4(ad, o0);
-          cpu::store4(ad + 4, o1);
-          cpu::store4(ad + 8, o2);
-          cpu::store4(ad + 12, o3);
-        }
+        scale_and_accumulate(ai, correction, s, v_rows, valid, D);
       }
     }
   }

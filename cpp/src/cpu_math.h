@@ -20,6 +20,20 @@ inline Vec4 load4(const float* p) {
 inline void store4(float* p, Vec4 v) { __builtin_memcpy(p, &v, sizeof v); }
 inline Vec4 broadcast4(float x) { return Vec4{x, x, x, x}; }
 
+// sum of a[d] * b[d] for d < n, n a multiple of 16, in float32 (another order than a sequential sum):
+// four independent vector accumulators, where one would wait on each add's latency.
+inline float dot(const float* a, const float* b, int n) {
+  Vec4 s0{}, s1{}, s2{}, s3{};
+  for (int d = 0; d < n; d += 16) {
+    s0 += load4(a + d) * load4(b + d);
+    s1 += load4(a + d + 4) * load4(b + d + 4);
+    s2 += load4(a + d + 8) * load4(b + d + 8);
+    s3 += load4(a + d + 12) * load4(b + d + 12);
+  }
+  const Vec4 s = (s0 + s1) + (s2 + s3);
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
 // e^x for softmax's shifted scores (x = score - max <= 0; positive x up to 88 also works), within
 // 2 float ulp of the correctly rounded value for x >= -87; 0 below -87 and for -inf; NaN stays NaN.
 // Cephes-style: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n by the

@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
+#include <vector>
 
 #include "cpu_math.h"
 
@@ -30,6 +32,30 @@ TEST(CpuMath, ExpShiftedEdges) {
   EXPECT_EQ(exp_shifted(-1e30f), 0.f);
   EXPECT_EQ(exp_shifted(-std::numeric_limits<float>::infinity()), 0.f);
   EXPECT_TRUE(std::isnan(exp_shifted(std::numeric_limits<float>::quiet_NaN())));
+}
+
+TEST(CpuMath, DotMatchesAFloat64SumWithinFloat32Rounding) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  for (const int n : {16, 32, 64, 80, 128, 256}) {
+    std::vector<float> a(n), b(n);
+    for (int trial = 0; trial < 200; ++trial) {
+      double exact = 0, magnitude = 0;
+      for (int i = 0; i < n; ++i) {
+        a[i] = normal(rng) * (trial % 2 ? 1e3f : 1.f);
+        b[i] = normal(rng);
+        exact += static_cast<double>(a[i]) * b[i];
+        magnitude += std::abs(static_cast<double>(a[i]) * b[i]);
+      }
+      // n float32 products and sums: each rounding at most 2^-24 of the running magnitude.
+      EXPECT_LE(std::abs(dot(a.data(), b.data(), n) - exact), magnitude * n * 0x1p-24) << n;
+    }
+  }
+  const float ones[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  float with_nan[16] = {};
+  with_nan[9] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(dot(ones, ones, 16), 16.f);
+  EXPECT_TRUE(std::isnan(dot(ones, with_nan, 16)));
 }
 
 }  // namespace
