@@ -119,6 +119,17 @@ def test_cpu_decode_of_large_groups(dtype, group, seed):
     check(batch, seed=seed, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block_size", [2, 4, 128, 256])
+def test_cpu_block_sizes_around_the_16_key_chunks(dtype, block_size, seed):
+    """The CPU kernels read keys in chunks of up to 16 within a block (two-pass decode) or 16 across
+    blocks (tiles): blocks smaller and much larger than a chunk, decode and prefill rows."""
+    rows = [(1, 1), (1, 3), (1, 37), (1, 300), (20, 20), (33, 290)]
+    batch = make_batch("cpu", dtype, query_lens=[r[0] for r in rows], context_lens=[r[1] for r in rows],
+                       num_heads=8, num_kv_heads=2, head_dim=64, block_size=block_size)
+    check(batch, seed=seed, dtype=dtype, max_query_len=33)
+
+
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("trend", ["rising", "falling"])
 def test_scores_that_move_the_running_max(device, dtype, trend, seed):

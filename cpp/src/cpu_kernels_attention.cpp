@@ -1,5 +1,5 @@
-// CPU paged attention for mixed decode / prefill batches (float32 and bfloat16 storage, float
-// arithmetic). Work item = (sequence, KV head, chunk of query rows): every K/V row a work item
+// CPU paged attention for mixed decode / prefill batches (float32, bfloat16 and FP8 e4m3 caches,
+// float arithmetic). Work item = (sequence, KV head, chunk of query rows): every K/V row a work item
 // reads is converted once and used by all query heads of that KV head.
 #include <algorithm>
 #include <cmath>
@@ -27,7 +27,8 @@ struct WorkItem {
   int num_rows;
 };
 
-constexpr int kTile = 16;  // keys at a time; four cpu::Vec4
+constexpr int kTile = 16;  // keys at a time, and head-dimension columns at a time: four cpu::Vec4
+static_assert(kTile == 16, "the tile loops and cpu::dot are written for four 4-lane vectors");
 // Work items of up to this many queries (decode: one row's group of heads) take attend_two_pass.
 constexpr int kMaxQueriesTwoPass = 8;
 // The kernels walk the head dimension 16 floats at a time.
@@ -79,25 +80,30 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
   float* q = scratch.data();
   float* scores = q + G * D;
   float* acc = scores + static_cast<size_t>(G) * ctx;
-  float* row = acc + G * D;
+  float* converted = acc + G * D;
 
-  // Calls fn(t, row) for keys t = 0 .. num_keys - 1 with row = the key's [D] values as float: the
-  // block table is walked block by block (no division per key) and float caches are read in place.
-  auto for_each_row = [&](const C* cache, float cache_scale, int num_keys, auto&& fn) {
+  // Calls fn(first, count, rows) for the keys in chunks of up to kTile rows within a block, rows[j]
+  // = key first + j's [D] values as float: float caches read in place, others converted into
+  // `converted` (an FP8 cache's values times `scale`). The block table is walked block by block.
+  auto for_each_chunk = [&](const C* cache, float scale, int num_keys, auto&& fn) {
+    const float* rows[kTile];
     for (int first = 0, b = 0; first < num_keys; first += a.block_size, ++b) {
       const C* block_rows = cache + (static_cast<int64_t>(table[b]) * a.num_kv_heads + w.kv_head) * head_block;
-      const int rows = std::min(a.block_size, num_keys - first);
-      for (int i = 0; i < rows; ++i) {
-        const C* src = block_rows + static_cast<int64_t>(i) * D;
-        if constexpr (std::is_same_v<C, float>) {
-          fn(first + i, src);
-        } else if constexpr (std::is_same_v<C, cpu::Float8E4M3>) {
-          for (int d = 0; d < D; ++d) row[d] = cpu::to_float(src[d]) * cache_scale;
-          fn(first + i, static_cast<const float*>(row));
-        } else {
-          for (int d = 0; d < D; ++d) row[d] = cpu::to_float(src[d]);
-          fn(first + i, static_cast<const float*>(row));
+      const int in_block = std::min(a.block_size, num_keys - first);
+      for (int i0 = 0; i0 < in_block; i0 += kTile) {
+        const int count = std::min(kTile, in_block - i0);
+        for (int j = 0; j < count; ++j) {
+          const C* src = block_rows + static_cast<int64_t>(i0 + j) * D;
+          if constexpr (std::is_same_v<C, float>) {
+            rows[j] = src;
+          } else {
+            float* dst = converted + static_cast<size_t>(j) * D;
+            const float factor = std::is_same_v<C, cpu::Float8E4M3> ? scale : 1.f;
+            for (int d = 0; d < D; ++d) dst[d] = cpu::to_float(src[d]) * factor;
+            rows[j] = dst;
+          }
         }
+        fn(first + i0, count, static_cast<const float* const*>(rows));
       }
     }
   };
@@ -109,8 +115,10 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
       const T* src = static_cast<const T*>(a.q) + token * a.q_stride_token + (w.kv_head * G + g) * a.q_stride_head;
       for (int d = 0; d < D; ++d) q[g * D + d] = cpu::to_float(src[d]) * a.scale;
     }
-    for_each_row(k_cache, a.k_scale, num_keys, [&](int t, const float* k) {
-      for (int g = 0; g < G; ++g) scores[static_cast<size_t>(g) * ctx + t] = cpu::dot(q + g * D, k, D);
+    for_each_chunk(k_cache, a.k_scale, num_keys, [&](int first, int count, const float* const* rows) {
+      for (int j = 0; j < count; ++j) {
+        for (int g = 0; g < G; ++g) scores[static_cast<size_t>(g) * ctx + first + j] = cpu::dot(q + g * D, rows[j], D);
+      }
     });
     for (int g = 0; g < G; ++g) {
       float* s = scores + static_cast<size_t>(g) * ctx;
@@ -126,30 +134,10 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
       const float inv = 1.f / sum;
       for (int t = 0; t < num_keys; ++t) s[t] *= inv;
     }
-    // V, up to kTile rows at a time within a block, float caches read in place.
     std::fill(acc, acc + G * D, 0.f);
-    const float* v_rows[kTile];
-    for (int first = 0, b = 0; first < num_keys; first += a.block_size, ++b) {
-      const C* block_rows = v_cache + (static_cast<int64_t>(table[b]) * a.num_kv_heads + w.kv_head) * head_block;
-      const int rows = std::min(a.block_size, num_keys - first);
-      for (int i0 = 0; i0 < rows; i0 += kTile) {
-        const int count = std::min(kTile, rows - i0);
-        for (int j = 0; j < count; ++j) {
-          const C* src = block_rows + static_cast<int64_t>(i0 + j) * D;
-          if constexpr (std::is_same_v<C, float>) {
-            v_rows[j] = src;
-          } else {
-            float* converted = row + static_cast<size_t>(j) * D;
-            const float scale = std::is_same_v<C, cpu::Float8E4M3> ? a.v_scale : 1.f;
-            for (int d = 0; d < D; ++d) converted[d] = cpu::to_float(src[d]) * scale;
-            v_rows[j] = converted;
-          }
-        }
-        for (int g = 0; g < G; ++g) {
-          scale_and_accumulate(acc + g * D, 1.f, scores + static_cast<size_t>(g) * ctx + first + i0, v_rows, count, D);
-        }
-      }
-    }
+    for_each_chunk(v_cache, a.v_scale, num_keys, [&](int first, int count, const float* const* rows) {
+      for (int g = 0; g < G; ++g) scale_and_accumulate(acc + g * D, 1.f, scores + static_cast<size_t>(g) * ctx + first, rows, count, D);
+    });
     for (int g = 0; g < G; ++g) {
       T* dst = static_cast<T*>(a.out) + token * a.out_stride_token + (w.kv_head * G + g) * a.out_stride_head;
       for (int d = 0; d < D; ++d) dst[d] = cpu::from_float<T>(acc[g * D + d]);
@@ -157,11 +145,10 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
   }
 }
 
-// Keys are taken kTile at a time (a tile may span several blocks): K's tile is stored transposed,
-// [D][kTile], so a query's kTile scores are kTile independent sums vectorized across the keys (no
-// horizontal reduction per key), and each query keeps a running max, sum and output (online softmax:
-// one pass over K and V).
-
+// Work items of more queries (prefill): keys are taken kTile at a time (a tile may span several
+// blocks). K's tile is stored transposed, [D][kTile], so a query's kTile scores are kTile independent
+// sums vectorized across the keys (no horizontal reduction per key), and each query keeps a running
+// max, sum and output (online softmax: one pass over K and V).
 // T: q / out elements; C: cache elements (T, or Float8E4M3 read times the layer's k / v scale).
 template <typename T, typename C>
 void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {

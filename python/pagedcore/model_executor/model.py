@@ -53,10 +53,10 @@ class Attention(nn.Module):
         return out if self.tp is None else self.tp.all_reduce(out)  # row-parallel: sum the partial outputs
 
 
-# On the CPU the MLP takes a long prefill this many rows at a time: the gate / up product of W5's
-# 4,800-token prefill step ([4800, 3072] float32, larger than the CPU's last-level cache) ran at
-# ~180 GFLOP/s, slices of 2,048 rows or fewer at ~220 (bench/RESULTS.md, "W5 on the CPU").
-CPU_MLP_ROWS = 2048
+# On the CPU the MLP takes a long prefill in row slices whose gate / up output stays within this many
+# bytes: a whole prefill's product, larger than the CPU's last-level cache, ran markedly slower
+# (bench/RESULTS.md, "W5 on the CPU": 24 MiB is 2,048 rows of the default model's float32 output).
+CPU_MLP_SLICE_BYTES = 24 << 20
 
 
 class MLP(nn.Module):
@@ -69,10 +69,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, hidden_size] -> [num_tokens, hidden_size]."""
-        if x.is_cuda or x.shape[0] <= CPU_MLP_ROWS:
+        slice_rows = max(1, CPU_MLP_SLICE_BYTES // (2 * self.intermediate_size * x.element_size()))
+        if x.is_cuda or x.shape[0] <= slice_rows:
             out = self.down_proj(silu_and_mul(self.gate_up_proj(x)))
-        else:  # a long prefill on the CPU, a slice of rows at a time (see CPU_MLP_ROWS)
-            out = torch.cat([self.down_proj(silu_and_mul(self.gate_up_proj(rows))) for rows in x.split(CPU_MLP_ROWS)])
+        else:  # a long prefill on the CPU, a slice of rows at a time (see CPU_MLP_SLICE_BYTES)
+            out = torch.cat([self.down_proj(silu_and_mul(self.gate_up_proj(rows))) for rows in x.split(slice_rows)])
         return out if self.tp is None else self.tp.all_reduce(out)
 
 
