@@ -136,7 +136,9 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
     }
     std::fill(acc, acc + G * D, 0.f);
     for_each_chunk(v_cache, a.v_scale, num_keys, [&](int first, int count, const float* const* rows) {
-      for (int g = 0; g < G; ++g) scale_and_accumulate(acc + g * D, 1.f, scores + static_cast<size_t>(g) * ctx + first, rows, count, D);
+      for (int g = 0; g < G; ++g) {
+        scale_and_accumulate(acc + g * D, 1.f, scores + static_cast<size_t>(g) * ctx + first, rows, count, D);
+      }
     });
     for (int g = 0; g < G; ++g) {
       T* dst = static_cast<T*>(a.out) + token * a.out_stride_token + (w.kv_head * G + g) * a.out_stride_head;

@@ -5,9 +5,9 @@ RMSNorm (with the residual add) and RoPE (with Qwen3's per-head norms) run one f
 (pagedcore.ops: add_rms_norm, qk_norm_rope) on CUDA and on the CPU, in place. The norms round where
 HF's modules round; RoPE rotates in float32 with float32 tables and rounds once (HF rounds cos / sin
 and each product to a half type first), so half-precision runs match HF within a tolerance
-(tests/test_models*.py), float32 ones to float32 rounding. The MLP's activation is the fused silu_and_mul kernel on CUDA; on the CPU torch's silu and
-multiply (AVX-512 where the CPU has it) measured faster than the CPU kernel (bench/RESULTS.md, "W5 on
-the CPU").
+(tests/test_models*.py), float32 ones to float32 rounding. The MLP's activation is the fused
+silu_and_mul kernel on CUDA; on the CPU torch's silu and multiply (AVX-512 where the CPU has it)
+measured faster than the CPU kernel (bench/RESULTS.md, "W5 on the CPU").
 """
 
 from __future__ import annotations

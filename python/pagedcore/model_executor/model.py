@@ -69,8 +69,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, hidden_size] -> [num_tokens, hidden_size]."""
-        slice_rows = max(1, CPU_MLP_SLICE_BYTES // (2 * self.intermediate_size * x.element_size()))
-        if x.is_cuda or x.shape[0] <= slice_rows:
+        if x.is_cuda:
+            slice_rows = x.shape[0]
+        else:
+            slice_rows = max(1, CPU_MLP_SLICE_BYTES // (2 * self.intermediate_size * x.element_size()))
+        if x.shape[0] <= slice_rows:
             out = self.down_proj(silu_and_mul(self.gate_up_proj(x)))
         else:  # a long prefill on the CPU, a slice of rows at a time (see CPU_MLP_SLICE_BYTES)
             out = torch.cat([self.down_proj(silu_and_mul(self.gate_up_proj(rows))) for rows in x.split(slice_rows)])
