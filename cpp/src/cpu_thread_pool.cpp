@@ -158,7 +158,8 @@ OpenMpRuntime runtime_through(const std::string& path, const std::string& report
   }
   // The handle stays open: the runtime is never unloaded while the kernels may use it.
   Dl_info where;
-  found.path = dladdr(reinterpret_cast<void*>(found.parallel), &where) && where.dli_fname ? where.dli_fname : reported_path;
+  const bool located = dladdr(reinterpret_cast<void*>(found.parallel), &where) && where.dli_fname;
+  found.path = located ? where.dli_fname : reported_path;
   return found;
 }
 
@@ -184,7 +185,7 @@ OpenMpRuntime find_openmp(unsigned long long& adds) {
 
 // Looked up at the first parallel_for and kept once found; while none is found (torch not imported
 // yet: pagedcore's package imports it lazily), looked up again whenever another library has been
-// loaded since. PAGEDCORE_OWN_THREADS=1 keeps the kernels on the pool above (README, "Environment").
+// loaded since. PAGEDCORE_OWN_THREADS=1 keeps the kernels on the pool above (README, "On the CPU").
 const OpenMpRuntime& openmp() {
   static std::mutex mutex;
   static OpenMpRuntime runtime;
