@@ -25,6 +25,7 @@ struct WorkItem {
   int kv_head;
   int first_row;  // query row within the sequence
   int num_rows;
+  int kv_heads = 1;  // KV heads kv_head .. kv_head + kv_heads - 1 (attend_two_pass; 1 for attend_tiles)
 };
 
 constexpr int kTile = 16;  // keys at a time, and head-dimension columns at a time: four cpu::Vec4
@@ -62,11 +63,13 @@ inline void scale_and_accumulate(float* out, float correction, const float* p, c
 
 // Work items of few queries (decode rows of up to kMaxQueriesTwoPass heads per KV head): two passes
 // over the keys, K's rows read as they lie: all scores, the softmax, then V. Faster there than the
-// tiles below when the cache is larger than the CPU's caches (bench/RESULTS.md, "W5 on the CPU").
+// tiles below when the cache is larger than the CPU's caches, and faster again with all of a row's
+// KV heads in one item (bench/RESULTS.md, "W5 on the CPU").
 template <typename T, typename C>
 void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {
   const int D = a.head_dim;
   const int G = a.num_heads / a.num_kv_heads;
+  const int Q = w.kv_heads * G;  // query heads of the item: (KV head of the item, group member)
   const int ctx = a.context_lens[w.seq];
   const int row0 = a.query_start_loc[w.seq];
   const int qlen = a.query_start_loc[w.seq + 1] - row0;
@@ -75,35 +78,39 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
   const C* v_cache = static_cast<const C*>(a.v_cache);
   const int64_t head_block = static_cast<int64_t>(a.block_size) * D;
 
-  // scratch: q [G, D] | scores [G, ctx] | acc [G, D] | kTile converted rows [kTile, D]
-  scratch.resize(static_cast<size_t>(G) * D * 2 + static_cast<size_t>(G) * ctx + static_cast<size_t>(kTile) * D);
+  // scratch: q [Q, D] | scores [Q, ctx] | acc [Q, D] | kTile converted rows [kTile, D]
+  scratch.resize(static_cast<size_t>(Q) * D * 2 + static_cast<size_t>(Q) * ctx + static_cast<size_t>(kTile) * D);
   float* q = scratch.data();
-  float* scores = q + G * D;
-  float* acc = scores + static_cast<size_t>(G) * ctx;
-  float* converted = acc + G * D;
+  float* scores = q + static_cast<size_t>(Q) * D;
+  float* acc = scores + static_cast<size_t>(Q) * ctx;
+  float* converted = acc + static_cast<size_t>(Q) * D;
 
-  // Calls fn(first, count, rows) for the keys in chunks of up to kTile rows within a block, rows[j]
-  // = key first + j's [D] values as float: float caches read in place, others converted into
-  // `converted` (an FP8 cache's values times `scale`). The block table is walked block by block.
+  // Calls fn(h, first, count, rows) for the item's KV heads h (0-based) and keys in chunks of up to
+  // kTile rows within a block, rows[j] = key first + j's [D] values as float: float caches read in
+  // place, others converted into `converted` (an FP8 cache's values times `scale`). The block table
+  // is walked block by block, and within a block the heads in order: an item of all KV heads reads
+  // each block's bytes front to back.
   auto for_each_chunk = [&](const C* cache, float scale, int num_keys, auto&& fn) {
     const float* rows[kTile];
     for (int first = 0, b = 0; first < num_keys; first += a.block_size, ++b) {
-      const C* block_rows = cache + (static_cast<int64_t>(table[b]) * a.num_kv_heads + w.kv_head) * head_block;
       const int in_block = std::min(a.block_size, num_keys - first);
-      for (int i0 = 0; i0 < in_block; i0 += kTile) {
-        const int count = std::min(kTile, in_block - i0);
-        for (int j = 0; j < count; ++j) {
-          const C* src = block_rows + static_cast<int64_t>(i0 + j) * D;
-          if constexpr (std::is_same_v<C, float>) {
-            rows[j] = src;
-          } else {
-            float* dst = converted + static_cast<size_t>(j) * D;
-            const float factor = std::is_same_v<C, cpu::Float8E4M3> ? scale : 1.f;
-            for (int d = 0; d < D; ++d) dst[d] = cpu::to_float(src[d]) * factor;
-            rows[j] = dst;
+      for (int h = 0; h < w.kv_heads; ++h) {
+        const C* block_rows = cache + (static_cast<int64_t>(table[b]) * a.num_kv_heads + w.kv_head + h) * head_block;
+        for (int i0 = 0; i0 < in_block; i0 += kTile) {
+          const int count = std::min(kTile, in_block - i0);
+          for (int j = 0; j < count; ++j) {
+            const C* src = block_rows + static_cast<int64_t>(i0 + j) * D;
+            if constexpr (std::is_same_v<C, float>) {
+              rows[j] = src;
+            } else {
+              float* dst = converted + static_cast<size_t>(j) * D;
+              const float factor = std::is_same_v<C, cpu::Float8E4M3> ? scale : 1.f;
+              for (int d = 0; d < D; ++d) dst[d] = cpu::to_float(src[d]) * factor;
+              rows[j] = dst;
+            }
           }
+          fn(h, first + i0, count, static_cast<const float* const*>(rows));
         }
-        fn(first + i0, count, static_cast<const float* const*>(rows));
       }
     }
   };
@@ -111,17 +118,19 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
   for (int r = w.first_row; r < w.first_row + w.num_rows; ++r) {
     const int token = row0 + r;
     const int num_keys = ctx - qlen + r + 1;  // causal: keys [0, position]
-    for (int g = 0; g < G; ++g) {
-      const T* src = static_cast<const T*>(a.q) + token * a.q_stride_token + (w.kv_head * G + g) * a.q_stride_head;
-      for (int d = 0; d < D; ++d) q[g * D + d] = cpu::to_float(src[d]) * a.scale;
+    for (int i = 0; i < Q; ++i) {
+      const T* src = static_cast<const T*>(a.q) + token * a.q_stride_token + (w.kv_head * G + i) * a.q_stride_head;
+      for (int d = 0; d < D; ++d) q[static_cast<size_t>(i) * D + d] = cpu::to_float(src[d]) * a.scale;
     }
-    for_each_chunk(k_cache, a.k_scale, num_keys, [&](int first, int count, const float* const* rows) {
+    for_each_chunk(k_cache, a.k_scale, num_keys, [&](int h, int first, int count, const float* const* rows) {
       for (int j = 0; j < count; ++j) {
-        for (int g = 0; g < G; ++g) scores[static_cast<size_t>(g) * ctx + first + j] = cpu::dot(q + g * D, rows[j], D);
+        for (int i = h * G; i < (h + 1) * G; ++i) {
+          scores[static_cast<size_t>(i) * ctx + first + j] = cpu::dot(q + static_cast<size_t>(i) * D, rows[j], D);
+        }
       }
     });
-    for (int g = 0; g < G; ++g) {
-      float* s = scores + static_cast<size_t>(g) * ctx;
+    for (int i = 0; i < Q; ++i) {
+      float* s = scores + static_cast<size_t>(i) * ctx;
       float max_score = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : max_score)
       for (int t = 0; t < num_keys; ++t) max_score = std::max(max_score, s[t]);
@@ -134,15 +143,16 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
       const float inv = 1.f / sum;
       for (int t = 0; t < num_keys; ++t) s[t] *= inv;
     }
-    std::fill(acc, acc + G * D, 0.f);
-    for_each_chunk(v_cache, a.v_scale, num_keys, [&](int first, int count, const float* const* rows) {
-      for (int g = 0; g < G; ++g) {
-        scale_and_accumulate(acc + g * D, 1.f, scores + static_cast<size_t>(g) * ctx + first, rows, count, D);
+    std::fill(acc, acc + static_cast<size_t>(Q) * D, 0.f);
+    for_each_chunk(v_cache, a.v_scale, num_keys, [&](int h, int first, int count, const float* const* rows) {
+      for (int i = h * G; i < (h + 1) * G; ++i) {
+        scale_and_accumulate(acc + static_cast<size_t>(i) * D, 1.f, scores + static_cast<size_t>(i) * ctx + first, rows,
+                             count, D);
       }
     });
-    for (int g = 0; g < G; ++g) {
-      T* dst = static_cast<T*>(a.out) + token * a.out_stride_token + (w.kv_head * G + g) * a.out_stride_head;
-      for (int d = 0; d < D; ++d) dst[d] = cpu::from_float<T>(acc[g * D + d]);
+    for (int i = 0; i < Q; ++i) {
+      T* dst = static_cast<T*>(a.out) + token * a.out_stride_token + (w.kv_head * G + i) * a.out_stride_head;
+      for (int d = 0; d < D; ++d) dst[d] = cpu::from_float<T>(acc[static_cast<size_t>(i) * D + d]);
     }
   }
 }
@@ -289,8 +299,16 @@ void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float
 template <typename T, typename C>
 void run(const AttentionParams& a) {
   std::vector<WorkItem> items;
+  // A decode row takes all its KV heads in one item (its blocks read front to back) when there are
+  // enough sequences to keep every thread busy.
+  const bool whole_decode_rows = a.num_heads / a.num_kv_heads <= kMaxQueriesTwoPass &&
+                                 a.num_seqs >= 2 * cpu::num_threads();
   for (int s = 0; s < a.num_seqs; ++s) {
     const int qlen = a.query_start_loc[s + 1] - a.query_start_loc[s];
+    if (qlen == 1 && whole_decode_rows) {
+      items.push_back({s, 0, 0, 1, a.num_kv_heads});
+      continue;
+    }
     for (int h = 0; h < a.num_kv_heads; ++h) {
       for (int r = 0; r < qlen; r += kRowsPerWorkItem) items.push_back({s, h, r, std::min(kRowsPerWorkItem, qlen - r)});
     }
