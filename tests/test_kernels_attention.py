@@ -120,6 +120,19 @@ def test_cpu_decode_of_large_groups(dtype, group, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [1, 3, 8])
+@pytest.mark.parametrize("threads", ["1", "16"])
+def test_cpu_decode_items_of_all_kv_heads_or_one(dtype, group, threads, seed, monkeypatch):
+    """With at least two sequences per thread a CPU decode row is one work item for all its KV heads,
+    else one per KV head (PAGEDCORE_NUM_THREADS sets which here: 1 and 16 threads, 5 sequences)."""
+    monkeypatch.setenv("PAGEDCORE_NUM_THREADS", threads)
+    lengths = [1, 15, 16, 17, 97]
+    batch = make_batch("cpu", dtype, query_lens=[1] * len(lengths), context_lens=lengths, num_heads=3 * group,
+                       num_kv_heads=3, head_dim=64, block_size=16)
+    check(batch, seed=seed, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("block_size", [2, 4, 128, 256])
 def test_cpu_block_sizes_around_the_16_key_chunks(dtype, block_size, seed):
     """The CPU kernels read keys in chunks of up to 16 within a block (two-pass decode) or 16 across

@@ -52,7 +52,10 @@ def test_write_kv_cache_stores_torchs_e4m3_rounding_of_x_over_scale(dtype, k_sca
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("block_size", [1, 16, 64])
-def test_attention_over_an_fp8_cache_equals_float64_over_the_dequantized_cache(dtype, block_size):
+@pytest.mark.parametrize("threads", ["1", "16"])  # decode rows in one item for all KV heads / one per KV head
+def test_attention_over_an_fp8_cache_equals_float64_over_the_dequantized_cache(dtype, block_size, threads,
+                                                                              monkeypatch):
+    monkeypatch.setenv("PAGEDCORE_NUM_THREADS", threads)
     generator = torch.Generator().manual_seed(block_size)
     num_heads, num_kv_heads, head_dim = 8, 2, 64
     query_lens, context_lens = [1, 7, 1, 20], [1, 300, 45, 20]

@@ -1,6 +1,7 @@
 // CPU paged attention for mixed decode / prefill batches (float32, bfloat16 and FP8 e4m3 caches,
-// float arithmetic). Work item = (sequence, KV head, chunk of query rows): every K/V row a work item
-// reads is converted once and used by all query heads of that KV head.
+// float arithmetic). Work item = (sequence, KV head, chunk of query rows), or a decode row with all
+// its KV heads: every K/V row a work item reads is converted once and used by all query heads of
+// that KV head.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -30,7 +31,8 @@ struct WorkItem {
 
 constexpr int kTile = 16;  // keys at a time, and head-dimension columns at a time: four cpu::Vec4
 static_assert(kTile == 16, "the tile loops and cpu::dot are written for four 4-lane vectors");
-// Work items of up to this many queries (decode: one row's group of heads) take attend_two_pass.
+// Work items of up to this many queries per KV head (decode: one row's group of heads) take
+// attend_two_pass.
 constexpr int kMaxQueriesTwoPass = 8;
 // The kernels walk the head dimension 16 floats at a time.
 static_assert(std::all_of(kSupportedHeadSizes.begin(), kSupportedHeadSizes.end(), [](int d) { return d % kTile == 0; }),
@@ -315,13 +317,19 @@ void run(const AttentionParams& a) {
   }
   // Long rows first so the tail of the parallel loop is short.
   std::stable_sort(items.begin(), items.end(), [&](const WorkItem& x, const WorkItem& y) {
-    return static_cast<int64_t>(a.context_lens[x.seq]) * x.num_rows > static_cast<int64_t>(a.context_lens[y.seq]) * y.num_rows;
+    auto work = [&](const WorkItem& w) {
+      return static_cast<int64_t>(a.context_lens[w.seq]) * w.num_rows * w.kv_heads;
+    };
+    return work(x) > work(y);
   });
   cpu::parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i) {
     thread_local std::vector<float> scratch;
     const WorkItem& w = items[i];
-    if (w.num_rows * (a.num_heads / a.num_kv_heads) <= kMaxQueriesTwoPass) attend_two_pass<T, C>(a, w, scratch);
-    else attend_tiles<T, C>(a, w, scratch);
+    if (w.kv_heads > 1 || w.num_rows * (a.num_heads / a.num_kv_heads) <= kMaxQueriesTwoPass) {
+      attend_two_pass<T, C>(a, w, scratch);
+    } else {
+      attend_tiles<T, C>(a, w, scratch);
+    }
   });
 }
 
