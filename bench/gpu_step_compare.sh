@@ -4,7 +4,7 @@
 # tree, then bench_step_profile.py and the W1 throughput benchmark of both, alternating.
 #
 #   git archive REV | (mkdir -p .before && tar -x -C .before)     # here; .before is git-ignored
-#   bash bench/gpu_step_compare.sh .before [tests,profile,throughput,llama,latency]   # there, carrying .before
+#   bash bench/gpu_step_compare.sh .before [tests,profile,throughput,llama,llama-fp8,latency]   # there, carrying .before
 #
 # `latency` needs the server's wheels: carry .whl too (bench/gpu_wheels.sh makes it).
 # Results go to $OUT (or results/step_compare). Each package is a copy under /tmp (python/pagedcore
@@ -57,6 +57,13 @@ if has llama; then
     echo "== W1 Llama-3-8B shape: $side"
     PYTHONPATH=/tmp/pc-$side:${PYTHONPATH:-} timeout 140 python3 -m pagedcore.cli bench throughput --preset gpu-llama3-8b \
       --engine pagedcore --repeats 1 --peer-subset 256 --out "$OUT_DIR/llama_$side" 2>&1 | grep -v "^\[" | tail -6
+  done
+fi
+if has llama-fp8; then  # FP8 weights (issue 18): the same workload with --quantization fp8
+  for side in before after; do
+    echo "== W1 Llama-3-8B shape, FP8 weights: $side"
+    PYTHONPATH=/tmp/pc-$side:${PYTHONPATH:-} timeout 140 python3 -m pagedcore.cli bench throughput --preset gpu-llama3-8b \
+      --engine pagedcore --repeats 1 --peer-subset 256 --quantization fp8 --out "$OUT_DIR/llama_fp8_$side" 2>&1 | grep -v "^\[" | tail -6
   done
 fi
 if has latency; then
