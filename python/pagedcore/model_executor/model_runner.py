@@ -34,9 +34,19 @@ class ModelRunner:
         self.workspace: torch.Tensor | None = None  # CUDA split-KV scratch of eager steps, grown on demand
         self.uploader = PlanUploader(device)
         self.graphs = None
+        # CUDA graphs bake each layer's FP8 scales into their kernel arguments: with scales still to
+        # come from the first batch (calculate_kv_scales), they are captured once every layer has them.
+        self._graph_shape = None
         if use_cuda_graphs and device.type == "cuda":
-            self.graphs = DecodeGraphs(model, kv_caches, device, max_num_seqs=max_num_seqs,
-                                       max_blocks_per_seq=max_blocks_per_seq)
+            self._graph_shape = dict(max_num_seqs=max_num_seqs, max_blocks_per_seq=max_blocks_per_seq)
+            self._capture_graphs_when_ready()
+
+    def _capture_graphs_when_ready(self) -> None:
+        if self._graph_shape is None or any(c.calibrate for c in self.kv_caches):
+            return
+        torch.cuda.empty_cache()  # blocks cached by the eager steps so far go back for the graphs' pool
+        self.graphs = DecodeGraphs(self.model, self.kv_caches, self.device, **self._graph_shape)
+        self._graph_shape = None
 
     @torch.inference_mode()
     def execute(self, plan, extra_rows: np.ndarray | None = None,
@@ -64,7 +74,9 @@ class ModelRunner:
 
     def input_layout(self, plan) -> tuple[object, int | None]:
         """(the packed layout the plan's arrays take on the device, the CUDA graph's batch size or None:
-        eager)."""
+        eager). Captures the CUDA graphs first once they can be (every rank of a tensor-parallel group
+        asks here for the same step's layout)."""
+        self._capture_graphs_when_ready()
         batch = self.graphs.batch_for(plan) if self.graphs is not None else None
         if batch is None:
             return plan.packed_layout(), None

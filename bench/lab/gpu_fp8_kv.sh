@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call for the FP8 KV cache (issue 18): build (sm_90), the FP8 kernel and engine tests
+# (the Hopper and the Ampere kernel paths), the model-dtype attention / cache / model tests (the FP8
+# kernels share their code), W4 with a bf16 and an FP8 cache side by side, a compute-sanitizer
+# memcheck of the FP8 kernel tests. Parts: tests,ampere,w4,memcheck (default: all). Results in $OUT.
+set -uo pipefail
+OUT=${OUT:-results/gpu_fp8_kv}
+PARTS=${1:-tests,ampere,w4,memcheck}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+has() { [[ ",$PARTS," == *",$1,"* ]]; }
+cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DPAGEDCORE_BUILD_PYTHON=ON \
+  -DPAGEDCORE_BUILD_TESTS=OFF -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python3)" \
+  > "$OUT/cmake.txt" 2>&1 && cmake --build build/gpu --target _core bench_paged > "$OUT/build.txt" 2>&1 || tail -30 "$OUT/build.txt"
+PACKAGE=/tmp/pagedcore-fp8-kv
+rm -rf "$PACKAGE" && mkdir -p "$PACKAGE" && cp -r python/pagedcore "$PACKAGE/" && cp build/gpu/_core*.so "$PACKAGE/pagedcore/"
+export PYTHONPATH=$PACKAGE:$PWD/tests
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+pytest() { python3 -m pytest -q -p no:cacheprovider "$@"; }
+if has tests; then
+  timeout 200 pytest -s tests/test_kernels_fp8_cache.py tests/test_fp8_kv_cache.py > "$OUT/pytest_fp8.txt" 2>&1
+  tail -1 "$OUT/pytest_fp8.txt"; grep -E "^(FAILED|E  )|FP8-KV vs" "$OUT/pytest_fp8.txt" | head -20
+  timeout 240 pytest tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_models_gpu.py \
+    > "$OUT/pytest_model_dtype.txt" 2>&1
+  tail -1 "$OUT/pytest_model_dtype.txt"; grep -E "^(FAILED|E  )" "$OUT/pytest_model_dtype.txt" | head -10
+fi
+if has ampere; then
+  PAGEDCORE_KERNEL_PATH=ampere timeout 120 pytest tests/test_kernels_fp8_cache.py -k cuda > "$OUT/pytest_ampere.txt" 2>&1
+  echo "ampere path: $(tail -1 "$OUT/pytest_ampere.txt")"; grep -E "^(FAILED|E  )" "$OUT/pytest_ampere.txt" | head -10
+fi
+if has w4; then
+  round=0
+  for dtype in bf16 fp8 bf16 fp8; do  # alternating, two rounds
+    round=$((round + 1))
+    ./build/gpu/bench_paged attention --reps 30 --kv-cache-dtype $dtype 2>&1 | tee "$OUT/w4_${round}_$dtype.txt" | tail -6
+  done
+fi
+if has memcheck; then
+  timeout 240 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
+    tests/test_kernels_fp8_cache.py -k "cuda and not many_sequences and (write or groups or (every_head_size and (64 or 80 or 256)))" \
+    2>&1 | tail -3
+fi
