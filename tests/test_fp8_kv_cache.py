@@ -111,10 +111,12 @@ def test_cuda_graphs_are_captured_once_the_first_batch_has_set_the_scales(tmp_pa
     scales = [(c.k_scale, c.v_scale) for c in captured.engine.runner.kv_caches]
     assert scales == [(c.k_scale, c.v_scale) for c in eager.engine.runner.kv_caches] and scales[0] != (1.0, 1.0)
     decoded = captured.generate(prompts, params, use_tqdm=False)  # decode steps replay the graphs
-    _, diffs, gaps = _teacher_forced(eager, prompts, decoded)
-    # bf16 rounding differs between the padded graph batches and eager steps; a stale scale would
-    # move logprobs by whole units.
-    assert max(gaps) <= 0.15 and max(diffs) <= 0.15, (max(gaps), max(diffs))
+    agreement, diffs, _ = _teacher_forced(eager, prompts, decoded)
+    # bf16 rounding differs between the padded graph batches and eager steps (and a K value near an
+    # e4m3 rounding boundary may round either way); a stale scale would move logprobs by whole units.
+    print(f"\ngraphs vs eager over an FP8 cache: agreement {agreement:.3f}, mean / max |logprob diff| "
+          f"{sum(diffs) / len(diffs):.4f} / {max(diffs):.3f}")
+    assert agreement >= 0.9 and sum(diffs) / len(diffs) <= 0.05, (agreement, sum(diffs) / len(diffs))
 
 
 def test_fp8_cache_halves_the_bytes_per_token_of_a_bf16_cache(tmp_path):

@@ -88,7 +88,8 @@ def fp8_batch(device, dtype, *, query_lens, context_lens, num_heads, num_kv_head
 
 
 def check_fp8_attention(batch, dtype, **kwargs):
-    """ops.paged_attention over the FP8 cache against float64 over the dequantized cache."""
+    """ops.paged_attention over the FP8 cache against float64 over the dequantized cache; the
+    tolerance is for outputs of O(1) and scales with the largest |output| (v_scale sets it)."""
     q, device = batch["q"], batch["q"].device
     head_dim = q.shape[-1]
     out = ops.paged_attention(q, batch["k_cache"], batch["v_cache"], batch["block_tables"],
@@ -100,7 +101,7 @@ def check_fp8_attention(batch, dtype, **kwargs):
                                     batch["context_lens"], batch["qsl"], 1 / math.sqrt(head_dim))
     assert torch.isfinite(out).all()
     err = (out.double() - ref).abs().max().item()
-    assert err <= TOLERANCE[dtype], err
+    assert err <= TOLERANCE[dtype] * max(1.0, ref.abs().max().item()), err
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

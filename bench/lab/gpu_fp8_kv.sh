@@ -18,8 +18,9 @@ export PYTHONPATH=$PACKAGE:$PWD/tests
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 pytest() { python3 -m pytest -q -p no:cacheprovider "$@"; }
 if has tests; then
-  timeout 200 pytest -s tests/test_kernels_fp8_cache.py tests/test_fp8_kv_cache.py > "$OUT/pytest_fp8.txt" 2>&1
-  tail -1 "$OUT/pytest_fp8.txt"; grep -E "^(FAILED|E  )|FP8-KV vs" "$OUT/pytest_fp8.txt" | head -20
+  timeout 300 pytest -s tests/test_kernels_fp8_cache.py tests/test_fp8_kv_cache.py tests/test_fp8.py \
+    tests/test_kernels_layers.py -k "fp8 or quantize or FP8" > "$OUT/pytest_fp8.txt" 2>&1
+  tail -1 "$OUT/pytest_fp8.txt"; grep -E "^(FAILED|E  )|FP8-KV vs|graphs vs eager" "$OUT/pytest_fp8.txt" | head -24
   timeout 240 pytest tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_models_gpu.py \
     > "$OUT/pytest_model_dtype.txt" 2>&1
   tail -1 "$OUT/pytest_model_dtype.txt"; grep -E "^(FAILED|E  )" "$OUT/pytest_model_dtype.txt" | head -10
@@ -37,6 +38,7 @@ if has w4; then
 fi
 if has memcheck; then
   timeout 240 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
-    tests/test_kernels_fp8_cache.py -k "cuda and not many_sequences and (write or groups or (every_head_size and (64 or 80 or 256)))" \
+    tests/test_kernels_fp8_cache.py tests/test_kernels_layers.py \
+    -k "(cuda and not many_sequences and (write or groups or (every_head_size and (64 or 80 or 256)))) or quantize" \
     2>&1 | tail -3
 fi
