@@ -20,7 +20,9 @@ from pagedcore.engine.sampling_params import SamplingParams
 # with scales 1.0 and with calculate_kv_scales. A random model's near-ties make agreement < 1.
 MIN_AGREEMENT = 0.85
 MAX_MEAN_LOGPROB_DIFF = 0.06
-# The same measurement on CUDA in bfloat16, FP8 cache against the bf16 cache: (to be measured).
+# The same measurement on CUDA in bfloat16, FP8 cache against the bf16 cache (an H200, 2026-12-05,
+# llama / qwen3, scales 1 and calculated): agreement 0.920-0.938, mean |logprob difference| 0.032-0.035
+# (max 0.21). The same thresholds as on the CPU.
 MIN_AGREEMENT_CUDA = 0.85
 MAX_MEAN_LOGPROB_DIFF_CUDA = 0.06
 

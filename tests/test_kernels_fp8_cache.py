@@ -168,6 +168,30 @@ def test_cuda_attention_over_an_fp8_cache_every_head_size(dtype, head_dim, block
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
+@pytest.mark.parametrize("block_size", [1, 16])  # the cp.async and the bulk-copy decode paths
+@pytest.mark.parametrize("query_len", [1, 16])  # decode and prefill kernels
+def test_cuda_reads_every_finite_e4m3_value_exactly(dtype, block_size, query_len):
+    # K all zero: every key weighs the same, so each output dimension is its V column's value, and V's
+    # column d holds byte d at every token: the outputs are the 254 finite e4m3 values themselves
+    # (subnormals included: a conversion that flushed them would give 0), times v_scale = 1.
+    context, head_dim = 32, 256
+    num_blocks = context // block_size + 1
+    k_cache = torch.zeros(num_blocks, 1, block_size, head_dim, dtype=torch.uint8)
+    codes = torch.arange(256, dtype=torch.uint8)
+    finite = ~codes.view(FP8).float().isnan()
+    v_cache = torch.where(finite, codes, torch.zeros_like(codes)).expand(num_blocks, 1, block_size, head_dim).clone()
+    block_tables = torch.arange(num_blocks, dtype=torch.int32).flip(0)[None, :].cuda()  # non-contiguous order
+    q = torch.randn(query_len, 1, head_dim).to("cuda", dtype)
+    out = ops.paged_attention(q, k_cache.view(FP8).cuda(), v_cache.view(FP8).cuda(), block_tables,
+                              torch.tensor([context], dtype=torch.int32, device="cuda"),
+                              torch.tensor([0, query_len], dtype=torch.int32, device="cuda"))
+    expected = torch.where(finite, codes.view(FP8).float(), torch.zeros(256))
+    assert torch.equal(out.float().cpu(), expected.expand(query_len, 1, head_dim))
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
 @pytest.mark.parametrize("group", [1, 4, 8, 16, 32])  # 32: the prefill kernel takes the decode rows
 @pytest.mark.parametrize("num_splits", [1, 3, 64])
 def test_cuda_fp8_decode_groups_and_splits(dtype, group, num_splits):

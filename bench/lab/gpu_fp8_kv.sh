@@ -2,7 +2,8 @@
 # One device call for the FP8 KV cache (issue 18): build (sm_90), the FP8 kernel and engine tests
 # (the Hopper and the Ampere kernel paths), the model-dtype attention / cache / model tests (the FP8
 # kernels share their code), W4 with a bf16 and an FP8 cache side by side, a compute-sanitizer
-# memcheck of the FP8 kernel tests. Parts: tests,ampere,w4,memcheck (default: all). Results in $OUT.
+# memcheck of the FP8 kernel tests; W1 on the Llama-3-8B shape and a short W2 with both caches.
+# Parts: tests,ampere,w4,memcheck,llama,prefix (default: the first four). Results in $OUT.
 set -uo pipefail
 OUT=${OUT:-results/gpu_fp8_kv}
 PARTS=${1:-tests,ampere,w4,memcheck}
@@ -21,9 +22,11 @@ if has tests; then
   timeout 300 pytest -s tests/test_kernels_fp8_cache.py tests/test_fp8_kv_cache.py tests/test_fp8.py \
     tests/test_kernels_layers.py -k "fp8 or quantize or FP8" > "$OUT/pytest_fp8.txt" 2>&1
   tail -1 "$OUT/pytest_fp8.txt"; grep -E "^(FAILED|E  )|FP8-KV vs|graphs vs eager" "$OUT/pytest_fp8.txt" | head -24
-  timeout 240 pytest tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_models_gpu.py \
-    > "$OUT/pytest_model_dtype.txt" 2>&1
-  tail -1 "$OUT/pytest_model_dtype.txt"; grep -E "^(FAILED|E  )" "$OUT/pytest_model_dtype.txt" | head -10
+  if [ -z "${SKIP_MODEL_DTYPE:-}" ]; then  # SKIP_MODEL_DTYPE=1: only FP8 code changed since their last run
+    timeout 240 pytest tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_models_gpu.py \
+      -k "not structured_outputs" > "$OUT/pytest_model_dtype.txt" 2>&1
+    tail -1 "$OUT/pytest_model_dtype.txt"; grep -E "^(FAILED|E  )" "$OUT/pytest_model_dtype.txt" | head -10
+  fi
 fi
 if has ampere; then
   PAGEDCORE_KERNEL_PATH=ampere timeout 120 pytest tests/test_kernels_fp8_cache.py -k cuda > "$OUT/pytest_ampere.txt" 2>&1
@@ -34,6 +37,21 @@ if has w4; then
   for dtype in bf16 fp8 bf16 fp8; do  # alternating, two rounds
     round=$((round + 1))
     ./build/gpu/bench_paged attention --reps 30 --kv-cache-dtype $dtype 2>&1 | tee "$OUT/w4_${round}_$dtype.txt" | tail -6
+  done
+fi
+if has llama; then  # W1 on the Llama-3-8B shape: bf16, FP8 KV, FP8 weights, both (same 40 GiB KV budget)
+  for flags in "" "--kv-cache-dtype fp8" "--quantization fp8" "--quantization fp8 --kv-cache-dtype fp8"; do
+    name=$(echo "bf16 $flags" | tr -s ' -' '_')
+    echo "== W1 Llama-3-8B shape: ${flags:-bf16}"
+    timeout 140 python3 -m pagedcore.cli bench throughput --preset gpu-llama3-8b --engine pagedcore --repeats 1 \
+      --peer-subset 256 $flags --out "$OUT/$name" 2>&1 | grep -v "^\[" | tail -4
+  done
+fi
+if has prefix; then  # W2 (repeated system prompts), a short cut of the preset: bf16 and FP8 KV caches
+  for dtype in auto fp8; do
+    echo "== W2 prefix, kv cache $dtype"
+    timeout 150 python3 -m pagedcore.cli bench prefix --preset gpu --prefix-lens 0 1024 --output-lens 32 --repeats 1 \
+      --kv-cache-dtype $dtype --out "$OUT/prefix_$dtype" 2>&1 | grep -v "^\[" | tail -8
   done
 fi
 if has memcheck; then
