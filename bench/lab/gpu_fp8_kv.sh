@@ -3,7 +3,8 @@
 # (the Hopper and the Ampere kernel paths), the model-dtype attention / cache / model tests (the FP8
 # kernels share their code), W4 with a bf16 and an FP8 cache side by side, a compute-sanitizer
 # memcheck of the FP8 kernel tests; W1 on the Llama-3-8B shape and a short W2 with both caches.
-# Parts: tests,ampere,w4,memcheck,llama,prefix (default: the first four). Results in $OUT.
+# Parts: tests,ampere,w4,memcheck,llama (or llama-kv: without FP8 weights),prefix (default: the first
+# four), run in that order. Results in $OUT.
 set -uo pipefail
 OUT=${OUT:-results/gpu_fp8_kv}
 PARTS=${1:-tests,ampere,w4,memcheck}
@@ -39,11 +40,19 @@ if has w4; then
     ./build/gpu/bench_paged attention --reps 30 --kv-cache-dtype $dtype 2>&1 | tee "$OUT/w4_${round}_$dtype.txt" | tail -6
   done
 fi
-if has llama; then  # W1 on the Llama-3-8B shape: bf16, FP8 KV, FP8 weights, both (same 40 GiB KV budget)
-  for flags in "" "--kv-cache-dtype fp8" "--quantization fp8" "--quantization fp8 --kv-cache-dtype fp8"; do
+if has memcheck; then
+  timeout 150 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
+    tests/test_kernels_fp8_cache.py \
+    -k "cuda and (write or every_finite or (every_head_size and 256))" \
+    2>&1 | tail -3
+fi
+if has llama || has llama-kv; then  # W1 on the Llama-3-8B shape (same 40 GiB KV budget): bf16, FP8 KV (llama-kv);
+  variants=("" "--kv-cache-dtype fp8")  # llama adds FP8 weights, and both
+  has llama && variants+=("--quantization fp8" "--quantization fp8 --kv-cache-dtype fp8")
+  for flags in "${variants[@]}"; do
     name=$(echo "bf16 $flags" | tr -s ' -' '_')
     echo "== W1 Llama-3-8B shape: ${flags:-bf16}"
-    timeout 140 python3 -m pagedcore.cli bench throughput --preset gpu-llama3-8b --engine pagedcore --repeats 1 \
+    timeout 120 python3 -m pagedcore.cli bench throughput --preset gpu-llama3-8b --engine pagedcore --repeats 1 \
       --peer-subset 256 $flags --out "$OUT/$name" 2>&1 | grep -v "^\[" | tail -4
   done
 fi
@@ -53,10 +62,4 @@ if has prefix; then  # W2 (repeated system prompts), a short cut of the preset: 
     timeout 150 python3 -m pagedcore.cli bench prefix --preset gpu --prefix-lens 0 1024 --output-lens 32 --repeats 1 \
       --kv-cache-dtype $dtype --out "$OUT/prefix_$dtype" 2>&1 | grep -v "^\[" | tail -8
   done
-fi
-if has memcheck; then
-  timeout 240 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
-    tests/test_kernels_fp8_cache.py tests/test_kernels_layers.py \
-    -k "(cuda and not many_sequences and (write or groups or (every_head_size and (64 or 80 or 256)))) or quantize" \
-    2>&1 | tail -3
 fi
