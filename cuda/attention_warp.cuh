@@ -369,32 +369,23 @@ __device__ __forceinline__ void load_fp8_kv_tile(uint8_t* sk, uint8_t* sv, const
   }
 }
 
-// Eight e4m3 values (bytes in memory order) as eight T values, exactly: every finite e4m3 value is
-// a half and a bfloat16 value.
-//  - half: the conversion instruction (two values each on sm_89+; NaN stays NaN);
-//  - bfloat16: integer bit moves and one bf16x2 multiply. sign | (the byte's other 7 bits << 4) is
-//    the e4m3 value times 2^-120 as a bfloat16 (e4m3 subnormals become bfloat16 subnormals, which
-//    the multiply keeps), and the multiply by 2^120 is exact. (Through half and float, the
-//    conversion unit's quarter rate made it the FP8 decode kernel's bottleneck: W4 ran no faster
-//    than over a bf16 cache, bench/RESULTS.md.) An e4m3 NaN reads as +-480 here.
+// Eight e4m3 values (bytes in memory order) as eight T values, exactly (every e4m3 value, NaN
+// included, is a half and a bfloat16 value; sm_89+ converts two per instruction). (Integer bit
+// moves and a bf16x2 multiply instead of the conversions through half and float made W4 slower,
+// 262 -> 281 us at 64 x 4096: bench/RESULTS.md.)
 template <typename T>
 __device__ __forceinline__ uint4 fp8x8_to(uint2 bytes) {
   uint32_t out[4];
   const uint32_t words[2] = {bytes.x, bytes.y};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
+    const auto pair = static_cast<__nv_fp8x2_storage_t>(words[i / 2] >> (16 * (i % 2)));
+    const __half2 h(__nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3));
     if constexpr (std::is_same_v<T, __half>) {
-      const auto pair = static_cast<__nv_fp8x2_storage_t>(words[i / 2] >> (16 * (i % 2)));
-      const __half2 h(__nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3));
       out[i] = *reinterpret_cast<const uint32_t*>(&h);
     } else {
-      // Bytes 2(i%2) and 2(i%2)+1 of the word into the high byte of each 16-bit half: [0, b, 0, b'].
-      const uint32_t spread = __byte_perm(words[i / 2], 0, i % 2 ? 0x3424 : 0x1404);
-      const uint32_t bits = ((spread >> 4) & 0x07F007F0u) | (spread & 0x80008000u);
-      constexpr uint32_t kTwoTo120 = 0x7B807B80u;  // bfloat16 2^120, twice
-      const __nv_bfloat162 scaled = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&bits),
-                                            *reinterpret_cast<const __nv_bfloat162*>(&kTwoTo120));
-      out[i] = *reinterpret_cast<const uint32_t*>(&scaled);
+      const __nv_bfloat162 b = __float22bfloat162_rn(__half22float2(h));
+      out[i] = *reinterpret_cast<const uint32_t*>(&b);
     }
   }
   return make_uint4(out[0], out[1], out[2], out[3]);
