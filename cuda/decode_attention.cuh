@@ -71,11 +71,6 @@ constexpr int kDecodeBulkMinBlockLog2 = 3;
 template <typename T, typename C>
 inline constexpr bool kFp8Cache = std::is_same_v<C, uint8_t>;
 
-// FP8 caches: 2 stages (a warp spends longer on each tile converting it; the shared memory saved
-// holds a third 4-warp CTA per SM at head size 128: 12 warps instead of 8 to hide the latency).
-template <typename T, typename C, int D>
-inline constexpr int kDecodeStagesFor = kFp8Cache<T, C> ? kShallowDecodeStages : kDecodeStages<D>;
-
 template <typename T, typename C, int D, bool kBulk>
 constexpr int decode_tile_elems() {  // one K or V tile of a stage, in C elements
   return kTileTokens * (kBulk || kFp8Cache<T, C> ? D : kRowPitch<D>);
@@ -434,7 +429,7 @@ struct DecodeChoices {
  private:
   static DecodeChoices make() {
     DecodeChoices c;
-    if (!take_if_fits<DecodeConfig<T, C, D, kBulk, kDecodeWarps, kDecodeStagesFor<T, C, D>>>(c.narrow) &&
+    if (!take_if_fits<DecodeConfig<T, C, D, kBulk, kDecodeWarps, kDecodeStages<D>>>(c.narrow) &&
         !take_if_fits<DecodeConfig<T, C, D, kBulk, kDecodeWarps, kShallowDecodeStages>>(c.narrow) &&
         !take_if_fits<DecodeConfig<T, C, D, kBulk, kSmallDecodeWarps, kShallowDecodeStages>>(c.narrow)) {
       const DeviceInfo& info = device_info(current_device());
@@ -443,7 +438,7 @@ struct DecodeChoices {
           std::to_string(decode_smem_bytes<T, C, D, kBulk, kSmallDecodeWarps, kShallowDecodeStages>()) +
           " bytes of shared memory per CTA; " + info.name + " offers " + std::to_string(info.max_smem_per_block));
     }
-    take_if_fits<DecodeConfig<T, C, D, kBulk, kWideDecodeWarps, kDecodeStagesFor<T, C, D>>>(c.wide);
+    take_if_fits<DecodeConfig<T, C, D, kBulk, kWideDecodeWarps, kDecodeStages<D>>>(c.wide);
     return c;
   }
 };
