@@ -3,8 +3,9 @@
 // CUDA events around sweeps over rotated input sets (together larger than L2), warm-up, median of
 // many sweeps. Bytes = K and V read + Q read + O written + block tables. The device's read
 // bandwidth is measured in the same run (sum of a 1 GiB bf16 buffer) and each shape is shown as a
-// fraction of it.
+// fraction of it. --kv-cache-dtype fp8: the caches hold e4m3 values (one byte each).
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -89,6 +90,18 @@ void fill_random(__nv_bfloat16* dst, int64_t n, std::mt19937& rng) {
   }
 }
 
+// Fills n e4m3 bytes of device memory with N(0, 1) data rounded to e4m3.
+void fill_random_fp8(uint8_t* dst, int64_t n, std::mt19937& rng) {
+  const int64_t chunk = int64_t{1} << 24;
+  std::vector<uint8_t> host(std::min(n, chunk));
+  std::normal_distribution<float> normal;
+  for (auto& x : host) x = __nv_cvt_float_to_fp8(normal(rng), __NV_SATFINITE, __NV_E4M3);
+  for (int64_t done = 0; done < n; done += chunk) {
+    const int64_t count = std::min(chunk, n - done);
+    cuda_ok(cudaMemcpy(dst + done, host.data(), count, cudaMemcpyHostToDevice), "fill");
+  }
+}
+
 struct Shape {
   int batch;
   int context;
@@ -103,6 +116,13 @@ int run_attention_bench(const Flags& flags) {
   const int warmup = static_cast<int>(flags.get_int("warmup", 5));
   const int forced_splits = static_cast<int>(flags.get_int("num-splits", 0));
   const bool contiguous_tables = flags.has("contiguous-tables");  // control: blocks in order, no scatter
+  const std::string kv_cache_dtype = flags.get("kv-cache-dtype", "bf16");
+  if (kv_cache_dtype != "bf16" && kv_cache_dtype != "fp8") {
+    throw std::invalid_argument("--kv-cache-dtype must be bf16 or fp8, got '" + kv_cache_dtype + "'");
+  }
+  const bool fp8 = kv_cache_dtype == "fp8";
+  const DType cache_dtype = fp8 ? DType::kFloat8E4M3 : DType::kBFloat16;
+  const int cache_elem_bytes = fp8 ? 1 : 2;
   const int num_heads = 32, num_kv_heads = 8, head_dim = 128;
   const std::vector<Shape> shapes = {{1, 1024}, {64, 1024}, {8, 4096}, {64, 4096}, {16, 16384}};
 
@@ -122,23 +142,27 @@ int run_attention_bench(const Flags& flags) {
   Table table({"shape", "splits", "sets", "time_us", "GB/s", "of_read_bw", "read_bw_GB/s"});
   for (const Shape& s : shapes) {
     const int blocks_per_seq = (s.context + block_size - 1) / block_size;
-    const int64_t kv_bytes_per_set = int64_t{2} * s.batch * blocks_per_seq * block_size * num_kv_heads * head_dim * 2;
+    const int64_t kv_bytes_per_set =
+        int64_t{2} * s.batch * blocks_per_seq * block_size * num_kv_heads * head_dim * cache_elem_bytes;
     const int num_sets = static_cast<int>(std::clamp<int64_t>((int64_t{4} * prop.l2CacheSize + kv_bytes_per_set - 1) / kv_bytes_per_set, 1, 64));
     const int64_t num_blocks = int64_t{num_sets} * s.batch * blocks_per_seq;
     const int64_t cache_elems = num_blocks * num_kv_heads * block_size * head_dim;
     const int64_t q_elems = int64_t{s.batch} * num_heads * head_dim;
 
-    __nv_bfloat16 *k_cache, *v_cache, *q, *out;
+    void *k_cache, *v_cache;
+    __nv_bfloat16 *q, *out;
     int32_t *block_tables, *context_lens, *query_start_loc;
-    cuda_ok(cudaMalloc(&k_cache, cache_elems * 2), "cudaMalloc k_cache");
-    cuda_ok(cudaMalloc(&v_cache, cache_elems * 2), "cudaMalloc v_cache");
+    cuda_ok(cudaMalloc(&k_cache, cache_elems * cache_elem_bytes), "cudaMalloc k_cache");
+    cuda_ok(cudaMalloc(&v_cache, cache_elems * cache_elem_bytes), "cudaMalloc v_cache");
     cuda_ok(cudaMalloc(&q, q_elems * 2 * num_sets), "cudaMalloc q");
     cuda_ok(cudaMalloc(&out, q_elems * 2 * num_sets), "cudaMalloc out");
     cuda_ok(cudaMalloc(&block_tables, num_blocks * sizeof(int32_t)), "cudaMalloc block_tables");
     cuda_ok(cudaMalloc(&context_lens, s.batch * sizeof(int32_t)), "cudaMalloc context_lens");
     cuda_ok(cudaMalloc(&query_start_loc, (s.batch + 1) * sizeof(int32_t)), "cudaMalloc query_start_loc");
-    fill_random(k_cache, cache_elems, rng);
-    fill_random(v_cache, cache_elems, rng);
+    for (void* cache : {k_cache, v_cache}) {
+      if (fp8) fill_random_fp8(static_cast<uint8_t*>(cache), cache_elems, rng);
+      else fill_random(static_cast<__nv_bfloat16*>(cache), cache_elems, rng);
+    }
     fill_random(q, q_elems * num_sets, rng);
 
     // Set i uses a random permutation of all blocks, cut into per-sequence tables.
@@ -153,7 +177,7 @@ int run_attention_bench(const Flags& flags) {
 
     const int splits = forced_splits > 0 ? forced_splits
                                          : cuda_recommended_num_splits(s.batch, num_kv_heads, num_heads, head_dim,
-                                                                       DType::kBFloat16, s.context);
+                                                                       cache_dtype, s.context);
     const size_t ws_bytes = paged_attention_workspace_bytes(s.batch, num_heads, head_dim, splits);
     void* workspace = nullptr;
     if (ws_bytes) {
@@ -165,7 +189,7 @@ int run_attention_bench(const Flags& flags) {
     std::vector<AttentionPlan> plans;
     std::vector<AttentionLayer> layers;
     for (int set = 0; set < num_sets; ++set) {
-      const DecodeBatch batch{DType::kBFloat16, s.batch, s.context, num_heads, num_kv_heads, head_dim, block_size,
+      const DecodeBatch batch{DType::kBFloat16, cache_dtype, s.batch, s.context, num_heads, num_kv_heads, head_dim, block_size,
                               num_blocks, q + set * q_elems, out + set * q_elems, k_cache, v_cache,
                               block_tables + int64_t{set} * s.batch * blocks_per_seq, context_lens, query_start_loc};
       plans.emplace_back(decode_step(batch, splits, workspace, ws_bytes), /*cuda=*/true);
@@ -176,7 +200,7 @@ int run_attention_bench(const Flags& flags) {
     }, warmup, reps, stream);
     cuda_ok(cudaStreamSynchronize(stream), "attention");
     const double call_s = sweep_ms * 1e-3 / num_sets;
-    const double bytes = static_cast<double>(s.batch) * s.context * num_kv_heads * head_dim * 2 * 2 +
+    const double bytes = static_cast<double>(s.batch) * s.context * num_kv_heads * head_dim * 2 * cache_elem_bytes +
                          2.0 * q_elems * 2 + static_cast<double>(s.batch) * blocks_per_seq * 4;
     const double gbps = bytes / call_s / 1e9;
     table.add_row({std::to_string(s.batch) + "x" + std::to_string(s.context), std::to_string(splits),
@@ -192,7 +216,8 @@ int run_attention_bench(const Flags& flags) {
     cudaFree(query_start_loc);
     if (workspace) cudaFree(workspace);
   }
-  table.print(json, "attention (W4: decode, 32 q heads / 8 kv heads, head_dim 128, bf16, block " +
+  table.print(json, "attention (W4: decode, 32 q heads / 8 kv heads, head_dim 128, bf16, " +
+                        (fp8 ? std::string("FP8 e4m3 cache, ") : std::string()) + "block " +
                         std::to_string(block_size) +
                         (contiguous_tables ? ", contiguous block tables" : ", random block tables") + ")");
   cudaStreamDestroy(stream);

@@ -51,6 +51,10 @@ class Flags {
     }
   }
   bool has(const std::string& name) const { return values_.count(name) != 0; }
+  std::string get(const std::string& name, const std::string& fallback) const {
+    auto it = values_.find(name);
+    return it == values_.end() ? fallback : it->second;
+  }
   long get_int(const std::string& name, long fallback) const {
     auto it = values_.find(name);
     if (it == values_.end()) return fallback;
@@ -117,6 +121,7 @@ inline std::string fmt(double v, int precision = 1) {
 // [batch, blocks_per_seq]. Used by `bench_paged attention`.
 struct DecodeBatch {
   DType dtype;
+  DType cache_dtype;  // dtype, or kFloat8E4M3 (k_scale = v_scale = 1)
   int batch, context, num_heads, num_kv_heads, head_dim, block_size;
   int64_t num_blocks;
   const void* q;
@@ -133,7 +138,7 @@ inline AttentionStep decode_step(const DecodeBatch& b, int num_splits, void* wor
   const int blocks_per_seq = (b.context + b.block_size - 1) / b.block_size;
   AttentionStep a{};
   a.dtype = b.dtype;
-  a.cache_dtype = b.dtype;
+  a.cache_dtype = b.cache_dtype;
   a.num_seqs = b.batch;
   a.num_tokens = b.batch;
   a.num_heads = b.num_heads;

@@ -1,7 +1,8 @@
 // bench_paged: native benchmarks of pagedcore, linking the static library (no Python).
 //   bench_paged pool [--json] [--block-size 16] [--num-blocks 65536]
 //   bench_paged scheduler [--json] [--block-size 16] [--steps 2000]
-//   bench_paged attention [--json] [--block-size 16] [--reps 50] [--warmup 5] [--num-splits N] [--contiguous-tables]  (CUDA builds)
+//   bench_paged attention [--json] [--block-size 16] [--reps 50] [--warmup 5] [--num-splits N] [--contiguous-tables]
+//                         [--kv-cache-dtype bf16|fp8]  (CUDA builds)
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -25,7 +26,8 @@ void usage() {
       "  --reps N          timed sweeps per shape, median reported (attention; default 50)\n"
       "  --warmup N        untimed sweeps first (attention; default 5)\n"
       "  --num-splits N    force the split-KV count (attention; default: recommended)\n"
-      "  --contiguous-tables  blocks in order instead of shuffled (attention; a control)\n");
+      "  --contiguous-tables  blocks in order instead of shuffled (attention; a control)\n"
+      "  --kv-cache-dtype D   bf16 (default) or fp8: e4m3 K and V, half the bytes (attention)\n");
 }
 
 }  // namespace

@@ -10,12 +10,15 @@
 //    (pagedcore/kv_layout.h), which is what one bulk copy of a block's rows produces; the
 //    permutation keeps ldmatrix conflict-free (head sizes that are multiples of 64).
 // Both run everywhere from sm_80 on; only the bulk copies that fill cache-order tiles need sm_90.
+// FP8 caches stage plain [rows][head_dim] byte tiles and convert them into padded tiles.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "pagedcore/kv_layout.h"
 
@@ -341,6 +344,65 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* k_cache, con
     cp_async16(tile_chunk<T, D>(sv, r, chunk),
                cache_chunk<T, D>(v_cache, block_table, safe_token, block_size_log2, num_kv_heads, kv_head, chunk),
                valid);
+  }
+}
+
+// Starts the asynchronous copy of FP8 KV tokens [first_token, first_token + kRows) of one KV head
+// into the byte tiles sk, sv ([kRows][D] each, rows as a plain FP8 cache holds them); rows at or
+// past context_len are zero-filled (zero bytes are e4m3 zeros). kThreads threads share the copy.
+template <int D, int kRows, int kThreads>
+__device__ __forceinline__ void load_fp8_kv_tile(uint8_t* sk, uint8_t* sv, const uint8_t* k_cache,
+                                                 const uint8_t* v_cache, const int32_t* block_table,
+                                                 int first_token, int context_len, int block_size_log2,
+                                                 int num_kv_heads, int kv_head, int thread) {
+  constexpr int kChunks = D / 16;  // 16-byte chunks per row
+  for (int c = thread; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks, chunk = c % kChunks;
+    const int token = first_token + r;
+    const bool valid = token < context_len;
+    const int safe_token = valid ? token : 0;  // keeps the block-table read in bounds
+    const int64_t block = block_table[safe_token >> block_size_log2];
+    const int offset = safe_token & ((1 << block_size_log2) - 1);
+    const int64_t src = (((block * num_kv_heads + kv_head) << block_size_log2) + offset) * D + chunk * 16;
+    cp_async16(sk + r * D + chunk * 16, k_cache + src, valid);
+    cp_async16(sv + r * D + chunk * 16, v_cache + src, valid);
+  }
+}
+
+// Eight e4m3 values (bytes in memory order) as eight T values, exactly (every e4m3 value, NaN
+// included, is a half and a bfloat16 value; sm_89+ converts two per instruction). (Integer bit
+// moves and a bf16x2 multiply instead of the conversions through half and float made W4 slower,
+// 262 -> 281 us at 64 x 4096: bench/RESULTS.md.)
+template <typename T>
+__device__ __forceinline__ uint4 fp8x8_to(uint2 bytes) {
+  uint32_t out[4];
+  const uint32_t words[2] = {bytes.x, bytes.y};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const auto pair = static_cast<__nv_fp8x2_storage_t>(words[i / 2] >> (16 * (i % 2)));
+    const __half2 h(__nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3));
+    if constexpr (std::is_same_v<T, __half>) {
+      out[i] = *reinterpret_cast<const uint32_t*>(&h);
+    } else {
+      const __nv_bfloat162 b = __float22bfloat162_rn(__half22float2(h));
+      out[i] = *reinterpret_cast<const uint32_t*>(&b);
+    }
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+// Converts a staged FP8 tile ([kRows][D] bytes) into a padded tile of T ([kRows][kRowPitch<D>]);
+// rows at or past valid_rows become zero. kThreads threads share it, 8 values each per step
+// (consecutive threads take consecutive 8-byte pieces of a row: conflict-free reads and writes).
+template <typename T, int D, int kRows, int kThreads>
+__device__ __forceinline__ void convert_fp8_tile(const uint8_t* staged, T* tile, int valid_rows, int thread) {
+  constexpr int kPieces = D / 8;  // 8-value pieces per row
+#pragma unroll 4
+  for (int c = thread; c < kRows * kPieces; c += kThreads) {
+    const int r = c / kPieces, piece = c % kPieces;
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (r < valid_rows) value = fp8x8_to<T>(*reinterpret_cast<const uint2*>(staged + r * D + piece * 8));
+    *reinterpret_cast<uint4*>(tile + r * kRowPitch<D> + piece * 8) = value;
   }
 }
 

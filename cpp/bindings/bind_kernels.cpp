@@ -54,7 +54,6 @@ void bind_kernels(py::module_& m) {
                            ptr<const void>(v), v_stride_token, v_stride_head,
                            ptr<void>(k_cache), ptr<void>(v_cache), ptr<const int32_t>(slot_mapping),
                            cache_dtype.value_or(dtype), k_scale, v_scale};
-        if (stream) check_cache_dtype(a.dtype, a.cache_dtype, /*cuda=*/true, "write_kv_cache");
         py::gil_scoped_release release;
         if (stream) write_kv_cache_cuda(a, stream_of(*stream));
         else write_kv_cache_cpu(a);

@@ -48,7 +48,7 @@ void write_fp8_rows(const WriteKVCacheArgs& a) {
 
 void write_kv_cache_cpu(const WriteKVCacheArgs& a) {
   check_write_kv_cache_args(a);
-  check_cache_dtype(a.dtype, a.cache_dtype, /*cuda=*/false, "write_kv_cache");
+  check_cache_dtype(a.dtype, a.cache_dtype, "write_kv_cache");
   const int64_t elem = dtype_bytes(a.dtype);
   const int64_t row_bytes = a.head_dim * elem;
   const int64_t num_slots = a.num_blocks * a.block_size;

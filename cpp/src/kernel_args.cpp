@@ -52,13 +52,11 @@ size_t paged_attention_workspace_bytes(int num_seqs, int num_heads, int head_dim
   return partials + partials / 32 + 1024;
 }
 
-void check_cache_dtype(DType dtype, DType cache_dtype, bool cuda, const std::string& op) {
+void check_cache_dtype(DType dtype, DType cache_dtype, const std::string& op) {
   if (cache_dtype == dtype) return;
   require(cache_dtype == DType::kFloat8E4M3,
           op + ": the KV cache holds " + dtype_name(dtype) + " (the model's dtype) or float8_e4m3fn, got " +
               dtype_name(cache_dtype));
-  require(!cuda, op + ": an FP8 (float8_e4m3fn) KV cache runs on CPU only so far; CUDA kernels for it are not "
-                      "implemented yet");
 }
 
 void check_kv_scales(DType cache_dtype, float k_scale, float v_scale) {
@@ -102,7 +100,7 @@ AttentionPlan::AttentionPlan(const AttentionStep& step, bool cuda) : cuda_(cuda)
   check_heads(a.num_heads, a.num_kv_heads);
   if (cuda) check_cuda_dtype(a.dtype, "paged_attention");
   else check_cpu_dtype(a.dtype, "paged_attention");
-  check_cache_dtype(a.dtype, a.cache_dtype, cuda, "paged_attention");
+  check_cache_dtype(a.dtype, a.cache_dtype, "paged_attention");
   require(a.num_seqs >= 0 && a.num_tokens >= 0, "num_seqs and num_tokens must be >= 0");
   require(a.num_blocks > 0, "the KV cache must hold at least one block");
   require(a.max_blocks_per_seq >= 0 && a.block_tables_stride >= a.max_blocks_per_seq,
@@ -122,7 +120,7 @@ AttentionPlan::AttentionPlan(const AttentionStep& step, bool cuda) : cuda_(cuda)
   }
   if (params_.prefill_takes_decode_rows) a.num_splits = 1;
   else if (a.num_splits == 0) {
-    a.num_splits = cuda_recommended_num_splits(a.num_seqs, a.num_kv_heads, a.num_heads, a.head_dim, a.dtype,
+    a.num_splits = cuda_recommended_num_splits(a.num_seqs, a.num_kv_heads, a.num_heads, a.head_dim, a.cache_dtype,
                                                a.max_context_len);
   }
   if (a.num_splits > 1) {

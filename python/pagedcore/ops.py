@@ -14,7 +14,8 @@ On CUDA the 16-byte chunks inside each row are kept in a permuted order (chunk `
 offset ``r`` of its block sits at ``c ^ (r % 8)`` within each complete group of 8), so that the
 decode kernel can copy whole blocks to shared memory and still read them without bank conflicts.
 ``write_kv_cache`` and the kernels handle it; to read or fill a CUDA cache by hand, go through
-``kv_cache_to_logical`` / ``kv_cache_from_logical``. CPU caches are in plain order.
+``kv_cache_to_logical`` / ``kv_cache_from_logical``. CPU caches and FP8 caches (float8_e4m3fn,
+whose kernels convert tiles to the model's dtype before reading them column-wise) are in plain order.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def write_kv_cache(
     of a fused qkv tensor); k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim];
     slot_mapping: int32 [num_tokens], slot = block_id * block_size + offset, -1 skips the token.
     CPU caches take any dtype; CUDA caches one the CUDA kernels read (``_core.SUPPORTED_CUDA_DTYPES``).
-    An FP8 cache (float8_e4m3fn, CPU so far) stores e4m3(x / scale), rounded to nearest even and
+    An FP8 cache (float8_e4m3fn) stores e4m3(x / scale), rounded to nearest even and
     saturated to +-448, with k_scale / v_scale the layer's scales (1 for any other cache).
     """
     device = _check_same_device({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache, "slot_mapping": slot_mapping})
@@ -150,7 +151,8 @@ def write_kv_cache(
 def recommended_num_splits(
     num_seqs: int, num_kv_heads: int, num_heads: int, head_dim: int, dtype: torch.dtype, max_context_len: int
 ) -> int:
-    """Split-KV partitions that fill the current CUDA device for a decode batch of this shape."""
+    """Split-KV partitions that fill the current CUDA device for a decode batch of this shape; dtype:
+    what the KV cache holds (the model's dtype or float8_e4m3fn: the FP8 kernels fit other CTA counts)."""
     return _core.cuda_recommended_num_splits(
         num_seqs, num_kv_heads, num_heads, head_dim, _DTYPES[dtype], max_context_len
     )
@@ -197,16 +199,21 @@ def _permute_kv_chunks(cache: torch.Tensor) -> torch.Tensor:
     return torch.gather(grouped, 3, index).reshape(cache.shape)
 
 
+def _permuted(cache: torch.Tensor) -> bool:
+    """Whether the kernels keep this cache's chunks permuted: CUDA caches of the model's dtype."""
+    return cache.is_cuda and cache.dtype != torch.float8_e4m3fn
+
+
 def kv_cache_to_logical(cache: torch.Tensor) -> torch.Tensor:
     """The cache's values in plain [num_blocks, num_kv_heads, block_size, head_dim] order: a
-    reordered copy for a CUDA cache, the cache itself on CPU."""
-    return _permute_kv_chunks(cache) if cache.is_cuda else cache
+    reordered copy for a CUDA cache of the model's dtype, the cache itself on CPU and for FP8."""
+    return _permute_kv_chunks(cache) if _permuted(cache) else cache
 
 
 def kv_cache_from_logical(values: torch.Tensor) -> torch.Tensor:
     """A cache holding `values` (plain [num_blocks, num_kv_heads, block_size, head_dim] order) in the
-    order the kernels of its device read: a reordered copy on CUDA, `values` itself on CPU."""
-    return _permute_kv_chunks(values) if values.is_cuda else values
+    order the kernels of its device read: a reordered copy on CUDA, `values` itself on CPU and for FP8."""
+    return _permute_kv_chunks(values) if _permuted(values) else values
 
 
 class AttentionPlan:
@@ -290,7 +297,7 @@ def attention_plan(
     Host-side hints (pass them to avoid a device sync and to capture CUDA graphs): max_query_len
     (1 = decode only), max_context_len (picks num_splits), num_splits (CUDA split-KV partitions; with
     num_splits > 1 pass a workspace from paged_attention_workspace). On CPU the plan checks every
-    block id once. dtype: q's and out's (default: the cache's; an FP8 cache, CPU so far, needs it).
+    block id once. dtype: q's and out's (default: the cache's; an FP8 cache needs it).
     """
     device = _check_same_device(
         {"k_cache": k_cache, "block_tables": block_tables, "context_lens": context_lens,
@@ -324,7 +331,8 @@ def attention_plan(
         if num_splits is None:
             if max_context_len is None:
                 max_context_len = int(context_lens.max().item()) if num_seqs else 0
-            num_splits = recommended_num_splits(num_seqs, num_kv_heads, num_heads, head_dim, dtype, max_context_len)
+            num_splits = recommended_num_splits(num_seqs, num_kv_heads, num_heads, head_dim, k_cache.dtype,
+                                                max_context_len)
         splits = num_splits
         if splits > 1:
             if workspace is None:

@@ -5,6 +5,8 @@
 //   On CUDA the 16-byte chunks inside each row are permuted (pagedcore/kv_layout.h) so that a
 //   block copied to shared memory as it is reads without bank conflicts; write_kv_cache and the
 //   attention kernels agree on it, and whole-block copies (copy_blocks, swap_blocks) ignore it.
+//   FP8 caches (one byte per element) are plain on CUDA too: their kernels convert each tile into
+//   the model's dtype in shared memory, and the permutation is for the converted tile's reads.
 // One KV head's block is one contiguous run of block_size * head_dim elements, so a decode CTA
 // reading one KV head streams long contiguous runs (4 KiB for block 16, head_dim 128, bf16), and
 // a block of every head is one contiguous [num_kv_heads, block_size, head_dim] span (block_bytes),
@@ -52,7 +54,7 @@ struct WriteKVCacheArgs {
   void* k_cache;                // [num_blocks, num_kv_heads, block_size, head_dim]
   void* v_cache;                // [num_blocks, num_kv_heads, block_size, head_dim]
   const int32_t* slot_mapping;  // [num_tokens]; block_id * block_size + offset, kPaddingSlot skips
-  DType cache_dtype;            // dtype (rows copied), or kFloat8E4M3 (CPU): stored = e4m3(x / scale)
+  DType cache_dtype;            // dtype (rows copied), or kFloat8E4M3: stored = e4m3(x / scale)
   float k_scale = 1.0f;         // FP8 caches: what one unit of the stored K / V is worth
   float v_scale = 1.0f;
 };
@@ -82,7 +84,7 @@ struct AttentionStep {
   int num_splits;                  // CUDA decode split-KV partitions, 1..kMaxAttentionSplits; 0 = the plan picks
   void* workspace;                 // CUDA: paged_attention_workspace_bytes(...) zero-filled bytes when num_splits > 1
   size_t workspace_bytes;
-  DType cache_dtype;               // set it: dtype, or kFloat8E4M3 (CPU): the caches hold e4m3 values times a
+  DType cache_dtype;               // set it: dtype, or kFloat8E4M3: the caches hold e4m3 values times a
                                    // layer's scales
 };
 
@@ -150,8 +152,8 @@ inline constexpr int kMaxAttentionSplits = 64;
 
 // Throws std::invalid_argument with a message naming what is supported. Shared by CPU and CUDA.
 void check_write_kv_cache_args(const WriteKVCacheArgs& args);
-// The KV cache's element type against the model's: the same, or float8_e4m3fn on CPU.
-void check_cache_dtype(DType dtype, DType cache_dtype, bool cuda, const std::string& op);
+// The KV cache's element type against the model's: the same, or float8_e4m3fn.
+void check_cache_dtype(DType dtype, DType cache_dtype, const std::string& op);
 // Positive finite scales for an FP8 cache, exactly 1 for any other.
 void check_kv_scales(DType cache_dtype, float k_scale, float v_scale);
 
@@ -192,6 +194,7 @@ std::string cuda_decode_attention_path(DType dtype, int head_dim, int block_size
 std::string cpu_parallel_backend();
 int cpu_num_threads();
 // Decode split count that fills the device (waves of CTAs) for this batch, in [1, kMaxAttentionSplits].
+// dtype: what the KV cache holds (the model's dtype, or kFloat8E4M3: its kernels fit other CTA counts).
 int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype,
                                 int max_context_len);
 

@@ -5,7 +5,8 @@
 // at position c ^ (r % 8), where r is the row's offset in its block. A block's rows can then be
 // copied into shared memory as they are (one bulk copy of the block) and still be read column-wise
 // without bank conflicts: the 8 rows of an 8 x 8 tensor-core fragment hit 8 different banks.
-// Chunks past the last complete group (head sizes 80 and 96) stay in place. CPU caches are plain
+// Chunks past the last complete group (head sizes 80 and 96) stay in place. CPU caches and FP8
+// caches (whose tiles are converted to the model's dtype before the fragment reads) are plain
 // (no permutation). The permutation is its own inverse.
 #pragma once
 

@@ -42,7 +42,7 @@ def run(args, argv, save) -> dict:
     for caching in (False, True):
         engines[caching] = common.build_llm(args.preset, device=device, enable_prefix_caching=caching,
                                             kv_cache_memory_bytes=kv_bytes, max_model_len=args.max_model_len,
-                                            model=args.model)
+                                            model=args.model, kv_cache_dtype=args.kv_cache_dtype)
         warmup = common.w2_requests(0, 8, tuple(args.user_len), 4, seed="warm-up")
         common.run_pagedcore(engines[caching], warmup, temperature=0.0)
 
@@ -53,7 +53,8 @@ def run(args, argv, save) -> dict:
                 "config": {"num_requests": args.num_requests, "prefix_lens": args.prefix_lens,
                            "user_len": list(args.user_len), "output_lens": args.output_lens, "repeats": args.repeats,
                            "kv_cache_bytes": kv_bytes, "max_model_len": args.max_model_len, "greedy": True,
-                           "ignore_eos": True, "model": args.model or args.preset, "time_budget_s": args.time_budget},
+                           "ignore_eos": True, "model": args.model or args.preset, "time_budget_s": args.time_budget,
+                           "kv_cache_dtype": args.kv_cache_dtype},
                 "engine": {"kv_plan": engines[True].kv_plan.summary()},
                 "skipped_over_time_budget": skipped, "runs": runs, "summary": summarize(runs)}
 
@@ -170,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int)
     p.add_argument("--kv-gib", type=float, help="KV cache budget of each engine (the same for on and off)")
     p.add_argument("--max-model-len", type=int)
+    p.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                   help="the KV cache of both engines: the model's dtype, or FP8 e4m3 (twice the blocks in --kv-gib)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: groups not started by then are skipped (and listed in the JSON)")
     p.add_argument("--out", default=None, help="results folder (default results/prefix)")

@@ -154,7 +154,8 @@ def run(args, argv, save) -> dict:
     first_ceilings = common.measure_ceilings(device)
 
     def payload(ceilings: common.Ceilings) -> dict:
-        return _payload(args, argv, device, sets, temperature, shape, results, ceilings)
+        return {**_payload(args, argv, device, sets, temperature, shape, results, ceilings),
+                **({"kv_plan": llm.kv_plan.summary()} if llm is not None else {})}
     results: dict[str, dict[str, dict]] = {}  # engine -> request set -> result (wall_s over every round)
 
     def record(engine: str, set_name: str, result: dict) -> None:
@@ -170,7 +171,7 @@ def run(args, argv, save) -> dict:
         llm = common.build_llm(args.preset, device=device, kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)),
                                max_model_len=2048 if args.workload == "w1" else 1024, model=args.model,
                                enable_prefix_caching=False, tensor_parallel_size=args.tensor_parallel_size,
-                               quantization=args.quantization,
+                               quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
                                **({} if args.async_scheduling is None else {"async_scheduling": args.async_scheduling}))
         shape = common.model_shape_of(llm)
         common.run_pagedcore(llm, [Request(r.prompt_token_ids, 16) for r in requests[-8:]], temperature=temperature)
@@ -234,6 +235,7 @@ def _payload(args, argv, device, sets, temperature, shape, results, ceilings) ->
                        "hf_batch_size": args.hf_batch_size, "repeats": args.repeats, "rounds": args.rounds,
                        "kv_cache_bytes": int(args.kv_gib * (1 << 30)), "model": args.model or args.preset,
                        "tensor_parallel_size": args.tensor_parallel_size, "quantization": args.quantization,
+                       "kv_cache_dtype": args.kv_cache_dtype,
                        "sets": {name: {"num_requests": len(reqs), "num_prompt_tokens": common.num_prompt_tokens(reqs),
                                        "num_output_tokens": common.num_output_tokens(reqs)}
                                 for name, reqs in sets.items()}},
@@ -271,6 +273,8 @@ def print_report(payload: dict) -> None:
         rows.append([r["engine"], _set_label(payload, r), r["wall_s_median"], r["output_tok_per_s"],
                      r["floor_s"], r["fraction_of_floor"], r.get("pagedcore_over_peer", "-")])
     print(common.format_table(headers, rows))
+    if "kv_plan" in payload:
+        print(f"pagedcore's KV cache ({config.get('kv_cache_dtype', 'auto')}): {payload['kv_plan']}")
 
 
 def plot(payload: dict, path) -> None:
@@ -319,6 +323,9 @@ def parser() -> argparse.ArgumentParser:
                    help="pagedcore's ranks (its floor is divided over them; --kv-gib is per rank)")
     p.add_argument("--quantization", choices=["fp8"], default=None,
                    help="pagedcore's weights in FP8 (the floor stays the model dtype's: compare tok/s)")
+    p.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                   help="pagedcore's KV cache: the model's dtype, or FP8 e4m3 (twice the blocks in --kv-gib; the "
+                        "floor stays the model dtype's: compare tok/s)")
     p.add_argument("--out", default=None, help="results folder (default results/throughput)")
     return p
 

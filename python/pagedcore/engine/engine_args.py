@@ -92,7 +92,7 @@ class EngineArgs:
         why="pagedcore always chunks prefills (max_num_batched_tokens bounds a step)")
     kv_cache_dtype: str = _setting(
         "auto", "KV cache element type: auto (the model's dtype), fp8 / fp8_e4m3 (float8 e4m3 with a K and a V "
-        "scale per layer: one byte per element; CPU so far)", only=("auto", "fp8", "fp8_e4m3"),
+        "scale per layer: one byte per element)", only=("auto", "fp8", "fp8_e4m3"),
         why="the other KV cache types are not implemented")
     calculate_kv_scales: bool = _setting(
         False, "fp8 KV cache: each layer's K and V scales from the first batch's largest values (else the "
@@ -241,14 +241,11 @@ class EngineArgs:
         return quantization
 
     def resolve_kv_cache_dtype(self, device: torch.device, dtype: torch.dtype) -> torch.dtype:
-        """The KV cache's element type: the model's, or float8_e4m3fn for kv_cache_dtype fp8 (CPU so far)."""
+        """The KV cache's element type: the model's, or float8_e4m3fn for kv_cache_dtype fp8."""
         if self.kv_cache_dtype == "auto":
             if self.calculate_kv_scales:
                 raise ValueError("calculate_kv_scales=True applies to an FP8 KV cache (kv_cache_dtype='fp8')")
             return dtype
-        if device.type != "cpu":
-            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} runs on CPU only so far: the CUDA attention "
-                             "kernels do not read FP8 caches yet")
         return torch.float8_e4m3fn
 
     def resolve_max_model_len(self, model_max_len: int) -> int:

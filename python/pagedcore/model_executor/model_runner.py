@@ -34,9 +34,32 @@ class ModelRunner:
         self.workspace: torch.Tensor | None = None  # CUDA split-KV scratch of eager steps, grown on demand
         self.uploader = PlanUploader(device)
         self.graphs = None
+        # CUDA graphs bake each layer's FP8 scales into their kernel arguments: with scales still to
+        # come from the first batch (calculate_kv_scales), they are captured after the step that set
+        # every layer's (a one-time pause of the capture's length then).
+        self._graph_shape = None
         if use_cuda_graphs and device.type == "cuda":
-            self.graphs = DecodeGraphs(model, kv_caches, device, max_num_seqs=max_num_seqs,
-                                       max_blocks_per_seq=max_blocks_per_seq)
+            self._graph_shape = dict(max_num_seqs=max_num_seqs, max_blocks_per_seq=max_blocks_per_seq)
+            self._capture_graphs_when_ready()
+
+    def _capture_graphs_when_ready(self) -> None:
+        """Captures the decode graphs once no layer waits for its scales. Called at construction and
+        after each step, where every rank of a tensor-parallel group calls it (the capture's warm-up
+        runs all-reduces); the ranks agree on the moment through an all-reduce of their readiness,
+        since each calibrates from its own shard."""
+        if self._graph_shape is None:
+            return
+        ready = not any(c.calibrate for c in self.kv_caches)
+        tp = getattr(self.model, "tp", None)
+        if tp is not None and tp.size > 1:
+            flag = torch.tensor([1 if ready else 0], dtype=torch.int32, device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=tp.group)
+            ready = bool(flag.item())
+        if not ready:
+            return
+        torch.cuda.empty_cache()  # blocks cached by the eager steps so far go back for the graphs' pool
+        self.graphs = DecodeGraphs(self.model, self.kv_caches, self.device, **self._graph_shape)
+        self._graph_shape = None
 
     @torch.inference_mode()
     def execute(self, plan, extra_rows: np.ndarray | None = None,
@@ -60,7 +83,10 @@ class ModelRunner:
         rows = inputs.logits_indices[:plan.num_samples]  # a graph's padded rows are not sampled
         if extra_rows is not None and len(extra_rows):
             rows = torch.cat([rows, self._to_device(np.asarray(extra_rows, dtype=np.int32))])
-        return self.model.compute_logits(hidden[rows]).float()
+        logits = self.model.compute_logits(hidden[rows]).float()
+        if self._graph_shape is not None:  # scales pending: this step may have set them
+            self._capture_graphs_when_ready()
+        return logits
 
     def input_layout(self, plan) -> tuple[object, int | None]:
         """(the packed layout the plan's arrays take on the device, the CUDA graph's batch size or None:
