@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -51,6 +52,18 @@ class Flags {
     }
   }
   bool has(const std::string& name) const { return values_.count(name) != 0; }
+  // Throws naming the first option not in `known` (a mistyped option is refused, never ignored).
+  void allow_only(std::initializer_list<const char*> known, const std::string& mode) const {
+    for (const auto& [name, value] : values_) {
+      bool found = false;
+      for (const char* k : known) found = found || name == k;
+      if (!found) {
+        std::string list;
+        for (const char* k : known) list += std::string(list.empty() ? "" : ", ") + "--" + k;
+        throw std::invalid_argument("unknown option --" + name + " for " + mode + "; known: " + list);
+      }
+    }
+  }
   std::string get(const std::string& name, const std::string& fallback) const {
     auto it = values_.find(name);
     return it == values_.end() ? fallback : it->second;

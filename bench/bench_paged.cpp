@@ -40,9 +40,17 @@ int main(int argc, char** argv) {
   const std::string mode = argv[1];
   try {
     pagedcore::bench::Flags flags(argc, argv, 2);
-    if (mode == "pool") return pagedcore::bench::run_pool_bench(flags);
-    if (mode == "scheduler") return pagedcore::bench::run_scheduler_bench(flags);
+    if (mode == "pool") {
+      flags.allow_only({"json", "block-size", "num-blocks"}, "pool");
+      return pagedcore::bench::run_pool_bench(flags);
+    }
+    if (mode == "scheduler") {
+      flags.allow_only({"json", "block-size", "steps"}, "scheduler");
+      return pagedcore::bench::run_scheduler_bench(flags);
+    }
     if (mode == "attention") {
+      flags.allow_only({"json", "block-size", "reps", "warmup", "num-splits", "contiguous-tables", "kv-cache-dtype"},
+                       "attention");
 #ifdef PAGEDCORE_WITH_CUDA
       return pagedcore::bench::run_attention_bench(flags);
 #else

@@ -372,7 +372,7 @@ __device__ __forceinline__ void load_fp8_kv_tile(uint8_t* sk, uint8_t* sv, const
 // Eight e4m3 values (bytes in memory order) as eight T values, exactly (every e4m3 value, NaN
 // included, is a half and a bfloat16 value; sm_89+ converts two per instruction). (Integer bit
 // moves and a bf16x2 multiply instead of the conversions through half and float made W4 slower,
-// 262 -> 281 us at 64 x 4096: bench/RESULTS.md.)
+// 262 -> 282 us at 64 x 4096: bench/RESULTS.md.)
 template <typename T>
 __device__ __forceinline__ uint4 fp8x8_to(uint2 bytes) {
   uint32_t out[4];

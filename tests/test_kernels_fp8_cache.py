@@ -117,7 +117,7 @@ def test_attention_over_an_fp8_cache_equals_float64_over_the_dequantized_cache(d
 
 
 # ---- CUDA --------------------------------------------------------------------------------------------
-# (PAGEDCORE_KERNEL_PATH=ampere runs the same tests on the cp.async path: bench/lab/gpu_check.sh.)
+# (PAGEDCORE_KERNEL_PATH=ampere runs the same tests on the cp.async path: bench/lab/gpu_fp8_kv.sh.)
 
 @needs_cuda
 @pytest.mark.gpu

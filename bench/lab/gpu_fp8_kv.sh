@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for the FP8 KV cache (issue 18): build (sm_90), the FP8 kernel and engine tests
-# (the Hopper and the Ampere kernel paths), the model-dtype attention / cache / model tests (the FP8
+# (the kernel tests also on the Ampere kernel path), the model-dtype attention / cache / model tests (the FP8
 # kernels share their code), W4 with a bf16 and an FP8 cache side by side, a compute-sanitizer
 # memcheck of the FP8 kernel tests; W1 on the Llama-3-8B shape and a short W2 with both caches.
 # Parts: tests,ampere,w4,memcheck,llama (or llama-kv: without FP8 weights),prefix (default: the first
@@ -13,38 +13,38 @@ export PYTHONUNBUFFERED=1
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DPAGEDCORE_BUILD_PYTHON=ON \
   -DPAGEDCORE_BUILD_TESTS=OFF -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python3)" \
-  > "$OUT/cmake.txt" 2>&1 && cmake --build build/gpu --target _core bench_paged > "$OUT/build.txt" 2>&1 || tail -30 "$OUT/build.txt"
+  > "$OUT/cmake.txt" 2>&1 && cmake --build build/gpu --target _core bench_paged > "$OUT/build.txt" 2>&1 \
+  || { tail -30 "$OUT/cmake.txt" "$OUT/build.txt"; exit 1; }  # never test a stale build
 PACKAGE=/tmp/pagedcore-fp8-kv
 rm -rf "$PACKAGE" && mkdir -p "$PACKAGE" && cp -r python/pagedcore "$PACKAGE/" && cp build/gpu/_core*.so "$PACKAGE/pagedcore/"
 export PYTHONPATH=$PACKAGE:$PWD/tests
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
-pytest() { python3 -m pytest -q -p no:cacheprovider "$@"; }
 if has tests; then
-  timeout 300 pytest -s tests/test_kernels_fp8_cache.py tests/test_fp8_kv_cache.py tests/test_fp8.py \
+  timeout 300 python3 -m pytest -q -p no:cacheprovider -s tests/test_kernels_fp8_cache.py tests/test_fp8_kv_cache.py tests/test_fp8.py \
     tests/test_kernels_layers.py -k "fp8 or quantize or FP8" > "$OUT/pytest_fp8.txt" 2>&1
   tail -1 "$OUT/pytest_fp8.txt"; grep -E "^(FAILED|E  )|FP8-KV vs|graphs vs eager" "$OUT/pytest_fp8.txt" | head -24
   if [ -z "${SKIP_MODEL_DTYPE:-}" ]; then  # SKIP_MODEL_DTYPE=1: only FP8 code changed since their last run
-    timeout 240 pytest tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_models_gpu.py \
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_kernels_cache.py tests/test_models_gpu.py \
       -k "not structured_outputs" > "$OUT/pytest_model_dtype.txt" 2>&1
     tail -1 "$OUT/pytest_model_dtype.txt"; grep -E "^(FAILED|E  )" "$OUT/pytest_model_dtype.txt" | head -10
   fi
 fi
 if has ampere; then
-  PAGEDCORE_KERNEL_PATH=ampere timeout 120 pytest tests/test_kernels_fp8_cache.py -k cuda > "$OUT/pytest_ampere.txt" 2>&1
+  PAGEDCORE_KERNEL_PATH=ampere timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_fp8_cache.py -k cuda > "$OUT/pytest_ampere.txt" 2>&1
   echo "ampere path: $(tail -1 "$OUT/pytest_ampere.txt")"; grep -E "^(FAILED|E  )" "$OUT/pytest_ampere.txt" | head -10
 fi
 if has w4; then
   round=0
   for dtype in bf16 fp8 bf16 fp8; do  # alternating, two rounds
     round=$((round + 1))
-    ./build/gpu/bench_paged attention --reps 30 --kv-cache-dtype $dtype 2>&1 | tee "$OUT/w4_${round}_$dtype.txt" | tail -6
+    ./build/gpu/bench_paged attention --reps 30 --kv-cache-dtype $dtype 2>&1 | tee "$OUT/w4_${round}_$dtype.txt" | tail -7
   done
 fi
 if has memcheck; then
   timeout 150 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -p no:cacheprovider \
     tests/test_kernels_fp8_cache.py \
     -k "cuda and (write or every_finite or (every_head_size and 256))" \
-    2>&1 | tail -3
+    > "$OUT/memcheck.txt" 2>&1; tail -3 "$OUT/memcheck.txt"
 fi
 if has llama || has llama-kv; then  # W1 on the Llama-3-8B shape (same 40 GiB KV budget): bf16, FP8 KV (llama-kv);
   variants=("" "--kv-cache-dtype fp8")  # llama adds FP8 weights, and both

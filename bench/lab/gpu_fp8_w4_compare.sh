@@ -13,11 +13,15 @@ pybind11_dir=$(python3 -m pybind11 --cmakedir)
 build() {  # tree, build folder, package folder
   cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DPAGEDCORE_BUILD_PYTHON=ON \
     -DPAGEDCORE_BUILD_TESTS=OFF -Dpybind11_DIR="$pybind11_dir" -DPython_EXECUTABLE="$(command -v python3)" >/dev/null \
-    && cmake --build "$2" --target _core bench_paged -j 8 >/dev/null \
+    && cmake --build "$2" --target _core bench_paged -j 8 > "$2.log" 2>&1 \
     && rm -rf "$3" && mkdir -p "$3" && cp -r "$1/python/pagedcore" "$3/" && cp "$2"/_core*.so "$3/pagedcore/"
 }
+rm -rf /tmp/pc-after /tmp/pc-before  # a failed build must not leave an older package or binary to measure
 time (build . build/gpu-after /tmp/pc-after & build "$BEFORE" build/gpu-before /tmp/pc-before & wait)
-ls build/gpu-after/bench_paged build/gpu-before/bench_paged || exit 1
+for side in after before; do
+  ls /tmp/pc-$side/pagedcore/_core*.so >/dev/null 2>&1 || { echo "the $side build failed:"; tail -30 build/gpu-$side.log; exit 1; }
+done
+grep -q kv-cache-dtype "$BEFORE/bench/bench_paged.cpp" || { echo "$BEFORE's bench_paged has no --kv-cache-dtype"; exit 1; }
 for side in before after; do
   tree=.; [ $side = before ] && tree=$BEFORE
   for path in auto ampere; do
@@ -29,6 +33,6 @@ for round in 1 2; do
   for run in "after bf16" "before fp8" "after fp8"; do
     set -- $run
     echo "== round $round: $1, $2 cache"
-    ./build/gpu-$1/bench_paged attention --reps 30 --kv-cache-dtype "$2" 2>&1 | tee "$OUT_DIR/w4_${round}_$1_$2.txt" | tail -5
+    ./build/gpu-$1/bench_paged attention --reps 30 --kv-cache-dtype "$2" 2>&1 | tee "$OUT_DIR/w4_${round}_$1_$2.txt" | tail -7
   done
 done

@@ -125,7 +125,8 @@ def write_kv_cache(
     k, v: [num_tokens, num_kv_heads, head_dim] (views with strided tokens/heads allowed, e.g. slices
     of a fused qkv tensor); k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim];
     slot_mapping: int32 [num_tokens], slot = block_id * block_size + offset, -1 skips the token.
-    CPU caches take any dtype; CUDA caches one the CUDA kernels read (``_core.SUPPORTED_CUDA_DTYPES``).
+    CPU caches take any dtype; CUDA caches one the CUDA kernels read (``_core.SUPPORTED_CUDA_DTYPES``)
+    or float8_e4m3fn.
     An FP8 cache (float8_e4m3fn) stores e4m3(x / scale), rounded to nearest even and
     saturated to +-448, with k_scale / v_scale the layer's scales (1 for any other cache).
     """

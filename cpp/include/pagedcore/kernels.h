@@ -6,7 +6,7 @@
 //   block copied to shared memory as it is reads without bank conflicts; write_kv_cache and the
 //   attention kernels agree on it, and whole-block copies (copy_blocks, swap_blocks) ignore it.
 //   FP8 caches (one byte per element) are plain on CUDA too: their kernels convert each tile into
-//   the model's dtype in shared memory, and the permutation is for the converted tile's reads.
+//   a padded tile of the model's dtype in shared memory, which the fragment loads read.
 // One KV head's block is one contiguous run of block_size * head_dim elements, so a decode CTA
 // reading one KV head streams long contiguous runs (4 KiB for block 16, head_dim 128, bf16), and
 // a block of every head is one contiguous [num_kv_heads, block_size, head_dim] span (block_bytes),

@@ -54,7 +54,8 @@ def build_shard(args: EngineArgs, source, device: torch.device, dtype: torch.dty
 
 def build_runner(args: EngineArgs, shard: Shard, num_blocks: int, num_host_blocks: int, device: torch.device,
                  dtype: torch.dtype, max_model_len: int) -> ModelRunner:
-    """Allocates the KV cache (num_blocks, the same on every rank) and the runner (CUDA graphs captured)."""
+    """Allocates the KV cache (num_blocks, the same on every rank) and the runner (CUDA graphs captured,
+    or once the first batch has set calculated FP8 scales)."""
     cache_dtype = args.resolve_kv_cache_dtype(device, dtype)
     kv_caches = allocate_kv_cache(shard.config, num_blocks, args.block_size, cache_dtype, device)
     host_kv_caches = (allocate_kv_cache(shard.config, num_host_blocks, args.block_size, cache_dtype,
