@@ -164,3 +164,31 @@ def test_calculated_scales_skip_a_first_batch_of_zeros_or_infinities():
     layer(q, k, 2 * torch.ones(1, 1, 64), cache, meta)
     assert not cache.calibrate
     assert cache.k_scale == pytest.approx(k.abs().max().item() / 448) and cache.v_scale == pytest.approx(2 / 448)
+
+
+def test_a_failed_deferred_graph_capture_is_named_once_and_leaves_eager_steps(monkeypatch):
+    # Found in review: a capture that failed after calibration (an out-of-memory, say) was retried at
+    # the end of every later step, failing each of them.
+    from pagedcore.model_executor import model_runner
+    from pagedcore.model_executor.attention import LayerKVCache
+
+    attempts = []
+
+    def failing_capture(*args, **kwargs):
+        attempts.append(1)
+        raise MemoryError("no room for the graph pool")
+
+    monkeypatch.setattr(model_runner, "DecodeGraphs", failing_capture)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    cache = LayerKVCache(torch.zeros(1, dtype=torch.float8_e4m3fn), torch.zeros(1, dtype=torch.float8_e4m3fn),
+                         calibrate=True)
+    runner = model_runner.ModelRunner.__new__(model_runner.ModelRunner)
+    runner.model, runner.kv_caches, runner.device, runner.graphs = torch.nn.Module(), [cache], torch.device("cpu"), None
+    runner._graph_shape = dict(max_num_seqs=4, max_blocks_per_seq=8)
+    runner._capture_graphs_when_ready()  # scales pending: nothing yet
+    assert attempts == [] and runner._graph_shape is not None
+    cache.calibrate = False
+    with pytest.raises(RuntimeError, match="capturing the decode CUDA graphs failed .*MemoryError.*enforce_eager=True"):
+        runner._capture_graphs_when_ready()
+    runner._capture_graphs_when_ready()  # no second attempt
+    assert attempts == [1] and runner.graphs is None

@@ -57,9 +57,13 @@ class ModelRunner:
             ready = bool(flag.item())
         if not ready:
             return
+        shape, self._graph_shape = self._graph_shape, None  # one attempt: after a failure, steps run eagerly
         torch.cuda.empty_cache()  # blocks cached by the eager steps so far go back for the graphs' pool
-        self.graphs = DecodeGraphs(self.model, self.kv_caches, self.device, **self._graph_shape)
-        self._graph_shape = None
+        try:
+            self.graphs = DecodeGraphs(self.model, self.kv_caches, self.device, **shape)
+        except Exception as error:
+            raise RuntimeError(f"capturing the decode CUDA graphs failed ({type(error).__name__}: {error}); later "
+                               "steps run without them, and enforce_eager=True never captures them") from error
 
     @torch.inference_mode()
     def execute(self, plan, extra_rows: np.ndarray | None = None,
