@@ -135,9 +135,9 @@ def test_checkpoint_kv_scales_are_read_and_prefix_caching_keeps_tokens(tmp_path)
 
 
 def test_fp8_cache_refusals_name_what_is_missing(tmp_path):
-    assert EngineArgs(kv_cache_dtype="fp8").resolve_kv_cache_dtype(torch.device("cuda"), torch.bfloat16) == torch.float8_e4m3fn
+    assert EngineArgs(kv_cache_dtype="fp8").resolve_kv_cache_dtype(torch.bfloat16) == torch.float8_e4m3fn
     with pytest.raises(ValueError, match="calculate_kv_scales=True applies to an FP8 KV cache"):
-        EngineArgs(calculate_kv_scales=True).resolve_kv_cache_dtype(torch.device("cpu"), torch.float32)
+        EngineArgs(calculate_kv_scales=True).resolve_kv_cache_dtype(torch.float32)
     save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=512)
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         _engine(tmp_path, kv_cache_dtype="fp8_e5m2")

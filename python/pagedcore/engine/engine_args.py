@@ -240,7 +240,7 @@ class EngineArgs:
             check_fp8_supported(device, dtype)
         return quantization
 
-    def resolve_kv_cache_dtype(self, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    def resolve_kv_cache_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The KV cache's element type: the model's, or float8_e4m3fn for kv_cache_dtype fp8."""
         if self.kv_cache_dtype == "auto":
             if self.calculate_kv_scales:

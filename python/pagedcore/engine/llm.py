@@ -66,7 +66,7 @@ class LLM:
         self.device = args.resolve_device()
         self.dtype = args.resolve_dtype(config.dtype, self.device)
         self.quantization = args.resolve_quantization(config.quantization, self.device, self.dtype)
-        self.kv_cache_dtype = args.resolve_kv_cache_dtype(self.device, self.dtype)  # refused here, before any work
+        self.kv_cache_dtype = args.resolve_kv_cache_dtype(self.dtype)  # refused here, before any work
         self.max_model_len = args.resolve_max_model_len(config.max_model_len)
         if config.head_dim not in _core.SUPPORTED_HEAD_SIZES:
             raise ValueError(f"head_dim {config.head_dim} is not supported by the kernels; supported: "
@@ -94,7 +94,7 @@ class LLM:
                 if num_blocks < shard.kv_plan.num_blocks:
                     shard.kv_plan = self.kv_plan = plan_kv_cache(
                         shard.config, block_size=args.block_size, max_model_len=self.max_model_len,
-                        dtype=args.resolve_kv_cache_dtype(self.device, self.dtype),
+                        dtype=args.resolve_kv_cache_dtype(self.dtype),
                         budget_bytes=num_blocks * shard.kv_plan.plan.bytes_per_block)
             if args.verbose:
                 print(f"[pagedcore] {self.kv_plan_summary(size)}", file=sys.stderr)

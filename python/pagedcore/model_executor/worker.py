@@ -46,7 +46,7 @@ def build_shard(args: EngineArgs, source, device: torch.device, dtype: torch.dty
     budget = kv_budget_bytes(config, device, dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                              kv_cache_memory_bytes=args.kv_cache_memory_bytes,
                              max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
-    plan = plan_kv_cache(local, block_size=args.block_size, dtype=args.resolve_kv_cache_dtype(device, dtype),
+    plan = plan_kv_cache(local, block_size=args.block_size, dtype=args.resolve_kv_cache_dtype(dtype),
                          budget_bytes=budget,
                          max_model_len=max_model_len)
     return Shard(model, local, plan)
@@ -56,7 +56,7 @@ def build_runner(args: EngineArgs, shard: Shard, num_blocks: int, num_host_block
                  dtype: torch.dtype, max_model_len: int) -> ModelRunner:
     """Allocates the KV cache (num_blocks, the same on every rank) and the runner (CUDA graphs captured,
     or once the first batch has set calculated FP8 scales)."""
-    cache_dtype = args.resolve_kv_cache_dtype(device, dtype)
+    cache_dtype = args.resolve_kv_cache_dtype(dtype)
     kv_caches = allocate_kv_cache(shard.config, num_blocks, args.block_size, cache_dtype, device)
     host_kv_caches = (allocate_kv_cache(shard.config, num_host_blocks, args.block_size, cache_dtype,
                                         torch.device("cpu"), pin_memory=True) if num_host_blocks else None)
