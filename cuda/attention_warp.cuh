@@ -347,6 +347,10 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* k_cache, con
   }
 }
 
+// A cache element type C: the model's dtype, or uint8_t for an FP8 (e4m3) cache's bytes.
+template <typename C>
+inline constexpr bool kFp8Cache = std::is_same_v<C, uint8_t>;
+
 // Starts the asynchronous copy of FP8 KV tokens [first_token, first_token + kRows) of one KV head
 // into the byte tiles sk, sv ([kRows][D] each, rows as a plain FP8 cache holds them); rows at or
 // past context_len are zero-filled (zero bytes are e4m3 zeros). kThreads threads share the copy.

@@ -67,13 +67,9 @@ template <int D>
 inline constexpr bool kDecodeBulkCapable = D % 64 == 0;
 constexpr int kDecodeBulkMinBlockLog2 = 3;
 
-// C: the cache's element type, T (the model's dtype) or uint8_t (FP8 e4m3 bytes).
-template <typename T, typename C>
-inline constexpr bool kFp8Cache = std::is_same_v<C, uint8_t>;
-
 template <typename T, typename C, int D, bool kBulk>
 constexpr int decode_tile_elems() {  // one K or V tile of a stage, in C elements
-  return kTileTokens * (kBulk || kFp8Cache<T, C> ? D : kRowPitch<D>);
+  return kTileTokens * (kBulk || kFp8Cache<C> ? D : kRowPitch<D>);
 }
 // Shared memory: the warps' tiles first (at the 1024-byte aligned base: bulk copies into
 // 16-byte-aligned destinations are slower than into 128-byte-aligned ones, bench/RESULTS.md),
@@ -86,7 +82,7 @@ constexpr size_t decode_staged_bytes() {
 }
 template <typename T, typename C, int D, int W>
 constexpr size_t decode_converted_bytes() {
-  return kFp8Cache<T, C> ? static_cast<size_t>(W) * 2 * kTileTokens * kRowPitch<D> * sizeof(T) : 0;
+  return kFp8Cache<C> ? static_cast<size_t>(W) * 2 * kTileTokens * kRowPitch<D> * sizeof(T) : 0;
 }
 template <typename T, typename C, int D, bool kBulk, int W, int S>
 constexpr size_t decode_tiles_bytes() {
@@ -109,7 +105,7 @@ constexpr size_t decode_smem_bytes() {
 
 template <typename T, typename C, int D, bool kBulk, int kWarps, int kStages>
 __device__ __forceinline__ void decode_attention_body(const AttentionKernelParams& p) {
-  constexpr bool kFp8 = kFp8Cache<T, C>;
+  constexpr bool kFp8 = kFp8Cache<C>;
   constexpr int kThreads = kWarps * 32;
   constexpr int kPitch = kRowPitch<D>;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row

@@ -39,19 +39,16 @@ constexpr int kPrefillThreads = kPrefillWarps * 32;
 template <int D>
 inline constexpr int kBlockN = D > 128 ? 32 : 64;
 
-template <typename T, typename C>
-inline constexpr bool kPrefillFp8Cache = std::is_same_v<C, uint8_t>;
-
 // q [64][pitch] + 2 stages x (K, V) [kBlockN][pitch]; FP8 caches: the stages hold [kBlockN][D] bytes,
 // plus one converted (K, V) pair [kBlockN][pitch] of T.
 template <typename T, typename C, int D>
 constexpr size_t prefill_staged_bytes() {
-  return kPrefillFp8Cache<T, C> ? static_cast<size_t>(2 * 2 * kBlockN<D>) * D
+  return kFp8Cache<C> ? static_cast<size_t>(2 * 2 * kBlockN<D>) * D
                                 : static_cast<size_t>(2 * 2 * kBlockN<D>) * kRowPitch<D> * sizeof(T);
 }
 template <typename T, typename C, int D>
 constexpr size_t prefill_smem_bytes() {
-  const size_t converted = kPrefillFp8Cache<T, C> ? static_cast<size_t>(2 * kBlockN<D>) * kRowPitch<D> * sizeof(T) : 0;
+  const size_t converted = kFp8Cache<C> ? static_cast<size_t>(2 * kBlockN<D>) * kRowPitch<D> * sizeof(T) : 0;
   return static_cast<size_t>(kPrefillRowsPerCta) * kRowPitch<D> * sizeof(T) + prefill_staged_bytes<T, C, D>() + converted;
 }
 
@@ -61,7 +58,7 @@ __device__ __forceinline__ int tile_base(const AttentionKernelParams& p, int seq
 
 template <typename T, typename C, int D>
 __global__ void __launch_bounds__(kPrefillThreads) prefill_attention_kernel(const AttentionKernelParams p) {
-  constexpr bool kFp8 = kPrefillFp8Cache<T, C>;
+  constexpr bool kFp8 = kFp8Cache<C>;
   constexpr int kPitch = kRowPitch<D>;
   constexpr int kN = kBlockN<D>;
   constexpr int kChunks = D / 8;
