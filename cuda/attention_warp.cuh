@@ -10,7 +10,8 @@
 //    (pagedcore/kv_layout.h), which is what one bulk copy of a block's rows produces; the
 //    permutation keeps ldmatrix conflict-free (head sizes that are multiples of 64).
 // Both run everywhere from sm_80 on; only the bulk copies that fill cache-order tiles need sm_90.
-// FP8 caches stage plain [rows][head_dim] byte tiles and convert them into padded tiles.
+// FP8 caches stage byte tiles: decode converts their fragments in registers (attend_fp8_chunk16),
+// prefill converts each tile once into a padded tile of the model's dtype (convert_fp8_tile).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -127,6 +128,17 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* sme
                : "r"(smem_addr(smem)));
 }
 
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(smem)));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(smem)));
+}
+
 template <typename T>
 struct MmaTraits;
 
@@ -216,35 +228,14 @@ struct QueryFragments {
   }
 };
 
-// One online-softmax step of a warp: 16 query rows x 16 keys.
-//   sq: [16][kRowPitch<D>] query rows of this warp (shared memory)
-//   sk, sv: keys / values of tokens token0 .. token0 + 15 in shared memory, padded or in cache
-//           order (kCacheOrder); V rows past the context are zero so that masked columns never
-//           meet NaN (K rows there may hold anything: their scores are replaced, not scaled)
-//   limit_lo / limit_hi: last key position rows g / g + 8 may attend to (-1: none)
-//   q_regs: when non-null, the rows' fragments already in registers (sq is then unused)
-template <typename T, int D, bool kCacheOrder = false>
-__device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments<D>* q_regs, const T* sk,
-                                               const T* sv, int token0, int limit_lo, int limit_hi,
-                                               float scale_log2, WarpAttentionState<D>& st, int lane) {
-  constexpr int P = kRowPitch<D>;
-  float s[2][4];
-#pragma unroll
-  for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-
-  const T* q_lane = sq + ((lane & 7) + ((lane >> 3) & 1) * 8) * P + (lane >> 4) * 8;
-  const int k_row = (lane & 7) + (lane >> 4) * 8, k_half = (lane >> 3) & 1;
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t q_frag[4], b[4];
-    const uint32_t* a = q_frag;
-    if (q_regs) a = q_regs->a[kk];
-    else ldmatrix_x4(q_frag, q_lane + kk * 16);
-    ldmatrix_x4(b, sk + kv_tile_offset<D, kCacheOrder>(k_row, 2 * kk + k_half));
-    MmaTraits<T>::mma(s[0], a, b[0], b[1]);
-    MmaTraits<T>::mma(s[1], a, b[2], b[3]);
-  }
-
+// The online-softmax update of a warp's state by the scores s of 16 keys (the mma accumulator
+// layout of two 8-key n-tiles, keys token0 ..): masks keys past each row's limit, scales row g's
+// scores by scale_lo and row g + 8's by scale_hi (log2 domain), rescales o where a row's max moved,
+// and leaves in s the probabilities exp2(score - max) that multiply V.
+template <int D>
+__device__ __forceinline__ void online_softmax_step(float s[2][4], int token0, int limit_lo, int limit_hi,
+                                                    float scale_lo, float scale_hi, WarpAttentionState<D>& st,
+                                                    int lane) {
   const int col = token0 + 2 * (lane & 3);
   float row_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -253,7 +244,7 @@ __device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments
     for (int e = 0; e < 4; ++e) {
       const int token = col + n * 8 + (e & 1);
       const int limit = e < 2 ? limit_lo : limit_hi;
-      s[n][e] = token <= limit ? s[n][e] * scale_log2 : -INFINITY;
+      s[n][e] = token <= limit ? s[n][e] * (e < 2 ? scale_lo : scale_hi) : -INFINITY;
       row_max[e >> 1] = fmaxf(row_max[e >> 1], s[n][e]);
     }
   }
@@ -288,13 +279,49 @@ __device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments
       st.o[j][3] *= alpha[1];
     }
   }
+}
 
-  // P (16 rows x 16 keys) in the A-operand layout: the accumulator layout of the two n-tiles.
-  uint32_t p[4];
+// P (16 rows x 16 keys) in the mma A-operand layout: the accumulator layout of the two n-tiles.
+template <typename T>
+__device__ __forceinline__ void pack_probabilities(const float s[2][4], uint32_t p[4]) {
   p[0] = MmaTraits<T>::pack(s[0][0], s[0][1]);
   p[1] = MmaTraits<T>::pack(s[0][2], s[0][3]);
   p[2] = MmaTraits<T>::pack(s[1][0], s[1][1]);
   p[3] = MmaTraits<T>::pack(s[1][2], s[1][3]);
+}
+
+// One online-softmax step of a warp: 16 query rows x 16 keys.
+//   sq: [16][kRowPitch<D>] query rows of this warp (shared memory)
+//   sk, sv: keys / values of tokens token0 .. token0 + 15 in shared memory, padded or in cache
+//           order (kCacheOrder); V rows past the context are zero so that masked columns never
+//           meet NaN (K rows there may hold anything: their scores are replaced, not scaled)
+//   limit_lo / limit_hi: last key position rows g / g + 8 may attend to (-1: none)
+//   q_regs: when non-null, the rows' fragments already in registers (sq is then unused)
+template <typename T, int D, bool kCacheOrder = false>
+__device__ __forceinline__ void attend_chunk16(const T* sq, const QueryFragments<D>* q_regs, const T* sk,
+                                               const T* sv, int token0, int limit_lo, int limit_hi,
+                                               float scale_log2, WarpAttentionState<D>& st, int lane) {
+  constexpr int P = kRowPitch<D>;
+  float s[2][4];
+#pragma unroll
+  for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+
+  const T* q_lane = sq + ((lane & 7) + ((lane >> 3) & 1) * 8) * P + (lane >> 4) * 8;
+  const int k_row = (lane & 7) + (lane >> 4) * 8, k_half = (lane >> 3) & 1;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t q_frag[4], b[4];
+    const uint32_t* a = q_frag;
+    if (q_regs) a = q_regs->a[kk];
+    else ldmatrix_x4(q_frag, q_lane + kk * 16);
+    ldmatrix_x4(b, sk + kv_tile_offset<D, kCacheOrder>(k_row, 2 * kk + k_half));
+    MmaTraits<T>::mma(s[0], a, b[0], b[1]);
+    MmaTraits<T>::mma(s[1], a, b[2], b[3]);
+  }
+
+  online_softmax_step<D>(s, token0, limit_lo, limit_hi, scale_log2, scale_log2, st, lane);
+  uint32_t p[4];
+  pack_probabilities<T>(s, p);
   const int v_row = (lane & 7) + ((lane >> 3) & 1) * 8, v_half = lane >> 4;
 #pragma unroll
   for (int j2 = 0; j2 < D / 16; ++j2) {
@@ -351,10 +378,26 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* k_cache, con
 template <typename C>
 inline constexpr bool kFp8Cache = std::is_same_v<C, uint8_t>;
 
+// Bytes per row of a padded FP8 tile (the cp.async paths): the row's 16-byte chunks in logical
+// order, an odd number of them per row, so that the 8 row addresses of a fragment load (one chunk
+// of 8 consecutive rows) land in 8 different banks at every head size.
+template <int D>
+inline constexpr int kFp8RowPitch = (D / 16) % 2 == 1 ? D : D + 16;
+
+// Byte offset of logical 16-byte chunk `chunk` of row `row` in an FP8 tile: padded, or rows of D
+// bytes in the FP8 cache order (kCacheOrder: what bulk copies of block pieces produce; rows of a
+// tile start at a multiple of 8 tokens of their block).
+template <int D, bool kCacheOrder>
+__device__ __forceinline__ int fp8_tile_offset(int row, int chunk) {
+  if constexpr (kCacheOrder) return row * D + kv_fp8_chunk_position(row, chunk, D / 16) * 16;
+  else return row * kFp8RowPitch<D> + chunk * 16;
+}
+
 // Starts the asynchronous copy of FP8 KV tokens [first_token, first_token + kRows) of one KV head
-// into the byte tiles sk, sv ([kRows][D] each, rows as a plain FP8 cache holds them); rows at or
-// past context_len are zero-filled (zero bytes are e4m3 zeros). kThreads threads share the copy.
-template <int D, int kRows, int kThreads>
+// into the byte tiles sk, sv ([kRows] rows of kPitch bytes, each row's chunks in logical order);
+// rows at or past context_len are zero-filled (zero bytes are e4m3 zeros). kThreads threads share
+// the copy.
+template <int D, int kRows, int kThreads, int kPitch>
 __device__ __forceinline__ void load_fp8_kv_tile(uint8_t* sk, uint8_t* sv, const uint8_t* k_cache,
                                                  const uint8_t* v_cache, const int32_t* block_table,
                                                  int first_token, int context_len, int block_size_log2,
@@ -367,9 +410,179 @@ __device__ __forceinline__ void load_fp8_kv_tile(uint8_t* sk, uint8_t* sv, const
     const int safe_token = valid ? token : 0;  // keeps the block-table read in bounds
     const int64_t block = block_table[safe_token >> block_size_log2];
     const int offset = safe_token & ((1 << block_size_log2) - 1);
-    const int64_t src = (((block * num_kv_heads + kv_head) << block_size_log2) + offset) * D + chunk * 16;
-    cp_async16(sk + r * D + chunk * 16, k_cache + src, valid);
-    cp_async16(sv + r * D + chunk * 16, v_cache + src, valid);
+    const int64_t src = (((block * num_kv_heads + kv_head) << block_size_log2) + offset) * D +
+                        kv_fp8_chunk_position(offset, chunk, kChunks) * 16;
+    cp_async16(sk + r * kPitch + chunk * 16, k_cache + src, valid);
+    cp_async16(sv + r * kPitch + chunk * 16, v_cache + src, valid);
+  }
+}
+
+// Four e4m3 values (bytes 0..3 of `bytes`) as two half2 words: bytes 0, 1 -> lo, bytes 2, 3 -> hi
+// (exact: every e4m3 value, NaN included, is a half value). One instruction per pair from sm_89 on.
+__device__ __forceinline__ void e4m3x4_to_half2x2(uint32_t bytes, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm("{\n"
+      ".reg .b16 a, b;\n"
+      "mov.b32 {a, b}, %2;\n"
+      "cvt.rn.f16x2.e4m3x2 %0, a;\n"
+      "cvt.rn.f16x2.e4m3x2 %1, b;\n"
+      "}\n"
+      : "=r"(lo), "=r"(hi)
+      : "r"(bytes));
+#else
+  const __half2_raw l = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(bytes & 0xffffu), __NV_E4M3);
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(bytes >> 16), __NV_E4M3);
+  lo = static_cast<uint32_t>(l.x) | static_cast<uint32_t>(l.y) << 16;
+  hi = static_cast<uint32_t>(h.x) | static_cast<uint32_t>(h.y) << 16;
+#endif
+}
+
+// The FP8 decode path computes in half precision: its mmas take K and V converted in registers
+// (attend_fp8_chunk16), so the query rows go to half first, and to the dimension order of the K
+// fragments: within each 16-dimension slice, dimensions 4t .. 4t + 3 take the mma's k indices
+// 2t, 2t + 1, 2t + 8, 2t + 9 (a thread's 4 consecutive bytes of a key row). A row of a bf16 model
+// is multiplied by the power of two 2^e that brings its largest |value| into [2^14, 2^15):
+// exact for every value of the row down to 2^-29 of its largest (smaller ones round as half
+// subnormals, changing a score by under 2^-29 relative); row_scale[r] = 2^-e undoes it on the
+// scores. fp16 rows are copied as they are (e = 0).
+//
+// Stages the 16 query rows q + r * row_stride (rows >= rows zero) into sq ([16][kRowPitch<D>] half,
+// columns placed so that QueryFragments::load gives that order) and row_scale[16]; kThreads threads.
+template <typename T, int D, int kThreads>
+__device__ __forceinline__ void stage_query_fp8(__half* sq, float* row_scale, const T* q, int64_t row_stride,
+                                                int rows, int thread) {
+  constexpr int kPerRow = kThreads / 16;  // threads per row: consecutive lanes of one warp
+  constexpr int kGroups = D / 4;          // 4-value groups per row
+  constexpr int kMine = (kGroups + kPerRow - 1) / kPerRow;
+  static_assert(kThreads % 16 == 0 && kPerRow <= 32, "rows are spread over whole lanes");
+  const int r = thread / kPerRow, j = thread % kPerRow;
+  const bool used = r < rows;
+  uint2 words[kMine];
+  float largest = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMine; ++i) {
+    const int group = j + i * kPerRow;
+    words[i] = used && group < kGroups ? __ldg(reinterpret_cast<const uint2*>(q + r * row_stride + 4 * group))
+                                       : make_uint2(0, 0);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[i].x));
+      const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[i].y));
+      largest = fmaxf(largest, fmaxf(fmaxf(fabsf(a.x), fabsf(a.y)), fmaxf(fabsf(b.x), fabsf(b.y))));
+    }
+  }
+  int e = 0;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+#pragma unroll
+    for (int offset = 1; offset < kPerRow; offset *= 2) {
+      largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+    }
+    if (largest > 0.f && largest <= 3.4e38f) {  // else (zero, infinite, NaN) the row stays as it is
+      int exponent;
+      frexpf(largest, &exponent);  // largest < 2^exponent
+      e = min(15 - exponent, 126);
+    }
+  }
+  const float scale = __int_as_float((127 + e) << 23);  // 2^e (e >= 15 - 128)
+  if (j == 0) row_scale[r] = __int_as_float((127 - e) << 23);
+#pragma unroll
+  for (int i = 0; i < kMine; ++i) {
+    const int group = j + i * kPerRow;
+    if (group >= kGroups) break;
+    uint32_t h[2];
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      const uint32_t pair[2] = {words[i].x, words[i].y};
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pair[k]));
+        const __half2 y = __floats2half2_rn(x.x * scale, x.y * scale);
+        h[k] = *reinterpret_cast<const uint32_t*>(&y);
+      }
+    } else {
+      h[0] = words[i].x;
+      h[1] = words[i].y;
+    }
+    // Dimensions 16c + 4t, + 1 at columns 16c + 2t, + 1; 16c + 4t + 2, + 3 at columns 16c + 8 + 2t, + 1.
+    __half* row = sq + r * kRowPitch<D> + 16 * (group / 4) + 2 * (group % 4);
+    *reinterpret_cast<uint32_t*>(row) = h[0];
+    *reinterpret_cast<uint32_t*>(row + 8) = h[1];
+  }
+}
+
+// One online-softmax step of a warp over 16 keys of an FP8 cache (attend_chunk16's contract), with
+// the fragments converted in registers. sk, sv: byte tiles (fp8_tile_offset); the query fragments
+// (q_regs, else sq) and row_scale come from stage_query_fp8; scale_lo / scale_hi: the score scales
+// of rows g and g + 8 (log2 domain, their row_scale included). ldmatrix on the byte tiles, each
+// 8 x 8 fragment of 16-bit units being 8 key rows x 16 bytes:
+//  - K: thread (g, t) gets bytes 4t .. 4t + 3 of key g's chunk c, i.e. the B operand of slice c in
+//    the dimension order of stage_query_fp8, two conversions and no moves;
+//  - V, transposed: thread (g, t) gets bytes 2g, 2g + 1 of keys 2t and 2t + 1; one byte permute
+//    gives (2g of both keys) and (2g + 1 of both keys), the B operands of two n-tiles that take the
+//    even and the odd dimensions of the chunk. So st.o[2c][0..1] hold dimensions 16c + 4t and
+//    16c + 4t + 2, st.o[2c + 1][0..1] dimensions 16c + 4t + 1 and + 3 (rows g; [2..3]: rows g + 8).
+// Half-precision mmas throughout (probabilities in half: finer than bfloat16's).
+template <int D, bool kCacheOrder>
+__device__ __forceinline__ void attend_fp8_chunk16(const __half* sq, const QueryFragments<D>* q_regs,
+                                                   const uint8_t* sk, const uint8_t* sv, int token0, int limit_lo,
+                                                   int limit_hi, float scale_lo, float scale_hi,
+                                                   WarpAttentionState<D>& st, int lane) {
+  using Mma = MmaTraits<__half>;
+  constexpr int kChunks = D / 16;
+  float s[2][4];
+#pragma unroll
+  for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+  // Lane l addresses row (l % 8) + 8 ((l / 8) % 2) of chunk c + l / 16: fragments (keys 0-7, c),
+  // (keys 8-15, c), (keys 0-7, c + 1), (keys 8-15, c + 1).
+  const int row = (lane & 7) + ((lane >> 3) & 1) * 8, next = lane >> 4;
+  const __half* q_lane = sq + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowPitch<D> + (lane >> 4) * 8;
+  auto query = [&](int c, uint32_t frag[4]) -> const uint32_t* {
+    if (q_regs) return q_regs->a[c];
+    ldmatrix_x4(frag, q_lane + c * 16);
+    return frag;
+  };
+  auto key_step = [&](uint32_t bytes, float acc[4], const uint32_t* a) {
+    uint32_t b0, b1;
+    e4m3x4_to_half2x2(bytes, b0, b1);
+    Mma::mma(acc, a, b0, b1);
+  };
+#pragma unroll
+  for (int c = 0; c < kChunks; c += 2) {
+    uint32_t b[4], qa[4], qb[4];
+    if (c + 1 < kChunks) {
+      ldmatrix_x4(b, sk + fp8_tile_offset<D, kCacheOrder>(row, c + next));
+    } else {
+      ldmatrix_x2(b, sk + fp8_tile_offset<D, kCacheOrder>(row, c));
+    }
+    const uint32_t* a = query(c, qa);
+    key_step(b[0], s[0], a);
+    key_step(b[1], s[1], a);
+    if (c + 1 < kChunks) {
+      const uint32_t* a1 = query(c + 1, qb);
+      key_step(b[2], s[0], a1);
+      key_step(b[3], s[1], a1);
+    }
+  }
+
+  online_softmax_step<D>(s, token0, limit_lo, limit_hi, scale_lo, scale_hi, st, lane);
+  uint32_t p[4];
+  pack_probabilities<__half>(s, p);
+  auto value_step = [&](uint32_t keys_lo, uint32_t keys_hi, int c) {
+    uint32_t even_lo, odd_lo, even_hi, odd_hi;  // (keys 2t, 2t + 1) and (keys 2t + 8, 2t + 9)
+    e4m3x4_to_half2x2(__byte_perm(keys_lo, 0, 0x3120), even_lo, odd_lo);
+    e4m3x4_to_half2x2(__byte_perm(keys_hi, 0, 0x3120), even_hi, odd_hi);
+    Mma::mma(st.o[2 * c], p, even_lo, even_hi);
+    Mma::mma(st.o[2 * c + 1], p, odd_lo, odd_hi);
+  };
+#pragma unroll
+  for (int c = 0; c < kChunks; c += 2) {
+    uint32_t b[4];
+    if (c + 1 < kChunks) {
+      ldmatrix_x4_trans(b, sv + fp8_tile_offset<D, kCacheOrder>(row, c + next));
+      value_step(b[0], b[1], c);
+      value_step(b[2], b[3], c + 1);
+    } else {
+      ldmatrix_x2_trans(b, sv + fp8_tile_offset<D, kCacheOrder>(row, c));
+      value_step(b[0], b[1], c);
+    }
   }
 }
 

@@ -70,7 +70,7 @@ __device__ __forceinline__ uint2 quantize8(uint4 values, float scale) {
 }
 
 // Grid: num_tokens CTAs; each thread quantizes 8-value pieces of (head, piece) pairs of K and V
-// into an FP8 cache (plain rows: FP8 caches keep the logical order, pagedcore/kernels.h).
+// into an FP8 cache, each to its place in the FP8 cache order (kv_fp8_chunk_position).
 template <typename T>
 __global__ void write_fp8_kv_cache_kernel(const T* __restrict__ k, const T* __restrict__ v,
                                           uint8_t* __restrict__ k_cache, uint8_t* __restrict__ v_cache,
@@ -82,11 +82,12 @@ __global__ void write_fp8_kv_cache_kernel(const T* __restrict__ k, const T* __re
   if (slot == kPaddingSlot) return;
   const int64_t block = slot / block_size;
   const int64_t offset = slot % block_size;
-  const int pieces_per_head = head_dim / 8;
+  const int pieces_per_head = head_dim / 8;  // two per 16-byte chunk of the cache row
   for (int c = threadIdx.x; c < num_kv_heads * pieces_per_head; c += blockDim.x) {
     const int head = c / pieces_per_head;
     const int piece = c % pieces_per_head;
-    const int64_t dst = ((block * num_kv_heads + head) * block_size + offset) * head_dim + piece * 8;
+    const int chunk = kv_fp8_chunk_position(static_cast<int>(offset), piece / 2, head_dim / 16);
+    const int64_t dst = ((block * num_kv_heads + head) * block_size + offset) * head_dim + chunk * 16 + piece % 2 * 8;
     const uint4 kx = *reinterpret_cast<const uint4*>(k + token * k_stride_token + head * k_stride_head + piece * 8);
     const uint4 vx = *reinterpret_cast<const uint4*>(v + token * v_stride_token + head * v_stride_head + piece * 8);
     *reinterpret_cast<uint2*>(k_cache + dst) = quantize8<T>(kx, k_scale);

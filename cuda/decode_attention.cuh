@@ -20,10 +20,12 @@
 // items, loading the next item's tiles during the merge) was no faster (bench/RESULTS.md, W4).
 //
 // FP8 caches (C = uint8_t, e4m3 bytes): the tiles are staged as the cache holds them (half the
-// bytes), and each warp converts its staged tile into a padded tile of the model's dtype (exact:
-// every e4m3 value is a half and a bfloat16 value) right before using it; K's scale multiplies the
-// scores and V's the output. decode_attention.cu instantiates the kernels for caches of the model's
-// dtype, decode_attention_fp8.cu for FP8 caches (two files: they compile in parallel).
+// bytes: bulk copies in the FP8 cache order, cp.async into padded byte tiles), and each warp's
+// fragment loads read the bytes and convert them in registers into half-precision mma operands
+// (exact: every e4m3 value is a half value); the query rows go to half once per CTA
+// (stage_query_fp8, attention_warp.cuh). K's scale multiplies the scores and V's the output.
+// decode_attention.cu instantiates the kernels for caches of the model's dtype,
+// decode_attention_fp8.cu for FP8 caches (two files: they compile in parallel).
 #pragma once
 
 #include <cuda/atomic>
@@ -69,38 +71,44 @@ constexpr int kDecodeBulkMinBlockLog2 = 3;
 
 template <typename T, typename C, int D, bool kBulk>
 constexpr int decode_tile_elems() {  // one K or V tile of a stage, in C elements
-  return kTileTokens * (kBulk || kFp8Cache<C> ? D : kRowPitch<D>);
+  if constexpr (kFp8Cache<C>) return kTileTokens * (kBulk ? D : kFp8RowPitch<D>);
+  else return kTileTokens * (kBulk ? D : kRowPitch<D>);
 }
 // Shared memory: the warps' tiles first (at the 1024-byte aligned base: bulk copies into
-// 16-byte-aligned destinations are slower than into 128-byte-aligned ones, bench/RESULTS.md),
-// then (FP8 caches) each warp's converted K and V tiles, then the query tile (head sizes over 128
-// only: the others load their query fragments from global memory straight into registers), then
-// the mbarriers and the split-merge flag.
+// 16-byte-aligned destinations are slower than into 128-byte-aligned ones, bench/RESULTS.md), a
+// space the warps' merge reuses at the end (FP8 tiles can be smaller than the merge: the space
+// is the larger of the two), then the query tile (head sizes over 128 and FP8 caches only: the
+// others load their query fragments from global memory straight into registers), then the
+// mbarriers and the split-merge flag.
 template <typename T, typename C, int D, bool kBulk, int W, int S>
 constexpr size_t decode_staged_bytes() {
   return static_cast<size_t>(W) * S * 2 * decode_tile_elems<T, C, D, kBulk>() * sizeof(C);
 }
-template <typename T, typename C, int D, int W>
-constexpr size_t decode_converted_bytes() {
-  return kFp8Cache<C> ? static_cast<size_t>(W) * 2 * kTileTokens * kRowPitch<D> * sizeof(T) : 0;
+template <int D, int W>
+constexpr size_t decode_merge_bytes() {  // float o [W][16][D], m [W][16], l [W][16]
+  return (static_cast<size_t>(W) * 16 * (D + 2) * sizeof(float) + 127) / 128 * 128;
 }
 template <typename T, typename C, int D, bool kBulk, int W, int S>
 constexpr size_t decode_tiles_bytes() {
-  return decode_staged_bytes<T, C, D, kBulk, W, S>() + decode_converted_bytes<T, C, D, W>();
+  const size_t staged = decode_staged_bytes<T, C, D, kBulk, W, S>();
+  return staged > decode_merge_bytes<D, W>() ? staged : decode_merge_bytes<D, W>();
 }
 // mbarriers of all warps' stages (bulk loads) and the split-merge flag, in 128-byte units.
 template <int W, int S>
 constexpr size_t decode_barrier_bytes() {
   return (W * S * sizeof(uint64_t) + sizeof(int) + 127) / 128 * 128;
 }
-template <typename T, int D>
+// The query tile: [16][pitch] of T, or for FP8 caches of half (stage_query_fp8) with the rows'
+// scales [16] after it.
+template <typename T, typename C, int D>
 constexpr size_t decode_query_tile_bytes() {
-  return kDecodeQueryInRegisters<D> ? 0 : static_cast<size_t>(16) * kRowPitch<D> * sizeof(T);
+  if constexpr (kFp8Cache<C>) return static_cast<size_t>(16) * kRowPitch<D> * sizeof(__half) + 16 * sizeof(float);
+  else return kDecodeQueryInRegisters<D> ? 0 : static_cast<size_t>(16) * kRowPitch<D> * sizeof(T);
 }
 
 template <typename T, typename C, int D, bool kBulk, int W, int S>
 constexpr size_t decode_smem_bytes() {
-  return decode_tiles_bytes<T, C, D, kBulk, W, S>() + decode_query_tile_bytes<T, D>() + decode_barrier_bytes<W, S>();
+  return decode_tiles_bytes<T, C, D, kBulk, W, S>() + decode_query_tile_bytes<T, C, D>() + decode_barrier_bytes<W, S>();
 }
 
 template <typename T, typename C, int D, bool kBulk, int kWarps, int kStages>
@@ -112,11 +120,11 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   constexpr int kTile = decode_tile_elems<T, C, D, kBulk>();
   constexpr size_t kTilesBytes = decode_tiles_bytes<T, C, D, kBulk, kWarps, kStages>();
   static_assert(!kBulk || kDecodeBulkCapable<D>, "bulk loads need head_dim % 64 == 0");
-  static_assert(kWarps * 16 * (D + 2) * sizeof(float) <= kTilesBytes, "the warp merge reuses the tile space");
+  static_assert(decode_merge_bytes<D, kWarps>() <= kTilesBytes, "the warp merge reuses the tile space");
   static_assert(kWarps * kStages * sizeof(uint64_t) + sizeof(int) <= decode_barrier_bytes<kWarps, kStages>(),
                 "mbarrier space");
   static_assert(decode_staged_bytes<T, C, D, kBulk, kWarps, kStages>() % 128 == 0 && kTilesBytes % 128 == 0 &&
-                    16 * kPitch * sizeof(T) % 16 == 0,
+                    16 * kPitch * sizeof(T) % 16 == 0 && decode_query_tile_bytes<T, C, D>() % 16 == 0,
                 "alignment");
   const int seq = blockIdx.x;
   const int kv_head = blockIdx.y;
@@ -127,15 +135,14 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   C* all_tiles = reinterpret_cast<C*>(smem_raw);
   T* sq = reinterpret_cast<T*>(smem_raw + kTilesBytes);  // [16][pitch] (D > 128)
+  __half* sq_half = reinterpret_cast<__half*>(smem_raw + kTilesBytes);  // FP8: [16][pitch] half
+  float* q_row_scale = reinterpret_cast<float*>(sq_half + 16 * kPitch);  // FP8: [16]
   uint64_t* barriers =
-      reinterpret_cast<uint64_t*>(smem_raw + kTilesBytes + decode_query_tile_bytes<T, D>());  // [warps][stages] (bulk)
+      reinterpret_cast<uint64_t*>(smem_raw + kTilesBytes + decode_query_tile_bytes<T, C, D>());  // [warps][stages] (bulk)
   int* last_split = reinterpret_cast<int*>(barriers + kWarps * kStages);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   C* warp_tiles = all_tiles + warp * kStages * 2 * kTile;  // [kStages][K|V][kTile]
-  // FP8: this warp's converted K and V tiles, [K|V][16][pitch] of T.
-  T* converted = reinterpret_cast<T*>(smem_raw + decode_staged_bytes<T, C, D, kBulk, kWarps, kStages>()) +
-                 warp * 2 * kTileTokens * kPitch;
   uint64_t* warp_barriers = barriers + warp * kStages;
 
   const int context_len = p.context_lens[seq];
@@ -146,8 +153,9 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   const int G = p.group_size;
 
   // Query rows: heads kv_head * G .. + G - 1 of this token; rows >= G are zero. Head sizes over 128
-  // stage them in shared memory here; the others read them into registers below.
-  for (int c = threadIdx.x; c < (kDecodeQueryInRegisters<D> ? 0 : 16 * kChunks); c += kThreads) {
+  // stage them in shared memory here; the others read them into registers below (FP8 caches:
+  // staged in half after the first tile loads are issued).
+  for (int c = threadIdx.x; c < (kDecodeQueryInRegisters<D> || kFp8 ? 0 : 16 * kChunks); c += kThreads) {
     const int r = c / kChunks, chunk = c % kChunks;
     const T* src = static_cast<const T*>(p.q) + q_row * p.q_stride_token +
                    (kv_head * G + min(r, G - 1)) * p.q_stride_head + chunk * 8;
@@ -215,8 +223,9 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
         }
       }
     } else if constexpr (kFp8) {
-      load_fp8_kv_tile<D, kTileTokens, 32>(sk, sv, k_cache, v_cache, block_table, first_token, context_len,
-                                           p.block_size_log2, p.num_kv_heads, kv_head, lane);
+      load_fp8_kv_tile<D, kTileTokens, 32, kFp8RowPitch<D>>(sk, sv, k_cache, v_cache, block_table, first_token,
+                                                            context_len, p.block_size_log2, p.num_kv_heads, kv_head,
+                                                            lane);
     } else {
       load_kv_tile<T, D, kTileTokens, 32>(sk, sv, k_cache, v_cache, block_table, first_token, context_len,
                                           p.block_size_log2, p.num_kv_heads, kv_head, lane);
@@ -227,6 +236,11 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < num_local) load_tile(s, s);
     if constexpr (!kBulk) cp_async_commit();
+  }
+  if constexpr (kFp8) {
+    stage_query_fp8<T, D, kThreads>(sq_half, q_row_scale,
+                                    static_cast<const T*>(p.q) + q_row * p.q_stride_token + kv_head * G * p.q_stride_head,
+                                    p.q_stride_head, G, threadIdx.x);
   }
   if constexpr (kBulk) cp_async_wait<0>();  // the query group
   else cp_async_wait<kStages - 1>();        // the query group (committed first) has landed
@@ -239,11 +253,18 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   st.init();
   QueryFragments<D> q_frags;
   if constexpr (kDecodeQueryInRegisters<D>) {
-    q_frags.load_global(static_cast<const T*>(p.q) + q_row * p.q_stride_token + kv_head * G * p.q_stride_head,
-                        p.q_stride_head, G, lane);
+    if constexpr (kFp8) {
+      q_frags.load(sq_half, lane);
+    } else {
+      q_frags.load_global(static_cast<const T*>(p.q) + q_row * p.q_stride_token + kv_head * G * p.q_stride_head,
+                          p.q_stride_head, G, lane);
+    }
   }
   const QueryFragments<D>* q_regs = kDecodeQueryInRegisters<D> ? &q_frags : nullptr;
   const float score_scale_log2 = kFp8 ? p.scale_log2 * p.k_scale : p.scale_log2;  // K's scale (FP8)
+  // FP8: rows g and g + 8 were scaled by powers of two in half (stage_query_fp8): undone on the scores.
+  const float scale_lo = kFp8 ? score_scale_log2 * q_row_scale[g] : score_scale_log2;
+  const float scale_hi = kFp8 ? score_scale_log2 * q_row_scale[g + 8] : score_scale_log2;
   for (int i = 0; i < num_local; ++i) {
     const int next = i + kStages - 1;
     if (next < num_local) load_tile(next % kStages, next);
@@ -254,9 +275,11 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
     if constexpr (kBulk) {
       mbarrier_wait_parity(&warp_barriers[stage], (i / kStages) & 1);
       const int valid = context_len - token0;
-      if (!kFp8 && valid < kTileTokens) {  // the sequence's last tile: zero the V rows past the context
-        for (int c = lane; c < (kTileTokens - valid) * kChunks; c += 32) {
-          *reinterpret_cast<uint4*>(sv + (valid + c / kChunks) * D + (c % kChunks) * 8) = make_uint4(0, 0, 0, 0);
+      if (valid < kTileTokens) {  // the sequence's last tile: zero the V rows past the context
+        constexpr int kRowChunks = D * sizeof(C) / 16;
+        for (int c = lane; c < (kTileTokens - valid) * kRowChunks; c += 32) {
+          *reinterpret_cast<uint4*>(sv + (valid + c / kRowChunks) * D + (c % kRowChunks) * (16 / sizeof(C))) =
+              make_uint4(0, 0, 0, 0);
         }
       }
     } else {
@@ -265,14 +288,7 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
     }
     __syncwarp();
     if constexpr (kFp8) {
-      // Staged bytes -> the warp's padded T tiles; V rows past the context become zero (a bulk
-      // copy leaves them stale).
-      T* ck = converted;
-      T* cv = converted + kTileTokens * kPitch;
-      convert_fp8_tile<T, D, kTileTokens, 32>(sk, ck, kTileTokens, lane);
-      convert_fp8_tile<T, D, kTileTokens, 32>(sv, cv, min(context_len - token0, kTileTokens), lane);
-      __syncwarp();
-      attend_chunk16<T, D, false>(sq, q_regs, ck, cv, token0, limit_lo, limit_hi, score_scale_log2, st, lane);
+      attend_fp8_chunk16<D, kBulk>(sq_half, q_regs, sk, sv, token0, limit_lo, limit_hi, scale_lo, scale_hi, st, lane);
     } else {
       attend_chunk16<T, D, kBulk>(sq, q_regs, sk, sv, token0, limit_lo, limit_hi, score_scale_log2, st, lane);
     }
@@ -289,16 +305,30 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   {
     const int t = lane % 4;
     float* o_warp = merge_o + warp * 16 * D;
-    if (g < G) {  // only the group's rows are read below
+    if constexpr (kFp8) {  // dimensions 16c + 4t .. + 3 (attend_fp8_chunk16)
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<float2*>(o_warp + g * D + 8 * j + 2 * t) = make_float2(st.o[j][0], st.o[j][1]);
+      for (int half = 0; half < 2; ++half) {
+        const int r = g + 8 * half;
+        if (r >= G) continue;  // only the group's rows are read below
+#pragma unroll
+        for (int c = 0; c < D / 16; ++c) {
+          *reinterpret_cast<float4*>(o_warp + r * D + 16 * c + 4 * t) =
+              make_float4(st.o[2 * c][2 * half], st.o[2 * c + 1][2 * half], st.o[2 * c][2 * half + 1],
+                          st.o[2 * c + 1][2 * half + 1]);
+        }
       }
-    }
-    if (g + 8 < G) {
+    } else {
+      if (g < G) {  // only the group's rows are read below
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<float2*>(o_warp + (g + 8) * D + 8 * j + 2 * t) = make_float2(st.o[j][2], st.o[j][3]);
+        for (int j = 0; j < D / 8; ++j) {
+          *reinterpret_cast<float2*>(o_warp + g * D + 8 * j + 2 * t) = make_float2(st.o[j][0], st.o[j][1]);
+        }
+      }
+      if (g + 8 < G) {
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          *reinterpret_cast<float2*>(o_warp + (g + 8) * D + 8 * j + 2 * t) = make_float2(st.o[j][2], st.o[j][3]);
+        }
       }
     }
     if (t == 0) {

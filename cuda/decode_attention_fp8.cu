@@ -1,5 +1,5 @@
-// Decode attention over FP8 (e4m3) caches: the kernel of decode_attention.cuh with byte tiles
-// converted to the model's dtype in shared memory.
+// Decode attention over FP8 (e4m3) caches: the kernel of decode_attention.cuh with byte tiles whose
+// fragments are converted in registers.
 #include "decode_attention.cuh"
 
 namespace pagedcore::cuda {
@@ -12,7 +12,8 @@ void launch_decode_attention_fp8(const AttentionKernelParams& p, DType dtype, in
 }
 
 DecodeSlots decode_attention_slots_fp8(int head_dim) {
-  // The converted tiles take 2 bytes per element for either 16-bit dtype: bfloat16's fit stands for both.
+  // The same shared memory for either model dtype (byte tiles, a half query tile) and registers
+  // within a few of each other: bfloat16's fit stands for both (it only steers the split count).
   return dispatch_dtype_head_dim(DType::kBFloat16, head_dim, [&](auto type_tag, auto head) {
     return decode_slots<decltype(type_tag), uint8_t, decltype(head)::value>();
   });

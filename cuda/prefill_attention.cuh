@@ -12,9 +12,11 @@
 // (bases grow by at least the tile count), so the grid is floor(num_tokens * G / 64) + num_seqs
 // CTAs and each CTA finds its sequence by binary search; CTAs past a sequence's rows exit.
 //
-// FP8 caches (C = uint8_t): the pipeline stages byte tiles as the cache holds them, and the CTA
-// converts each into one padded K and V tile of the model's dtype before its warps use it; K's
-// scale multiplies the scores and V's the output. prefill_attention.cu instantiates the kernel for
+// FP8 caches (C = uint8_t): the pipeline stages byte tiles (rows in logical order), and the CTA
+// converts each into one padded K and V tile of the model's dtype before its warps use it (once
+// per CTA: its 4 warps all read every tile, which would convert it 4 times in registers, the way
+// the decode kernel does with its one warp per tile); K's scale multiplies the scores and V's the
+// output. prefill_attention.cu instantiates the kernel for
 // caches of the model's dtype, prefill_attention_fp8.cu for FP8 caches.
 #pragma once
 
@@ -108,7 +110,7 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_attention_kernel(cons
     C* sk = skv + stage * 2 * kN * kStagedRow;
     C* sv = sk + kN * kStagedRow;
     if constexpr (kFp8) {
-      load_fp8_kv_tile<D, kN, kPrefillThreads>(sk, sv, k_cache, v_cache, block_table, kv_tile * kN, kv_len,
+      load_fp8_kv_tile<D, kN, kPrefillThreads, D>(sk, sv, k_cache, v_cache, block_table, kv_tile * kN, kv_len,
                                                p.block_size_log2, p.num_kv_heads, kv_head, threadIdx.x);
     } else {
       load_kv_tile<T, D, kN, kPrefillThreads>(sk, sv, k_cache, v_cache, block_table, kv_tile * kN, kv_len,

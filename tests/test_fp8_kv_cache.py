@@ -166,6 +166,30 @@ def test_calculated_scales_skip_a_first_batch_of_zeros_or_infinities():
     assert cache.k_scale == pytest.approx(k.abs().max().item() / 448) and cache.v_scale == pytest.approx(2 / 448)
 
 
+def test_a_layer_whose_k_stays_zero_stops_calibrating(caplog):
+    # Found in review: a layer whose K was zero in every batch calibrated forever, so the CUDA graphs
+    # (captured once every layer has its scales) never were, silently.
+    from pagedcore.model_executor.attention import (CALIBRATION_BATCHES, AttentionMetadata, LayerKVCache,
+                                                    PagedAttention)
+
+    layer = PagedAttention(num_heads=2, num_kv_heads=1, head_dim=64)
+    cache = LayerKVCache(torch.zeros(4, 1, 16, 64, dtype=torch.float8_e4m3fn),
+                         torch.zeros(4, 1, 16, 64, dtype=torch.float8_e4m3fn), calibrate=True)
+    meta = AttentionMetadata(slot_mapping=torch.tensor([0], dtype=torch.int32),
+                             block_tables=torch.zeros(1, 1, dtype=torch.int32),
+                             context_lens=torch.tensor([1], dtype=torch.int32),
+                             query_start_loc=torch.tensor([0, 1], dtype=torch.int32), max_query_len=1,
+                             max_context_len=1)
+    q = torch.randn(1, 2, 64)
+    for _ in range(CALIBRATION_BATCHES - 1):
+        layer(q, torch.zeros(1, 1, 64), torch.ones(1, 1, 64), cache, meta)
+    assert cache.calibrate and not caplog.records
+    with caplog.at_level("WARNING", logger="pagedcore"):
+        layer(q, torch.zeros(1, 1, 64), torch.ones(1, 1, 64), cache, meta)
+    assert not cache.calibrate and (cache.k_scale, cache.v_scale) == (1.0, 1.0)
+    assert f"{CALIBRATION_BATCHES} batches gave a layer no finite, nonzero K and V" in caplog.text
+
+
 def test_a_failed_deferred_graph_capture_is_named_once_and_leaves_eager_steps(monkeypatch):
     # Found in review: a capture that failed after calibration (an out-of-memory, say) was retried at
     # the end of every later step, failing each of them.

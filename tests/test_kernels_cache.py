@@ -69,6 +69,33 @@ def test_cuda_chunk_order_matches_the_documented_permutation(dtype, head_dim):
     assert torch.equal(ops._permute_kv_chunks(permuted), values)
 
 
+@pytest.mark.parametrize("head_dim", [32, 64, 80, 96, 112, 128, 192, 256])
+def test_fp8_chunk_order_is_documented_involutive_and_conflict_free(head_dim):
+    # FP8 caches (16 values per chunk) at head sizes that are multiples of 64 (the bulk-copied ones)
+    # permute complete groups of 8 chunks by r % 8 and a trailing group of 4 by (r // 2) % 4
+    # (pagedcore/kv_layout.h), so that in a block copied as it is, the rows of any 8 consecutive
+    # rows' same logical chunk sit in 8 different 16-byte bank groups (one fragment load, no conflict).
+    block_size = 16
+    values = torch.randint(0, 256, (2, 3, block_size, head_dim), dtype=torch.uint8).view(torch.float8_e4m3fn)
+    permuted = ops._permute_kv_chunks(values)
+    chunks = head_dim // 16
+    for r in range(block_size):
+        for c in range(chunks):
+            if chunks % 4:
+                position = c
+            else:
+                position = c ^ (r % 8) if c < chunks // 8 * 8 else c ^ ((r // 2) % 4)
+            assert torch.equal(permuted.view(torch.uint8)[:, :, r, position * 16:(position + 1) * 16],
+                               values.view(torch.uint8)[:, :, r, c * 16:(c + 1) * 16])
+    assert torch.equal(ops._permute_kv_chunks(permuted).view(torch.uint8), values.view(torch.uint8))
+    if head_dim % 64 == 0:
+        positions = ops._chunk_positions(block_size, chunks, fp8=True)
+        for first in range(0, block_size, 8):
+            for c in range(chunks):
+                groups = {(r * chunks + int(positions[r, c])) % 8 for r in range(first, first + 8)}
+                assert len(groups) == 8, (head_dim, c)
+
+
 def test_write_kv_cache_refuses_slot_outside_cache():
     k = torch.randn(2, 1, 64)
     cache = torch.zeros(2, 1, 16, 64)

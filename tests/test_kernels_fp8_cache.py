@@ -75,9 +75,10 @@ def fp8_batch(device, dtype, *, query_lens, context_lens, num_heads, num_kv_head
             values = torch.randint(0, 256, (ctx, num_kv_heads, head_dim), generator=generator, dtype=torch.uint8)
             values[values.view(FP8).float().isnan()] = 0  # finite values only in used slots
             target[blocks, :, t % block_size] = values
-    k_cache, v_cache = k_bytes.view(FP8).to(device), v_bytes.view(FP8).to(device)
-    k_dequantized = torch.where(k_cache.float().isnan(), float("nan"), k_cache.float() * k_scale)
-    v_dequantized = torch.where(v_cache.float().isnan(), float("nan"), v_cache.float() * v_scale)
+    k_logical, v_logical = k_bytes.view(FP8).to(device), v_bytes.view(FP8).to(device)
+    k_dequantized = torch.where(k_logical.float().isnan(), float("nan"), k_logical.float() * k_scale)
+    v_dequantized = torch.where(v_logical.float().isnan(), float("nan"), v_logical.float() * v_scale)
+    k_cache, v_cache = ops.kv_cache_from_logical(k_logical), ops.kv_cache_from_logical(v_logical)
     qsl = [0]
     for n in query_lens:
         qsl.append(qsl[-1] + n)
@@ -122,7 +123,7 @@ def test_attention_over_an_fp8_cache_equals_float64_over_the_dequantized_cache(d
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
-@pytest.mark.parametrize("head_dim", [64, 80, 256])
+@pytest.mark.parametrize("head_dim", [64, 80, 128, 192, 256])
 @pytest.mark.parametrize("k_scale,v_scale", [(1.0, 1.0), (0.013, 0.0021), (3.7, 250.0)])
 def test_cuda_write_kv_cache_stores_torchs_e4m3_rounding_of_x_over_scale(dtype, head_dim, k_scale, v_scale):
     generator = torch.Generator().manual_seed(int(k_scale * 1000) + head_dim)
@@ -139,7 +140,7 @@ def test_cuda_write_kv_cache_stores_torchs_e4m3_rounding_of_x_over_scale(dtype, 
     slots = torch.randperm(num_blocks * block_size, generator=generator)[:num_tokens].int()
     slots[5] = -1  # padding: not written
     ops.write_kv_cache(k, v, k_cache, v_cache, slots.cuda(), k_scale=k_scale, v_scale=v_scale)
-    stored = {"k": k_cache.cpu(), "v": v_cache.cpu()}
+    stored = {"k": ops.kv_cache_to_logical(k_cache).cpu(), "v": ops.kv_cache_to_logical(v_cache).cpu()}
     for name, x, scale in (("k", k.cpu(), k_scale), ("v", v.cpu(), v_scale)):
         expected = torch.zeros_like(stored[name])
         for t in range(num_tokens):
@@ -182,11 +183,27 @@ def test_cuda_reads_every_finite_e4m3_value_exactly(dtype, block_size, query_len
     v_cache = torch.where(finite, codes, torch.zeros_like(codes)).expand(num_blocks, 1, block_size, head_dim).clone()
     block_tables = torch.arange(num_blocks, dtype=torch.int32).flip(0)[None, :].cuda()  # non-contiguous order
     q = torch.randn(query_len, 1, head_dim).to("cuda", dtype)
-    out = ops.paged_attention(q, k_cache.view(FP8).cuda(), v_cache.view(FP8).cuda(), block_tables,
+    out = ops.paged_attention(q, ops.kv_cache_from_logical(k_cache.view(FP8).cuda()),
+                              ops.kv_cache_from_logical(v_cache.view(FP8).cuda()), block_tables,
                               torch.tensor([context], dtype=torch.int32, device="cuda"),
                               torch.tensor([0, query_len], dtype=torch.int32, device="cuda"))
     expected = torch.where(finite, codes.view(FP8).float(), torch.zeros(256))
     assert torch.equal(out.float().cpu(), expected.expand(query_len, 1, head_dim))
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 256])  # query fragments in registers / in shared memory
+@pytest.mark.parametrize("q_exponent,k_scale", [(-30, 2.0 ** 28), (18, 2.0 ** -20), (0, 0.0173)])
+def test_cuda_fp8_decode_takes_bf16_queries_of_any_magnitude(head_dim, q_exponent, k_scale):
+    # The FP8 decode kernel multiplies in half precision: bf16 query rows are scaled by a power of
+    # two into half's range first. Rows of 2^-32 would be 0 in half, rows of 2^16 and up infinite;
+    # k_scale keeps the scores O(1) so that either would show.
+    batch = fp8_batch("cuda", torch.bfloat16, query_lens=[1, 1, 1], context_lens=[1, 40, 300], num_heads=8,
+                      num_kv_heads=2, head_dim=head_dim, block_size=16, k_scale=k_scale,
+                      generator=torch.Generator().manual_seed(head_dim + q_exponent))
+    batch["q"] = (batch["q"].float() * 2.0 ** q_exponent).bfloat16()
+    check_fp8_attention(batch, torch.bfloat16)
 
 
 @needs_cuda

@@ -13,9 +13,10 @@ pass ``cache[layer, 0]`` and ``cache[layer, 1]``.
 On CUDA the 16-byte chunks inside each row are kept in a permuted order (chunk ``c`` of a row at
 offset ``r`` of its block sits at ``c ^ (r % 8)`` within each complete group of 8), so that the
 decode kernel can copy whole blocks to shared memory and still read them without bank conflicts.
+FP8 caches (float8_e4m3fn, 16 values per chunk) permute theirs at head sizes that are multiples
+of 64: complete groups of 8 as above, a trailing group of 4 by ``(r // 2) % 4``.
 ``write_kv_cache`` and the kernels handle it; to read or fill a CUDA cache by hand, go through
-``kv_cache_to_logical`` / ``kv_cache_from_logical``. CPU caches and FP8 caches (float8_e4m3fn,
-whose kernels convert tiles to the model's dtype before reading them column-wise) are in plain order.
+``kv_cache_to_logical`` / ``kv_cache_from_logical``. CPU caches are in plain order.
 """
 
 from __future__ import annotations
@@ -182,6 +183,19 @@ def paged_attention_workspace(
     return torch.zeros(max(nbytes, 16), dtype=torch.uint8, device=device)
 
 
+def _chunk_positions(block_size: int, chunks: int, fp8: bool, device=None) -> torch.Tensor:
+    """[block_size, chunks]: where logical 16-byte chunk c of row r of a block sits in a CUDA cache
+    (pagedcore/kv_layout.h: kv_chunk_position, kv_fp8_chunk_position); its own inverse."""
+    rows = torch.arange(block_size, device=device)[:, None]
+    c = torch.arange(chunks, device=device)[None, :]
+    full = chunks & ~7
+    if not fp8:
+        return torch.where(c < full, c ^ (rows & 7), c)
+    if chunks % 4:
+        return c.expand(block_size, chunks)
+    return torch.where(c < full, c ^ (rows & 7), c ^ ((rows >> 1) & 3))
+
+
 def _permute_kv_chunks(cache: torch.Tensor) -> torch.Tensor:
     """Copy of a [num_blocks, num_kv_heads, block_size, head_dim] cache with each row's 16-byte
     chunks permuted between plain and CUDA order (the permutation is its own inverse)."""
@@ -192,29 +206,25 @@ def _permute_kv_chunks(cache: torch.Tensor) -> torch.Tensor:
     if head_dim % vec:
         raise ValueError(f"head_dim {head_dim} is not a whole number of 16-byte chunks")
     chunks = head_dim // vec
-    rows = torch.arange(block_size, device=cache.device)[:, None]
-    c = torch.arange(chunks, device=cache.device)[None, :]
-    position = torch.where(c < (chunks & ~7), c ^ (rows & 7), c)  # [block_size, chunks]
+    fp8 = cache.dtype == torch.float8_e4m3fn
+    position = _chunk_positions(block_size, chunks, fp8, cache.device)
     index = position[None, None, :, :, None].expand(num_blocks, num_kv_heads, block_size, chunks, vec)
-    grouped = cache.reshape(num_blocks, num_kv_heads, block_size, chunks, vec)
-    return torch.gather(grouped, 3, index).reshape(cache.shape)
-
-
-def _permuted(cache: torch.Tensor) -> bool:
-    """Whether the kernels keep this cache's chunks permuted: CUDA caches of the model's dtype."""
-    return cache.is_cuda and cache.dtype != torch.float8_e4m3fn
+    data = cache.view(torch.uint8) if fp8 else cache  # (gather on the bytes)
+    grouped = data.reshape(num_blocks, num_kv_heads, block_size, chunks, vec)
+    permuted = torch.gather(grouped, 3, index).reshape(cache.shape)
+    return permuted.view(cache.dtype) if fp8 else permuted
 
 
 def kv_cache_to_logical(cache: torch.Tensor) -> torch.Tensor:
     """The cache's values in plain [num_blocks, num_kv_heads, block_size, head_dim] order: a
-    reordered copy for a CUDA cache of the model's dtype, the cache itself on CPU and for FP8."""
-    return _permute_kv_chunks(cache) if _permuted(cache) else cache
+    reordered copy for a CUDA cache, the cache itself on CPU."""
+    return _permute_kv_chunks(cache) if cache.is_cuda else cache
 
 
 def kv_cache_from_logical(values: torch.Tensor) -> torch.Tensor:
     """A cache holding `values` (plain [num_blocks, num_kv_heads, block_size, head_dim] order) in the
-    order the kernels of its device read: a reordered copy on CUDA, `values` itself on CPU and for FP8."""
-    return _permute_kv_chunks(values) if _permuted(values) else values
+    order the kernels of its device read: a reordered copy on CUDA, `values` itself on CPU."""
+    return _permute_kv_chunks(values) if values.is_cuda else values
 
 
 class AttentionPlan:

@@ -5,8 +5,8 @@
 //   On CUDA the 16-byte chunks inside each row are permuted (pagedcore/kv_layout.h) so that a
 //   block copied to shared memory as it is reads without bank conflicts; write_kv_cache and the
 //   attention kernels agree on it, and whole-block copies (copy_blocks, swap_blocks) ignore it.
-//   FP8 caches (one byte per element) are plain on CUDA too: their kernels convert each tile into
-//   a padded tile of the model's dtype in shared memory, which the fragment loads read.
+//   FP8 caches (one byte per element) have their own permutation (kv_fp8_chunk_position), for the
+//   same reason: decode reads their fragments straight from the copied bytes.
 // One KV head's block is one contiguous run of block_size * head_dim elements, so a decode CTA
 // reading one KV head streams long contiguous runs (4 KiB for block 16, head_dim 128, bf16), and
 // a block of every head is one contiguous [num_kv_heads, block_size, head_dim] span (block_bytes),

@@ -7,6 +7,7 @@ rows and (chunked) prefill rows described by AttentionMetadata.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -45,6 +46,10 @@ class AttentionMetadata:
         return plan
 
 
+CALIBRATION_BATCHES = 64
+logger = logging.getLogger("pagedcore")
+
+
 @dataclass
 class LayerKVCache:
     key: torch.Tensor  # [num_blocks, num_kv_heads, block_size, head_dim]
@@ -54,6 +59,9 @@ class LayerKVCache:
     k_scale: float = 1.0
     v_scale: float = 1.0
     calibrate: bool = False
+    # Batches a calibrating cache waits for finite, nonzero K and V before it stops and keeps its
+    # scales (a layer whose K stayed zero would otherwise hold back the CUDA graphs for good).
+    calibration_batches_left: int = CALIBRATION_BATCHES
 
 
 class PagedAttention(torch.nn.Module):
@@ -74,6 +82,13 @@ class PagedAttention(torch.nn.Module):
             k_max, v_max = k.abs().amax().item(), v.abs().amax().item()
             if all(math.isfinite(m) and m > 0 for m in (k_max, v_max)):
                 cache.k_scale, cache.v_scale, cache.calibrate = k_max / FP8_MAX, v_max / FP8_MAX, False
+            else:
+                cache.calibration_batches_left -= 1
+                if cache.calibration_batches_left <= 0:
+                    cache.calibrate = False
+                    logger.warning("calculate_kv_scales: %d batches gave a layer no finite, nonzero K and V "
+                                   "(largest |K| %g, |V| %g); it keeps k_scale %g, v_scale %g",
+                                   CALIBRATION_BATCHES, k_max, v_max, cache.k_scale, cache.v_scale)
         ops.write_kv_cache(k, v, cache.key, cache.value, meta.slot_mapping, cache.k_scale, cache.v_scale)
         plan = meta.attention_plan(cache.key, q.shape[0], self.num_heads, self.scale, q.dtype)
         return plan.run(q, cache.key, cache.value, k_scale=cache.k_scale, v_scale=cache.v_scale)
