@@ -1,5 +1,6 @@
 #include "pagedcore/block_tables.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -100,16 +101,18 @@ int BlockTables::num_blocks_needed(SeqId seq, int num_new_tokens) const {
   return static_cast<int>(needed);
 }
 
-bool BlockTables::append(SeqId seq, std::span<const int32_t> tokens, std::vector<BlockCopy>& copies) {
-  return reserve(seq, tokens, /*pending=*/false, copies);
+bool BlockTables::append(SeqId seq, std::span<const int32_t> tokens, std::vector<BlockCopy>& copies,
+                         Registration when) {
+  return reserve(seq, tokens, /*pending=*/false, copies, when);
 }
 
 bool BlockTables::append_pending(SeqId seq, std::vector<BlockCopy>& copies) {
   const int32_t placeholder = 0;  // never hashed: register_full_blocks stops before a pending token
-  return reserve(seq, std::span<const int32_t>(&placeholder, 1), /*pending=*/true, copies);
+  return reserve(seq, std::span<const int32_t>(&placeholder, 1), /*pending=*/true, copies, Registration::kDeferred);
 }
 
-bool BlockTables::reserve(SeqId seq, std::span<const int32_t> tokens, bool pending, std::vector<BlockCopy>& copies) {
+bool BlockTables::reserve(SeqId seq, std::span<const int32_t> tokens, bool pending, std::vector<BlockCopy>& copies,
+                          Registration when) {
   Sequence& s = get(seq);
   if (tokens.empty()) return true;
   if (s.has_pending) {
@@ -129,7 +132,10 @@ bool BlockTables::reserve(SeqId seq, std::span<const int32_t> tokens, bool pendi
   while (s.blocks.size() * bs < s.tokens.size()) s.blocks.push_back(*pool_.allocate());
   // Registering now (before this step's KV is written) is safe: every layer writes the batch's
   // new K/V before any attention of that layer reads the cache.
-  if (enable_prefix_caching_) register_full_blocks(s);
+  if (enable_prefix_caching_) {
+    if (when == Registration::kNow) register_full_blocks(s);
+    else defer_registration(seq, s);
+  }
   return true;
 }
 
@@ -139,12 +145,56 @@ void BlockTables::resolve_pending(SeqId seq, int32_t token) {
   s.tokens.back() = token;
   s.has_pending = false;
   // Its KV is written by a step already queued on the device, before any later step reads it.
-  if (enable_prefix_caching_) register_full_blocks(s);
+  if (enable_prefix_caching_) defer_registration(seq, s);
 }
 
-void BlockTables::register_full_blocks(Sequence& s) {
-  const int bs = pool_.block_size();
-  const int num_full = static_cast<int>((s.tokens.size() - (s.has_pending ? 1 : 0)) / bs);
+int BlockTables::num_full_blocks(const Sequence& s) const {
+  return static_cast<int>((s.tokens.size() - (s.has_pending ? 1 : 0)) / pool_.block_size());
+}
+
+void BlockTables::defer_registration(SeqId seq, Sequence& s) {
+  if (s.queued || s.num_hashed_blocks >= num_full_blocks(s)) return;
+  s.queued = true;
+  deferred_.push_back(seq);
+}
+
+int BlockTables::register_deferred(int max_blocks) {
+  int done = 0;
+  while (done < max_blocks && deferred_head_ < deferred_.size()) {
+    auto it = seqs_.find(deferred_[deferred_head_]);
+    if (it == seqs_.end() || !it->second.queued) {  // freed (it registered its own), or a stale entry
+      ++deferred_head_;
+      continue;
+    }
+    Sequence& s = it->second;
+    const int before = s.num_hashed_blocks;
+    register_full_blocks(s, max_blocks - done);
+    done += s.num_hashed_blocks - before;
+    if (s.num_hashed_blocks < num_full_blocks(s)) break;  // the budget ran out inside this sequence
+    s.queued = false;
+    ++deferred_head_;
+  }
+  if (deferred_head_ == deferred_.size()) {
+    deferred_.clear();
+    deferred_head_ = 0;
+  } else if (deferred_head_ > 64 && deferred_head_ * 2 > deferred_.size()) {
+    deferred_.erase(deferred_.begin(), deferred_.begin() + static_cast<std::ptrdiff_t>(deferred_head_));
+    deferred_head_ = 0;
+  }
+  return done;
+}
+
+int BlockTables::num_deferred_blocks() const {
+  int n = 0;
+  for (size_t i = deferred_head_; i < deferred_.size(); ++i) {
+    auto it = seqs_.find(deferred_[i]);
+    if (it != seqs_.end() && it->second.queued) n += num_full_blocks(it->second) - it->second.num_hashed_blocks;
+  }
+  return n;
+}
+
+void BlockTables::register_full_blocks(Sequence& s, int max_blocks) {
+  const int num_full = std::min(num_full_blocks(s), s.num_hashed_blocks + std::max(max_blocks, 0));
   for (int i = s.num_hashed_blocks; i < num_full; ++i) {
     BlockKey key = key_for(s.extra_key, i, s.last_hash, s.last_cache_id, s.tokens);
     const BlockId block = s.blocks[i];
@@ -170,12 +220,17 @@ void BlockTables::fork(SeqId parent, SeqId child) {
   Sequence copy = original;
   copy.tokens.reserve(original.tokens.capacity());  // a copy holds only the size: keep the room
   copy.blocks.reserve(original.blocks.capacity());
+  copy.queued = false;
   for (BlockId b : copy.blocks) pool_.retain(b);
-  seqs_.emplace(child, std::move(copy));
+  Sequence& added = seqs_.emplace(child, std::move(copy)).first->second;
+  if (enable_prefix_caching_) defer_registration(child, added);
 }
 
 void BlockTables::free(SeqId seq) {
   Sequence& s = get(seq);
+  // Deferred registrations first: a finished sequence's blocks stay findable (a follow-up turn
+  // that repeats its output hits them).
+  if (enable_prefix_caching_ && s.queued) register_full_blocks(s);
   // Tail first: the LRU list then evicts a sequence's least shareable blocks first.
   for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) pool_.release(*it);
   seqs_.erase(seq);
@@ -217,6 +272,10 @@ void BlockTables::check_invariants() const {
     }
     if (static_cast<size_t>(s.num_hashed_blocks) * bs > s.tokens.size()) {
       throw std::logic_error("block table invariant: more hashed blocks than full blocks");
+    }
+    if (enable_prefix_caching_ && !s.queued && s.num_hashed_blocks < num_full_blocks(s)) {
+      throw std::logic_error("block table invariant: sequence " + std::to_string(id) +
+                             " has unregistered full blocks but no deferred registration");
     }
     for (BlockId b : s.blocks) ++holders[b];
   }

@@ -194,9 +194,12 @@ void Scheduler::schedule_tokens(SeqId sid, int num_new) {
   Sequence& s = seq(sid);
   std::vector<BlockCopy> copies;
   const bool deferred = s.num_uncommitted_samples > 0;
+  // Blocks filled by generated tokens enter the prefix cache a few steps later (BlockTables'
+  // Registration: commit() registers a bounded number per step); prompt blocks at once.
+  const Registration when = s.num_computed >= s.num_prompt_tokens ? Registration::kDeferred : Registration::kNow;
   const bool appended = deferred ? tables_.append_pending(sid, copies)
                                  : tables_.append(sid, std::span<const int32_t>(s.tokens.data() + s.num_computed, num_new),
-                                                  copies);
+                                                  copies, when);
   if (!appended) throw std::logic_error("scheduler: append failed after can_append");
   s.table_has_pending = deferred;
   for (const BlockCopy& c : copies) {
@@ -393,7 +396,17 @@ std::vector<SchedulerEvent> Scheduler::commit(std::span<const int32_t> sampled) 
     }
     append_token(x.seq, sampled[first], events);
   }
+  tables_.register_deferred(deferred_registrations_per_commit());
   return events;
+}
+
+int Scheduler::deferred_registrations_per_commit() const {
+  // 1.5 times the average rate (every running sequence fills a block each block_size steps) plus a
+  // floor: a lockstep batch's burst (a block of every sequence) drains within 2/3 of a block's
+  // steps, each of them taking a small share (bench/RESULTS.md, Scheduler: the p99 tail).
+  const int bs = config_.block_size;
+  const int rate = (static_cast<int>(running_.size()) + bs - 1) / bs;
+  return 8 + rate + rate / 2;
 }
 
 void Scheduler::append_token(SeqId sid, int32_t token, std::vector<SchedulerEvent>& events) {

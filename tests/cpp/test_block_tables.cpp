@@ -255,6 +255,47 @@ TEST_F(Tables, IdenticalPromptsComputedTogetherStayFindable) {
   t.check_invariants();
 }
 
+std::vector<int32_t> plus(std::vector<int32_t> v, int32_t next) {
+  v.push_back(next);
+  return v;
+}
+
+// Blocks filled by generated tokens wait for register_deferred (oldest sequence first, within its
+// budget), except that free() registers a sequence's own before releasing them.
+TEST_F(Tables, DeferredRegistrationWaitsForRegisterDeferredOldestFirstAndFreeRegistersItsOwn) {
+  t.add_sequence(1);
+  t.add_sequence(2);
+  ASSERT_TRUE(t.append(1, iota(4, 100), copies, Registration::kDeferred));
+  ASSERT_TRUE(t.append(2, iota(4, 200), copies, Registration::kDeferred));
+  t.check_invariants();
+  EXPECT_EQ(t.num_deferred_blocks(), 2);
+  EXPECT_EQ(t.cached_prefix_length(plus(iota(4, 100), 9)), 0);
+  EXPECT_EQ(t.register_deferred(1), 1);
+  EXPECT_EQ(t.cached_prefix_length(plus(iota(4, 100), 9)), 4);
+  EXPECT_EQ(t.cached_prefix_length(plus(iota(4, 200), 9)), 0);
+  EXPECT_EQ(t.num_deferred_blocks(), 1);
+  t.check_invariants();
+  t.free(2);
+  EXPECT_EQ(t.cached_prefix_length(plus(iota(4, 200), 9)), 4);
+  EXPECT_EQ(t.num_deferred_blocks(), 0);
+  EXPECT_EQ(t.register_deferred(8), 0);  // sequence 2's entry is skipped
+  t.check_invariants();
+
+  // A pending token's block: registered neither at append_pending nor at resolve_pending, but by
+  // register_deferred; a fork taken in between registers through the same blocks.
+  t.add_sequence(3);
+  ASSERT_TRUE(append(3, iota(3, 300)));
+  ASSERT_TRUE(t.append_pending(3, copies));
+  t.resolve_pending(3, 303);
+  t.fork(3, 4);
+  t.check_invariants();
+  EXPECT_EQ(t.cached_prefix_length(plus(iota(4, 300), 9)), 0);
+  EXPECT_EQ(t.register_deferred(8), 2);  // the parent's block, which the child then finds cached
+  EXPECT_EQ(t.cached_prefix_length(plus(iota(4, 300), 9)), 4);
+  EXPECT_EQ(t.num_deferred_blocks(), 0);
+  t.check_invariants();
+}
+
 TEST_F(Tables, MisuseIsRefusedWithClearErrors) {
   t.add_sequence(1);
   EXPECT_THROW(t.add_sequence(1), std::invalid_argument);

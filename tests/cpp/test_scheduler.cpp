@@ -372,6 +372,43 @@ TEST(Scheduler, ThirdStepWithoutCommitIsRefused) {
   EXPECT_FALSE(s.reset_prefix_cache());
 }
 
+// A batch decoding in lockstep fills a block in every sequence at the same step. Those blocks enter
+// the prefix cache over that commit and the next ones (a bounded number per commit, which keeps
+// the burst out of any one step), and every generated full block is findable in the end.
+TEST(Scheduler, GeneratedBlocksOfALockstepBatchAreRegisteredOverTheNextCommits) {
+  SchedulerConfig c = small_config(512, 4);
+  const int n = 64;
+  c.max_num_seqs = n;
+  c.max_num_batched_tokens = 512;
+  Scheduler s(c);
+  std::map<RequestId, std::vector<int32_t>> tokens;
+  for (int r = 0; r < n; ++r) {
+    tokens[r] = prompt_of(4, 100 * r + 1);
+    s.add_request(r, tokens[r], params(16));
+  }
+  int max_deferred = 0, nonzero_run = 0, longest_nonzero_run = 0;
+  while (s.has_unfinished()) {
+    for (const SchedulerEvent& e : run_step(s)) {
+      if ((e.kind == EventKind::kToken || e.kind == EventKind::kFinished) && e.token >= 0) {
+        tokens[e.request_id].push_back(e.token);
+      }
+    }
+    const int deferred = s.block_tables().num_deferred_blocks();
+    max_deferred = std::max(max_deferred, deferred);
+    nonzero_run = deferred > 0 ? nonzero_run + 1 : 0;
+    longest_nonzero_run = std::max(longest_nonzero_run, nonzero_run);
+  }
+  EXPECT_GT(max_deferred, 0);        // a burst is more than one commit registers
+  EXPECT_LT(max_deferred, n);        // and that commit registered part of it
+  EXPECT_LE(longest_nonzero_run, 2); // drained within two commits
+  for (const auto& [id, t] : tokens) {
+    const int full = static_cast<int>(t.size() - 1) / 4 * 4;  // the last token's KV is never computed
+    std::vector<int32_t> query(t.begin(), t.begin() + full);
+    query.push_back(7);
+    EXPECT_EQ(s.block_tables().cached_prefix_length(query), full) << "request " << id;
+  }
+}
+
 // The overlapped loop: a decoding sequence is planned again before its token is committed; the
 // new row's input is the previous plan's sample, its slot reserved, its block hashed at commit.
 TEST(Scheduler, OverlappedStepDefersTheInput) {

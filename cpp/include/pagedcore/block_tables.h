@@ -26,6 +26,12 @@ struct PoolStats {
   int64_t num_prefix_hit_tokens = 0;   // of which found in the cache
 };
 
+// When a reservation's newly filled blocks enter the prefix cache: now, or by register_deferred()
+// (blocks filled by generated tokens: a batch that decodes in lockstep fills a block in every
+// sequence at the same step, and registering them all there made that step the scheduler's
+// slowest; spread over the next steps, each registers a few).
+enum class Registration { kNow, kDeferred };
+
 class BlockTables {
  public:
   // enable_prefix_caching=false never registers or looks up blocks (blocks freed go straight
@@ -60,16 +66,24 @@ class BlockTables {
 
   // Reserves slots for `tokens` (whose KV is computed this step). Allocates a block when a
   // boundary is crossed, copies a shared partially filled last block first (appending a
-  // {src, dst} pair to `copies`), and registers newly filled blocks in the prefix cache.
+  // {src, dst} pair to `copies`), and registers newly filled blocks in the prefix cache (`when`).
   // Returns false, with no state changed, when the pool has too few free blocks.
-  bool append(SeqId seq, std::span<const int32_t> tokens, std::vector<BlockCopy>& copies);
+  bool append(SeqId seq, std::span<const int32_t> tokens, std::vector<BlockCopy>& copies,
+              Registration when = Registration::kNow);
 
   // Reserves the slot of one token whose id is not known yet (sampled by a step still running on
   // the device: the overlapped loop computes its KV in the next step). A block holding it is not
   // registered in the prefix cache until resolve_pending() gives the id. At most one pending token.
   bool append_pending(SeqId seq, std::vector<BlockCopy>& copies);
-  // The pending token's id is known: record it and register the blocks it completes.
+  // The pending token's id is known: record it; the blocks it completes are registered deferred.
   void resolve_pending(SeqId seq, int32_t token);
+
+  // Registers up to max_blocks full blocks whose registration was deferred, oldest sequence first;
+  // returns how many it took in (registered, or found already cached: a fork's shared blocks).
+  // (free() registers a sequence's own first.)
+  int register_deferred(int max_blocks);
+  // Full blocks waiting for register_deferred.
+  int num_deferred_blocks() const;
   bool has_pending(SeqId seq) const { return get(seq).has_pending; }
 
   // `child` shares every block of `parent` (ref count + 1 each) and its tokens.
@@ -87,10 +101,16 @@ class BlockTables {
   int num_sequences() const { return static_cast<int>(seqs_.size()); }
   PoolStats stats() const;
   // Empties the prefix cache; false (nothing changed) while any sequence holds blocks.
-  bool reset_prefix_cache() { return seqs_.empty() && pool_.reset_prefix_cache(); }
+  bool reset_prefix_cache() {
+    if (!seqs_.empty()) return false;
+    deferred_.clear();  // every entry's sequence is gone
+    deferred_head_ = 0;
+    return pool_.reset_prefix_cache();
+  }
 
   // Pool invariants plus: every ref count equals the number of tables holding the block, every
-  // table holds exactly the blocks its token count needs. Throws std::logic_error.
+  // table holds exactly the blocks its token count needs, and (prefix caching) every full block
+  // not yet registered belongs to a queued sequence. Throws std::logic_error.
   void check_invariants() const;
 
  private:
@@ -100,6 +120,7 @@ class BlockTables {
     std::string extra_key;
     int num_hashed_blocks = 0;     // leading full blocks registered in (or taken from) the cache
     bool has_pending = false;      // the last token's id is not known yet (append_pending)
+    bool queued = false;           // in deferred_ (full blocks past num_hashed_blocks wait there)
     uint64_t last_hash = 0;        // chain state after the hashed blocks
     uint64_t last_cache_id = 0;
   };
@@ -119,13 +140,22 @@ class BlockTables {
   // Stops at the first miss and before the block holding the prompt's last token (at least that
   // token is left to compute). Changes no state.
   CachedPrefix find_cached_prefix(std::span<const int32_t> prompt, std::string_view extra_key) const;
-  // Full blocks up to the pending token, if any, enter the prefix cache.
-  void register_full_blocks(Sequence& s);
-  bool reserve(SeqId seq, std::span<const int32_t> tokens, bool pending, std::vector<BlockCopy>& copies);
+  // Full blocks before the pending token, if any.
+  int num_full_blocks(const Sequence& s) const;
+  // Full blocks up to the pending token, if any, at most max_blocks of them, enter the prefix cache.
+  void register_full_blocks(Sequence& s, int max_blocks = 1 << 30);
+  // Queues the sequence for register_deferred when it has unregistered full blocks.
+  void defer_registration(SeqId seq, Sequence& s);
+  bool reserve(SeqId seq, std::span<const int32_t> tokens, bool pending, std::vector<BlockCopy>& copies,
+               Registration when);
 
   BlockPool pool_;
   bool enable_prefix_caching_;
   std::unordered_map<SeqId, Sequence> seqs_;
+  // Sequences with deferred registrations, in order; entries from deferred_head_ on are live
+  // (an entry whose sequence is gone, or no longer queued, is skipped).
+  std::vector<SeqId> deferred_;
+  size_t deferred_head_ = 0;
   int64_t num_prefix_queries_ = 0;
   int64_t num_prefix_query_tokens_ = 0;
   int64_t num_prefix_hit_tokens_ = 0;

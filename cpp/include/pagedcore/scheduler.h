@@ -99,7 +99,8 @@ class Scheduler {
   std::shared_ptr<const StepPlan> step();
 
   // Applies the tokens sampled for the oldest uncommitted plan (one per plan sample row) and returns
-  // what happened.
+  // what happened; registers a bounded number of generated blocks in the prefix cache (those of
+  // this and earlier commits, oldest first: BlockTables::register_deferred).
   std::vector<SchedulerEvent> commit(std::span<const int32_t> sampled_tokens);
   int num_uncommitted_steps() const { return static_cast<int>(in_flight_.size()); }
 
@@ -175,6 +176,8 @@ class Scheduler {
   void schedule_tokens(SeqId seq, int num_new_tokens);  // tokens from num_computed on (the last one deferred
                                                         // when the sequence has an uncommitted sample)
   void append_token(SeqId seq, int32_t token, std::vector<SchedulerEvent>& events);
+  // Deferred prefix-cache registrations (BlockTables::register_deferred) each commit takes on.
+  int deferred_registrations_per_commit() const;
   void preempt(SeqId seq);
   bool try_swap_in(SeqId seq, int& budget);  // the front of swapped_
   bool try_admit(SeqId seq, int& budget);     // the front of waiting_
