@@ -299,6 +299,24 @@ def test_no_worker_outlives_its_driver(tmp_path, ending):
     assert not _wait_gone(pids), f"worker outlived the driver ({ending})"
 
 
+def test_a_script_without_the_main_guard_is_told_about_it(tmp_path):
+    """Found in review: a script creating LLM(tensor_parallel_size=2) at import time failed with only
+    "worker rank 1 exited with code 1" (each spawned worker imports the script first, which tries to
+    start workers of its own and fails)."""
+    import subprocess
+    import sys
+
+    save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=509)
+    script = tmp_path / "unguarded.py"
+    script.write_text("import sys\nfrom pagedcore import LLM\n"
+                      "LLM(sys.argv[1], device='cpu', max_model_len=128, kv_cache_memory_bytes=1 << 22, verbose=False,\n"
+                      "    tensor_parallel_size=2)\n")
+    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert run.returncode != 0
+    assert "exited with code 1 before it started" in run.stderr
+    assert 'if __name__ == "__main__":' in run.stderr
+
+
 def test_the_server_with_two_ranks_answers_the_openai_client_and_reports_a_dead_worker(tmp_path):
     import httpx
     import openai

@@ -215,6 +215,7 @@ class WorkerGroup:
         self.ring = StepRing(ring_slot_bytes, self.size - 1, context)
         self.processes, self.conns = [], []
         self._inbox: dict[int, list[tuple]] = {}  # worker index -> messages read but not yet gathered
+        self._started: set[int] = set()  # workers whose process reached worker_main
         self._stopped = False
         self.built = False  # every worker built its runner and waits for steps in the ring
         self.in_step = False  # a step was sent and not finished: the ranks may sit in its collectives
@@ -312,6 +313,12 @@ class WorkerGroup:
         self._collect_errors()
         for rank, process in enumerate(self.processes, start=1):
             if process.exitcode is not None and not self._stopped:
+                self._collect_errors()  # a "started" sent just before the exit
+                if rank - 1 not in self._started and process.exitcode == 1:  # an exception while starting
+                    self._fail(f"tensor-parallel worker rank {rank} exited with code {process.exitcode} before it "
+                               f"started: a spawned worker first imports the main module, so a script that "
+                               f"creates the LLM at import time needs it under `if __name__ == \"__main__\":` "
+                               f"(the worker's own error is printed above)")
                 self._fail(f"tensor-parallel worker rank {rank} exited with code {process.exitcode}")
 
     def explain(self, error: BaseException, wait_s: float = 5.0) -> None:
@@ -332,6 +339,9 @@ class WorkerGroup:
                     message = conn.recv()
                     if message[0] == "error":
                         self._fail(f"tensor-parallel worker rank {i + 1} failed {message[1]}", message[2])
+                    if message[0] == "started":
+                        self._started.add(i)
+                        continue
                     self._inbox.setdefault(i, []).append(message)
             except (EOFError, OSError):
                 pass  # it exited: check() says how

@@ -113,6 +113,7 @@ def worker_main(rank: int, spec: WorkerSpec, conn, parent_pid: int, ring) -> Non
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    conn.send(("started",))  # the spawned process got here: its start (importing the main module) worked
     stage = "joining the process group"
     try:
         torch.set_num_threads(spec.cpu_threads)
