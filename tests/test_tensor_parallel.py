@@ -116,10 +116,13 @@ def test_shapes_that_do_not_split_are_refused_by_name():
         TensorParallel.check(4, 2, 250, 4)
 
 
-def test_each_rank_reads_only_its_slices(tmp_path):
-    """safetensors: each tensor's slice is read lazily (get_slice), and equals the whole tensor's slice;
-    GGUF (the default model, 9 heads / 3 KV heads over 3 ranks): cut after dequantization. A rank's
-    shard is built without a process group (loading needs no collective)."""
+def test_each_rank_reads_only_its_slices(tmp_path, monkeypatch):
+    """safetensors: each tensor's slice is read lazily (get_slice: a sharded tensor is never read
+    whole), and equals the whole tensor's slice; GGUF (the default model, 9 heads / 3 KV heads over 3
+    ranks): cut after dequantization. A rank's shard is built without a process group (loading needs
+    no collective)."""
+    import safetensors.torch
+
     from pagedcore.loaders.model_loader import default_model_path
     from pagedcore.model_executor.model import LlamaForCausalLM
 
@@ -128,7 +131,34 @@ def test_each_rank_reads_only_its_slices(tmp_path):
     whole = dict(source.iter_weights())
     with torch.device("meta"):
         shard = LlamaForCausalLM(source.config, MAX_MODEL_LEN, TensorParallel(1, 2))
+    read_whole: list[str] = []
+    real_open = safetensors.torch.safe_open
+
+    class RecordingOpen:  # safe_open, recording which tensors are read whole
+        def __init__(self, *args, **kwargs):
+            self.handle = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.file = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.file.keys()
+
+        def get_slice(self, name):
+            return self.file.get_slice(name)
+
+        def get_tensor(self, name):
+            read_whole.append(name)
+            return self.file.get_tensor(name)
+
+    monkeypatch.setattr(safetensors.torch, "safe_open", RecordingOpen)
     sliced = dict(source.iter_weights(shard=shard.shard_spec))
+    monkeypatch.undo()
+    assert read_whole and all(shard.shard_spec(n, tuple(whole[n].shape)) is None for n in read_whole)
     assert sliced.keys() == whole.keys()
     for name, tensor in sliced.items():
         spec = shard.shard_spec(name, tuple(whole[name].shape))
