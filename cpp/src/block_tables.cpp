@@ -153,16 +153,17 @@ int BlockTables::num_full_blocks(const Sequence& s) const {
 }
 
 void BlockTables::defer_registration(SeqId seq, Sequence& s) {
-  if (s.queued || s.num_hashed_blocks >= num_full_blocks(s)) return;
-  s.queued = true;
-  deferred_.push_back(seq);
+  if (s.queue_ticket != 0 || s.num_hashed_blocks >= num_full_blocks(s)) return;
+  s.queue_ticket = ++next_ticket_;
+  deferred_.push_back({seq, s.queue_ticket});
 }
 
 int BlockTables::register_deferred(int max_blocks) {
   int done = 0;
   while (done < max_blocks && deferred_head_ < deferred_.size()) {
-    auto it = seqs_.find(deferred_[deferred_head_]);
-    if (it == seqs_.end() || !it->second.queued) {  // freed (it registered its own), or a stale entry
+    const DeferredEntry& entry = deferred_[deferred_head_];
+    auto it = seqs_.find(entry.seq);
+    if (it == seqs_.end() || it->second.queue_ticket != entry.ticket) {  // freed (it registered its own), or stale
       ++deferred_head_;
       continue;
     }
@@ -171,7 +172,7 @@ int BlockTables::register_deferred(int max_blocks) {
     register_full_blocks(s, max_blocks - done);
     done += s.num_hashed_blocks - before;
     if (s.num_hashed_blocks < num_full_blocks(s)) break;  // the budget ran out inside this sequence
-    s.queued = false;
+    s.queue_ticket = 0;
     ++deferred_head_;
   }
   if (deferred_head_ == deferred_.size()) {
@@ -187,8 +188,8 @@ int BlockTables::register_deferred(int max_blocks) {
 int BlockTables::num_deferred_blocks() const {
   int n = 0;
   for (size_t i = deferred_head_; i < deferred_.size(); ++i) {
-    auto it = seqs_.find(deferred_[i]);
-    if (it != seqs_.end() && it->second.queued) n += num_full_blocks(it->second) - it->second.num_hashed_blocks;
+    auto it = seqs_.find(deferred_[i].seq);
+    if (it != seqs_.end() && it->second.queue_ticket == deferred_[i].ticket) n += num_full_blocks(it->second) - it->second.num_hashed_blocks;
   }
   return n;
 }
@@ -220,7 +221,7 @@ void BlockTables::fork(SeqId parent, SeqId child) {
   Sequence copy = original;
   copy.tokens.reserve(original.tokens.capacity());  // a copy holds only the size: keep the room
   copy.blocks.reserve(original.blocks.capacity());
-  copy.queued = false;
+  copy.queue_ticket = 0;
   for (BlockId b : copy.blocks) pool_.retain(b);
   Sequence& added = seqs_.emplace(child, std::move(copy)).first->second;
   if (enable_prefix_caching_) defer_registration(child, added);
@@ -230,7 +231,7 @@ void BlockTables::free(SeqId seq) {
   Sequence& s = get(seq);
   // Deferred registrations first: a finished sequence's blocks stay findable (a follow-up turn
   // that repeats its output hits them).
-  if (enable_prefix_caching_ && s.queued) register_full_blocks(s);
+  if (enable_prefix_caching_ && s.queue_ticket != 0) register_full_blocks(s);
   // Tail first: the LRU list then evicts a sequence's least shareable blocks first.
   for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) pool_.release(*it);
   seqs_.erase(seq);
@@ -263,6 +264,8 @@ void BlockTables::check_invariants() const {
   pool_.check_invariants();
   const int bs = pool_.block_size();
   std::vector<int32_t> holders(pool_.num_blocks(), 0);
+  std::unordered_map<uint64_t, SeqId> live_entries;
+  for (size_t i = deferred_head_; i < deferred_.size(); ++i) live_entries.emplace(deferred_[i].ticket, deferred_[i].seq);
   for (const auto& [id, s] : seqs_) {
     const size_t want = (s.tokens.size() + bs - 1) / bs;
     if (s.blocks.size() != want) {
@@ -273,9 +276,12 @@ void BlockTables::check_invariants() const {
     if (static_cast<size_t>(s.num_hashed_blocks) * bs > s.tokens.size()) {
       throw std::logic_error("block table invariant: more hashed blocks than full blocks");
     }
-    if (enable_prefix_caching_ && !s.queued && s.num_hashed_blocks < num_full_blocks(s)) {
-      throw std::logic_error("block table invariant: sequence " + std::to_string(id) +
-                             " has unregistered full blocks but no deferred registration");
+    if (enable_prefix_caching_ && s.num_hashed_blocks < num_full_blocks(s)) {
+      auto e = live_entries.find(s.queue_ticket);
+      if (s.queue_ticket == 0 || e == live_entries.end() || e->second != id) {
+        throw std::logic_error("block table invariant: sequence " + std::to_string(id) +
+                               " has unregistered full blocks but no deferred registration");
+      }
     }
     for (BlockId b : s.blocks) ++holders[b];
   }

@@ -140,6 +140,12 @@ std::shared_ptr<const StepPlan> Scheduler::step() {
     }
   }
 
+  // Deferred prefix-cache registrations: this step's share of the budget goes first to blocks the
+  // running rows just filled (the synchronous loop's decode rows), so that a request admitted below
+  // still finds a small batch's blocks in the step that fills them; commit() spends the rest.
+  registrations_left_ = deferred_registrations_per_step();
+  registrations_left_ -= tables_.register_deferred(registrations_left_);
+
   // Sequences come back (swapped in) or in (admitted) only in steps that preempted nothing,
   // so one step never both evicts and admits.
   if (num_preemptions_ == preemptions_before) {
@@ -396,14 +402,15 @@ std::vector<SchedulerEvent> Scheduler::commit(std::span<const int32_t> sampled) 
     }
     append_token(x.seq, sampled[first], events);
   }
-  tables_.register_deferred(deferred_registrations_per_commit());
+  registrations_left_ -= tables_.register_deferred(registrations_left_);  // what step() left of its budget
   return events;
 }
 
-int Scheduler::deferred_registrations_per_commit() const {
-  // 1.5 times the average rate (every running sequence fills a block each block_size steps) plus a
-  // floor: a lockstep batch's burst (a block of every sequence) drains within 2/3 of a block's
-  // steps, each of them taking a small share (bench/RESULTS.md, Scheduler: the p99 tail).
+int Scheduler::deferred_registrations_per_step() const {
+  // Per step (shared by step() and the commit after it): 1.5 times the average rate (every running
+  // sequence fills a block each block_size steps) plus a floor: a lockstep batch's burst (a block of
+  // every sequence) drains within 2/3 of a block's steps, each of them taking a small share
+  // (bench/RESULTS.md, Scheduler: the p99 tail).
   const int bs = config_.block_size;
   const int rate = (static_cast<int>(running_.size()) + bs - 1) / bs;
   return 8 + rate + rate / 2;

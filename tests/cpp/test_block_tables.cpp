@@ -296,6 +296,25 @@ TEST_F(Tables, DeferredRegistrationWaitsForRegisterDeferredOldestFirstAndFreeReg
   t.check_invariants();
 }
 
+// Found in review: a freed sequence's queue entry came back to life when its id was reused (the
+// scheduler re-adds a preempted sequence under its id): the backlog was counted twice and the
+// reused sequence jumped ahead of older ones.
+TEST_F(Tables, AReusedSequenceIdQueuesBehindOlderSequences) {
+  t.add_sequence(1);
+  t.add_sequence(2);
+  ASSERT_TRUE(t.append(2, iota(4, 100), copies, Registration::kDeferred));
+  ASSERT_TRUE(t.append(1, iota(4, 200), copies, Registration::kDeferred));
+  t.free(1);  // registers its own; its entry is stale
+  t.add_sequence(1);
+  ASSERT_TRUE(t.append(1, iota(4, 300), copies, Registration::kDeferred));
+  t.check_invariants();
+  EXPECT_EQ(t.num_deferred_blocks(), 2);
+  EXPECT_EQ(t.register_deferred(1), 1);
+  EXPECT_EQ(t.cached_prefix_length(plus(iota(4, 100), 9)), 4);  // sequence 2, the older entry, first
+  EXPECT_EQ(t.cached_prefix_length(plus(iota(4, 300), 9)), 0);
+  t.check_invariants();
+}
+
 TEST_F(Tables, MisuseIsRefusedWithClearErrors) {
   t.add_sequence(1);
   EXPECT_THROW(t.add_sequence(1), std::invalid_argument);

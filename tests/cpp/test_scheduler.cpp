@@ -409,6 +409,24 @@ TEST(Scheduler, GeneratedBlocksOfALockstepBatchAreRegisteredOverTheNextCommits) 
   }
 }
 
+// Found in review: with registration deferred to commit, a request admitted in the step where a
+// running sequence's decode fills a block no longer found that block (synchronous loop). step()
+// registers before admitting, so it does again.
+TEST(Scheduler, ARequestAdmittedInTheStepThatFillsABlockFindsIt) {
+  Scheduler s(small_config(16, 4));
+  s.add_request(1, prompt_of(3), params(8));
+  s.step();
+  s.commit(std::vector<int32_t>{50});  // request 1 = [1 2 3 | 50]
+  s.add_request(2, std::vector<int32_t>{1, 2, 3, 50, 7}, params(8));
+  auto plan = s.step();  // request 1's decode fills block 0; request 2 is admitted after it
+  EXPECT_EQ(plan->num_tokens, 2);  // one decode row and request 2's one uncached token
+  std::vector<int32_t> sampled(plan->num_samples(), 60);
+  for (const SchedulerEvent& e : s.commit(sampled)) {
+    if (e.request_id == 2) EXPECT_EQ(e.num_cached_tokens, 4);
+  }
+  s.check_invariants();
+}
+
 // The overlapped loop: a decoding sequence is planned again before its token is committed; the
 // new row's input is the previous plan's sample, its slot reserved, its block hashed at commit.
 TEST(Scheduler, OverlappedStepDefersTheInput) {

@@ -120,7 +120,8 @@ class BlockTables {
     std::string extra_key;
     int num_hashed_blocks = 0;     // leading full blocks registered in (or taken from) the cache
     bool has_pending = false;      // the last token's id is not known yet (append_pending)
-    bool queued = false;           // in deferred_ (full blocks past num_hashed_blocks wait there)
+    uint64_t queue_ticket = 0;     // != 0: queued in deferred_ under this ticket (full blocks past
+                                   // num_hashed_blocks wait there); 0: not queued
     uint64_t last_hash = 0;        // chain state after the hashed blocks
     uint64_t last_cache_id = 0;
   };
@@ -152,10 +153,16 @@ class BlockTables {
   BlockPool pool_;
   bool enable_prefix_caching_;
   std::unordered_map<SeqId, Sequence> seqs_;
-  // Sequences with deferred registrations, in order; entries from deferred_head_ on are live
-  // (an entry whose sequence is gone, or no longer queued, is skipped).
-  std::vector<SeqId> deferred_;
+  // Sequences with deferred registrations, in order, from deferred_head_ on. An entry is live only
+  // while its sequence still holds the same ticket: entries of a freed sequence (whose id may come
+  // back: a preempted sequence is re-added under its id) or of one already drained are skipped.
+  struct DeferredEntry {
+    SeqId seq;
+    uint64_t ticket;
+  };
+  std::vector<DeferredEntry> deferred_;
   size_t deferred_head_ = 0;
+  uint64_t next_ticket_ = 0;
   int64_t num_prefix_queries_ = 0;
   int64_t num_prefix_query_tokens_ = 0;
   int64_t num_prefix_hit_tokens_ = 0;

@@ -99,8 +99,8 @@ class Scheduler {
   std::shared_ptr<const StepPlan> step();
 
   // Applies the tokens sampled for the oldest uncommitted plan (one per plan sample row) and returns
-  // what happened; registers a bounded number of generated blocks in the prefix cache (those of
-  // this and earlier commits, oldest first: BlockTables::register_deferred).
+  // what happened; registers generated blocks in the prefix cache with what the last step() left of
+  // its budget (oldest first: BlockTables::register_deferred).
   std::vector<SchedulerEvent> commit(std::span<const int32_t> sampled_tokens);
   int num_uncommitted_steps() const { return static_cast<int>(in_flight_.size()); }
 
@@ -176,8 +176,9 @@ class Scheduler {
   void schedule_tokens(SeqId seq, int num_new_tokens);  // tokens from num_computed on (the last one deferred
                                                         // when the sequence has an uncommitted sample)
   void append_token(SeqId seq, int32_t token, std::vector<SchedulerEvent>& events);
-  // Deferred prefix-cache registrations (BlockTables::register_deferred) each commit takes on.
-  int deferred_registrations_per_commit() const;
+  // Deferred prefix-cache registrations (BlockTables::register_deferred) per step: step() spends
+  // them first, before admitting requests, and the commit() after it what is left.
+  int deferred_registrations_per_step() const;
   void preempt(SeqId seq);
   bool try_swap_in(SeqId seq, int& budget);  // the front of swapped_
   bool try_admit(SeqId seq, int& budget);     // the front of waiting_
@@ -196,6 +197,7 @@ class Scheduler {
   std::deque<SeqId> waiting_;    // sorted likewise: preempted sequences return near the front
   std::deque<SeqId> swapped_;    // sorted likewise
   int num_running_slots_ = 0;    // sum of seq_cost over running_
+  int registrations_left_ = 0;   // of this step's deferred-registration budget
   std::vector<int32_t> free_host_blocks_;
   // The step being planned (moved to in_flight_ when step() returns).
   std::vector<Scheduled> scheduled_;
