@@ -143,9 +143,8 @@ def test_fp8_cache_refusals_name_what_is_missing(tmp_path):
         _engine(tmp_path, kv_cache_dtype="fp8_e5m2")
 
 
-def test_calculated_scales_skip_a_first_batch_of_zeros_or_infinities():
-    # Found in review: a first batch whose K was all zero (or held inf) fixed a scale of 1e-12 (or inf)
-    # for the engine's life. Such a batch now leaves the scales to the next one.
+def _calibrating_layer():
+    """One attention layer over an FP8 cache that calibrates its scales, its one-token batch and q."""
     from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache, PagedAttention
 
     layer = PagedAttention(num_heads=2, num_kv_heads=1, head_dim=64)
@@ -157,6 +156,13 @@ def test_calculated_scales_skip_a_first_batch_of_zeros_or_infinities():
                              query_start_loc=torch.tensor([0, 1], dtype=torch.int32), max_query_len=1,
                              max_context_len=1)
     q = torch.randn(1, 2, 64)
+    return layer, cache, meta, q
+
+
+def test_calculated_scales_skip_a_first_batch_of_zeros_or_infinities():
+    # Found in review: a first batch whose K was all zero (or held inf) fixed a scale of 1e-12 (or inf)
+    # for the engine's life. Such a batch now leaves the scales to the next one.
+    layer, cache, meta, q = _calibrating_layer()
     for bad in (torch.zeros(1, 1, 64), torch.full((1, 1, 64), float("inf"))):
         layer(q, bad, torch.ones(1, 1, 64), cache, meta)
         assert cache.calibrate and (cache.k_scale, cache.v_scale) == (1.0, 1.0)
@@ -169,18 +175,9 @@ def test_calculated_scales_skip_a_first_batch_of_zeros_or_infinities():
 def test_a_layer_whose_k_stays_zero_stops_calibrating(caplog):
     # Found in review: a layer whose K was zero in every batch calibrated forever, so the CUDA graphs
     # (captured once every layer has its scales) never were, silently.
-    from pagedcore.model_executor.attention import (CALIBRATION_BATCHES, AttentionMetadata, LayerKVCache,
-                                                    PagedAttention)
+    from pagedcore.model_executor.attention import CALIBRATION_BATCHES
 
-    layer = PagedAttention(num_heads=2, num_kv_heads=1, head_dim=64)
-    cache = LayerKVCache(torch.zeros(4, 1, 16, 64, dtype=torch.float8_e4m3fn),
-                         torch.zeros(4, 1, 16, 64, dtype=torch.float8_e4m3fn), calibrate=True)
-    meta = AttentionMetadata(slot_mapping=torch.tensor([0], dtype=torch.int32),
-                             block_tables=torch.zeros(1, 1, dtype=torch.int32),
-                             context_lens=torch.tensor([1], dtype=torch.int32),
-                             query_start_loc=torch.tensor([0, 1], dtype=torch.int32), max_query_len=1,
-                             max_context_len=1)
-    q = torch.randn(1, 2, 64)
+    layer, cache, meta, q = _calibrating_layer()
     for _ in range(CALIBRATION_BATCHES - 1):
         layer(q, torch.zeros(1, 1, 64), torch.ones(1, 1, 64), cache, meta)
     assert cache.calibrate and not caplog.records
