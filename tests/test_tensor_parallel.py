@@ -256,6 +256,10 @@ def test_what_cannot_run_is_refused_before_any_process_starts(tmp_path, monkeypa
     monkeypatch.setattr(dist, "is_gloo_available", lambda: False)
     with pytest.raises(ValueError, match="needs torch.distributed's gloo backend"):
         check_tensor_parallel(EngineArgs(tensor_parallel_size=2), config, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    with pytest.raises(ValueError, match="on CUDA needs torch.distributed's NCCL backend"):
+        check_tensor_parallel(EngineArgs(tensor_parallel_size=2), config, torch.device("cuda"))
 
 
 def test_a_worker_that_raises_or_dies_fails_requests_by_name_and_leaves_nothing(tmp_path):
