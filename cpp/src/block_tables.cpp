@@ -189,7 +189,9 @@ int BlockTables::num_deferred_blocks() const {
   int n = 0;
   for (size_t i = deferred_head_; i < deferred_.size(); ++i) {
     auto it = seqs_.find(deferred_[i].seq);
-    if (it != seqs_.end() && it->second.queue_ticket == deferred_[i].ticket) n += num_full_blocks(it->second) - it->second.num_hashed_blocks;
+    if (it != seqs_.end() && it->second.queue_ticket == deferred_[i].ticket) {
+      n += num_full_blocks(it->second) - it->second.num_hashed_blocks;
+    }
   }
   return n;
 }
@@ -265,7 +267,9 @@ void BlockTables::check_invariants() const {
   const int bs = pool_.block_size();
   std::vector<int32_t> holders(pool_.num_blocks(), 0);
   std::unordered_map<uint64_t, SeqId> live_entries;
-  for (size_t i = deferred_head_; i < deferred_.size(); ++i) live_entries.emplace(deferred_[i].ticket, deferred_[i].seq);
+  for (size_t i = deferred_head_; i < deferred_.size(); ++i) {
+    live_entries.emplace(deferred_[i].ticket, deferred_[i].seq);
+  }
   for (const auto& [id, s] : seqs_) {
     const size_t want = (s.tokens.size() + bs - 1) / bs;
     if (s.blocks.size() != want) {
