@@ -104,6 +104,22 @@ def test_greedy_ties_go_to_the_first_id_as_torch_argmax(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_greedy_ignores_nan_scores(device):
+    # The CPU's greedy rows take a vectorized scan (max, then the first id holding it): NaN scores are
+    # never chosen, an all-NaN row gives id 0, and a row under a token mask still chooses among its ids.
+    nan = float("nan")
+    scores = torch.tensor([[nan, 1.0, 3.0, nan, 3.0], [nan] * 5, [0.0, 5.0, 1.0, 2.0, nan]])
+    tokens, _ = ops.sample_tokens(scores.to(device), torch.zeros(3, device=device),
+                                  torch.zeros(3, 3, dtype=torch.int64, device=device), 5)
+    assert tokens.tolist() == [2, 0, 1]
+    allowed = torch.tensor([[0b01101]], dtype=torch.int32)  # ids 0, 2, 3
+    masked, _ = ops.sample_tokens(scores[2:].to(device), torch.zeros(1, device=device),
+                                  torch.zeros(1, 3, dtype=torch.int64, device=device), 5,
+                                  allowed=allowed.to(device), allowed_rows=torch.zeros(1, dtype=torch.int32, device=device))
+    assert masked.tolist() == [3]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_draws_follow_the_softmax_at_the_rows_temperature(device):
     logits = torch.tensor([1.0, 0.0, -1.0, 2.0, float("-inf"), 0.5])
     temperature = 0.7
