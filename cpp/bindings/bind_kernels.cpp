@@ -123,6 +123,8 @@ void bind_kernels(py::module_& m) {
   m.def("cpu_parallel_backend", &cpu_parallel_backend,
         "Where the CPU kernels run their threads: 'openmp <runtime path>' (torch's OpenMP threads) or 'own pool'.");
   m.def("cpu_num_threads", &cpu_num_threads, "Threads the CPU kernels use (follows torch.set_num_threads).");
+  m.def("cpu_keep_freed_memory", &cpu_keep_freed_memory, py::arg("mmap_threshold"),
+        "Keeps freed memory in the heap (glibc malloc thresholds) for the CPU engine; returns the threshold set or 0.");
 
   m.def(
       "cuda_recommended_num_splits",

@@ -193,6 +193,13 @@ std::string cuda_decode_attention_path(DType dtype, int head_dim, int block_size
 // how many threads they use.
 std::string cpu_parallel_backend();
 int cpu_num_threads();
+// Keeps memory the process frees for reuse instead of returning it to the kernel (glibc's malloc:
+// blocks up to mmap_threshold bytes come from the heap, and up to twice that of free heap top is
+// kept), so that the CPU engine's per-layer tensors are not faulted in again every step. Returns
+// the threshold set (32 MiB where an older glibc refuses more), 0 when nothing was changed: another
+// C library, a threshold outside (0, 512 MiB], or malloc settings of the user's own in the
+// environment (GLIBC_TUNABLES glibc.malloc.*, MALLOC_*_). Process-wide.
+int64_t cpu_keep_freed_memory(int64_t mmap_threshold);
 // Decode split count that fills the device (waves of CTAs) for this batch, in [1, kMaxAttentionSplits].
 // dtype: what the KV cache holds (the model's dtype, or kFloat8E4M3: its kernels fit other CTA counts).
 int cuda_recommended_num_splits(int num_seqs, int num_kv_heads, int num_heads, int head_dim, DType dtype,

@@ -11,12 +11,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pagedcore import ops
+from pagedcore import _core, ops
 from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache
 from pagedcore.model_executor.cpu_linear import use_onednn_linears
 from pagedcore.model_executor.cuda_graphs import DecodeGraphs
 from pagedcore.model_executor.model import LlamaForCausalLM
 from pagedcore.model_executor.step_inputs import PlanUploader, StepInputs
+
+
+# On the CPU each layer allocates and frees tensors of megabytes: glibc's malloc keeps blocks up to
+# this size in its heap for reuse instead of mapping them afresh and faulting them in every step
+# (_core.cpu_keep_freed_memory; bench/RESULTS.md, "W5 on the CPU: freed memory kept").
+CPU_HEAP_KEEP_BYTES = 256 << 20
 
 
 class ModelRunner:
@@ -25,6 +31,7 @@ class ModelRunner:
                  host_kv_caches: list[LayerKVCache] | None = None):
         if device.type == "cpu":
             use_onednn_linears(model)  # float32 projections through oneDNN (model_executor/cpu_linear.py)
+            _core.cpu_keep_freed_memory(CPU_HEAP_KEEP_BYTES)
         self.model = model
         self.kv_caches = kv_caches
         self.host_kv_caches = host_kv_caches  # pinned CPU swap space (preemption by swapping), or None
