@@ -123,6 +123,9 @@ void bind_kernels(py::module_& m) {
   m.def("cpu_parallel_backend", &cpu_parallel_backend,
         "Where the CPU kernels run their threads: 'openmp <runtime path>' (torch's OpenMP threads) or 'own pool'.");
   m.def("cpu_num_threads", &cpu_num_threads, "Threads the CPU kernels use (follows torch.set_num_threads).");
+  m.def("cpu_isa", &cpu_isa,
+        "The instruction-set variant the CPU kernels run: 'baseline', 'avx2' or 'avx512' (PAGEDCORE_CPU_ISA overrides).");
+  m.def("cpu_supported_isas", &cpu_supported_isas, "The CPU kernel variants this CPU can run, narrowest first.");
   m.def("cpu_keep_freed_memory", &cpu_keep_freed_memory, py::arg("mmap_threshold"),
         "Keeps freed memory in the heap (glibc malloc thresholds) for the CPU engine; returns the threshold set or 0.");
 

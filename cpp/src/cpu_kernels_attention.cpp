@@ -1,7 +1,8 @@
 // CPU paged attention for mixed decode / prefill batches (float32, bfloat16 and FP8 e4m3 caches,
 // float arithmetic). Work item = (sequence, KV head, chunk of query rows), or a decode row with all
 // its KV heads: every K/V row a work item reads is converted once and used by all query heads of
-// that KV head.
+// that KV head. The work-item kernels are built in three variants (baseline x86-64, AVX2, AVX-512;
+// cpu_isa.h) over 16-lane vectors of the variant's register width, bit-identical to each other.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "cpu_dtype.h"
+#include "cpu_isa.h"
 #include "cpu_math.h"
 #include "cpu_thread_pool.h"
 #include "pagedcore/kernels.h"
@@ -29,8 +31,8 @@ struct WorkItem {
   int kv_heads = 1;  // KV heads kv_head .. kv_head + kv_heads - 1 (attend_two_pass; 1 for attend_tiles)
 };
 
-constexpr int kTile = 16;  // keys at a time, and head-dimension columns at a time: four cpu::Vec4
-static_assert(kTile == 16, "the tile loops and cpu::dot are written for four 4-lane vectors");
+constexpr int kTile = 16;  // keys at a time, and head-dimension columns at a time: one cpu::Lanes16
+static_assert(kTile == 16, "the tile loops and cpu::dot are written for 16-lane vectors");
 // Work items of up to this many queries per KV head (decode: one row's group of heads) take
 // attend_two_pass.
 constexpr int kMaxQueriesTwoPass = 8;
@@ -39,27 +41,17 @@ static_assert(std::all_of(kSupportedHeadSizes.begin(), kSupportedHeadSizes.end()
               "every supported head size is a multiple of the tile width");
 
 // out[0..D) = out * correction + sum over j < count of p[j] * rows[j][0..D): 16 columns at a time in
-// four vector accumulators that stay in registers across the rows (accumulating into memory row by
-// row waited on a store and a load per 4 floats and key).
-inline void scale_and_accumulate(float* out, float correction, const float* p, const float* const* rows, int count,
-                                 int D) {
-  const cpu::Vec4 corr = cpu::broadcast4(correction);
+// a vector accumulator that stays in registers across the rows (accumulating into memory row by row
+// waited on a store and a load per 4 floats and key).
+template <typename V>
+PAGEDCORE_VEC_INLINE void scale_and_accumulate(float* out, float correction, const float* p, const float* const* rows,
+                                               int count, int D) {
+  using L = cpu::Lanes16<V>;
+  const L corr = L::broadcast(correction);
   for (int d0 = 0; d0 < D; d0 += kTile) {
-    float* od = out + d0;
-    cpu::Vec4 o0 = cpu::load4(od) * corr, o1 = cpu::load4(od + 4) * corr;
-    cpu::Vec4 o2 = cpu::load4(od + 8) * corr, o3 = cpu::load4(od + 12) * corr;
-    for (int j = 0; j < count; ++j) {
-      const cpu::Vec4 pj = cpu::broadcast4(p[j]);
-      const float* v = rows[j] + d0;
-      o0 += pj * cpu::load4(v);
-      o1 += pj * cpu::load4(v + 4);
-      o2 += pj * cpu::load4(v + 8);
-      o3 += pj * cpu::load4(v + 12);
-    }
-    cpu::store4(od, o0);
-    cpu::store4(od + 4, o1);
-    cpu::store4(od + 8, o2);
-    cpu::store4(od + 12, o3);
+    L o = L::load(out + d0) * corr;
+    for (int j = 0; j < count; ++j) o += L::broadcast(p[j]) * L::load(rows[j] + d0);
+    o.store(out + d0);
   }
 }
 
@@ -67,8 +59,9 @@ inline void scale_and_accumulate(float* out, float correction, const float* p, c
 // over the keys, K's rows read as they lie: all scores, the softmax, then V. Faster there than the
 // tiles below when the cache is larger than the CPU's caches, and faster again with all of a row's
 // KV heads in one item (bench/RESULTS.md, "W5 on the CPU").
-template <typename T, typename C>
-void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {
+// V: the variant's register width (cpu_math.h's Lanes16).
+template <typename V, typename T, typename C>
+PAGEDCORE_VEC_INLINE void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {
   const int D = a.head_dim;
   const int G = a.num_heads / a.num_kv_heads;
   const int Q = w.kv_heads * G;  // query heads of the item: (KV head of the item, group member)
@@ -127,7 +120,7 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
     for_each_chunk(k_cache, a.k_scale, num_keys, [&](int h, int first, int count, const float* const* rows) {
       for (int j = 0; j < count; ++j) {
         for (int i = h * G; i < (h + 1) * G; ++i) {
-          scores[static_cast<size_t>(i) * ctx + first + j] = cpu::dot(q + static_cast<size_t>(i) * D, rows[j], D);
+          scores[static_cast<size_t>(i) * ctx + first + j] = cpu::dot<V>(q + static_cast<size_t>(i) * D, rows[j], D);
         }
       }
     });
@@ -136,19 +129,15 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
       float max_score = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : max_score)
       for (int t = 0; t < num_keys; ++t) max_score = std::max(max_score, s[t]);
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int t = 0; t < num_keys; ++t) {
-        s[t] = cpu::exp_shifted(s[t] - max_score);
-        sum += s[t];
-      }
-      const float inv = 1.f / sum;
+#pragma omp simd
+      for (int t = 0; t < num_keys; ++t) s[t] = cpu::exp_shifted(s[t] - max_score);
+      const float inv = 1.f / cpu::sum<V>(s, num_keys);  // a fixed order: the same in every variant
       for (int t = 0; t < num_keys; ++t) s[t] *= inv;
     }
     std::fill(acc, acc + static_cast<size_t>(Q) * D, 0.f);
     for_each_chunk(v_cache, a.v_scale, num_keys, [&](int h, int first, int count, const float* const* rows) {
       for (int i = h * G; i < (h + 1) * G; ++i) {
-        scale_and_accumulate(acc + static_cast<size_t>(i) * D, 1.f, scores + static_cast<size_t>(i) * ctx + first, rows,
+        scale_and_accumulate<V>(acc + static_cast<size_t>(i) * D, 1.f, scores + static_cast<size_t>(i) * ctx + first, rows,
                              count, D);
       }
     });
@@ -164,8 +153,8 @@ void attend_two_pass(const AttentionParams& a, const WorkItem& w, std::vector<fl
 // sums vectorized across the keys (no horizontal reduction per key), and each query keeps a running
 // max, sum and output (online softmax: one pass over K and V).
 // T: q / out elements; C: cache elements (T, or Float8E4M3 read times the layer's k / v scale).
-template <typename T, typename C>
-void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {
+template <typename V, typename T, typename C>
+PAGEDCORE_VEC_INLINE void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float>& scratch) {
   const int D = a.head_dim;
   const int G = a.num_heads / a.num_kv_heads;
   const int NQ = w.num_rows * G;  // query vectors of this item: row-major (row, group member)
@@ -249,23 +238,11 @@ void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float
       for (int g = 0; g < G; ++g) {
         const int i = r * G + g;
         const float* qi = q + static_cast<size_t>(i) * D;
-        // Four named accumulators (an array of them is kept on the stack, not in registers).
-        cpu::Vec4 s0{}, s1{}, s2{}, s3{};
-        for (int d = 0; d < D; ++d) {
-          const cpu::Vec4 qd = cpu::broadcast4(qi[d]);
-          const float* kd = k_tile + d * kTile;
-          s0 += qd * cpu::load4(kd);
-          s1 += qd * cpu::load4(kd + 4);
-          s2 += qd * cpu::load4(kd + 8);
-          s3 += qd * cpu::load4(kd + 12);
-        }
+        using L = cpu::Lanes16<V>;
+        L scores = L::zero();  // the tile's 16 keys, one per lane
+        for (int d = 0; d < D; ++d) scores += L::broadcast(qi[d]) * L::load(k_tile + d * kTile);
         float s[kTile];
-        for (int j = 0; j < 4; ++j) {
-          s[j] = s0[j];
-          s[4 + j] = s1[j];
-          s[8 + j] = s2[j];
-          s[12 + j] = s3[j];
-        }
+        scores.store(s);
         // Keys past this row's last one (causal) or the tile's end weigh exp(-inf) = 0.
         for (int j = valid; j < kTile; ++j) s[j] = -std::numeric_limits<float>::infinity();
         float tile_max = -std::numeric_limits<float>::infinity();
@@ -274,16 +251,13 @@ void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float
         const float new_max = std::max(run_max[i], tile_max);
         // exp(-inf - new_max) = 0 for the first tile; a NaN score makes the output NaN, as it should.
         const float correction = cpu::exp_shifted(run_max[i] - new_max);
-        float p_sum = 0.f;
-#pragma omp simd reduction(+ : p_sum)
-        for (int j = 0; j < kTile; ++j) {
-          s[j] = cpu::exp_shifted(s[j] - new_max);
-          p_sum += s[j];
-        }
+#pragma omp simd
+        for (int j = 0; j < kTile; ++j) s[j] = cpu::exp_shifted(s[j] - new_max);
+        const float p_sum = cpu::reduce_add(L::load(s));
         run_max[i] = new_max;
         run_sum[i] = run_sum[i] * correction + p_sum;
         float* ai = acc + static_cast<size_t>(i) * D;
-        scale_and_accumulate(ai, correction, s, v_rows, valid, D);
+        scale_and_accumulate<V>(ai, correction, s, v_rows, valid, D);
       }
     }
   }
@@ -298,8 +272,44 @@ void attend_tiles(const AttentionParams& a, const WorkItem& w, std::vector<float
   }
 }
 
+// The work-item kernels compiled for each instruction set (cpu_isa.h): the bodies above are inlined
+// into each, so their vector code is built for it.
+using ItemKernel = void (*)(const AttentionParams&, const WorkItem&, std::vector<float>&);
+struct ItemKernels {
+  ItemKernel two_pass;
+  ItemKernel tiles;
+};
+
+// Defines two_pass_<name> and tiles_<name> with the given target attribute and register width.
+#define PAGEDCORE_ITEM_KERNELS(name, target, V)                                                        \
+  template <typename T, typename C>                                                                   \
+  target void two_pass_##name(const AttentionParams& a, const WorkItem& w, std::vector<float>& s) {   \
+    attend_two_pass<V, T, C>(a, w, s);                                                                \
+  }                                                                                                   \
+  template <typename T, typename C>                                                                   \
+  target void tiles_##name(const AttentionParams& a, const WorkItem& w, std::vector<float>& s) {      \
+    attend_tiles<V, T, C>(a, w, s);                                                                   \
+  }
+PAGEDCORE_ITEM_KERNELS(baseline, , cpu::Vec4)
+#if PAGEDCORE_CPU_X86_VARIANTS
+PAGEDCORE_ITEM_KERNELS(avx2, PAGEDCORE_TARGET_AVX2, cpu::Vec8)
+PAGEDCORE_ITEM_KERNELS(avx512, PAGEDCORE_TARGET_AVX512, cpu::Vec16)
+#endif
+#undef PAGEDCORE_ITEM_KERNELS
+
+template <typename T, typename C>
+ItemKernels item_kernels(cpu::Isa isa) {
+#if PAGEDCORE_CPU_X86_VARIANTS
+  if (isa == cpu::Isa::kAvx512) return {two_pass_avx512<T, C>, tiles_avx512<T, C>};
+  if (isa == cpu::Isa::kAvx2) return {two_pass_avx2<T, C>, tiles_avx2<T, C>};
+#endif
+  (void)isa;
+  return {two_pass_baseline<T, C>, tiles_baseline<T, C>};
+}
+
 template <typename T, typename C>
 void run(const AttentionParams& a) {
+  const ItemKernels kernels = item_kernels<T, C>(cpu::isa());
   std::vector<WorkItem> items;
   // A decode row takes all its KV heads in one item (its blocks read front to back) when there are
   // enough sequences to keep every thread busy.
@@ -326,9 +336,9 @@ void run(const AttentionParams& a) {
     thread_local std::vector<float> scratch;
     const WorkItem& w = items[i];
     if (w.kv_heads > 1 || w.num_rows * (a.num_heads / a.num_kv_heads) <= kMaxQueriesTwoPass) {
-      attend_two_pass<T, C>(a, w, scratch);
+      kernels.two_pass(a, w, scratch);
     } else {
-      attend_tiles<T, C>(a, w, scratch);
+      kernels.tiles(a, w, scratch);
     }
   });
 }

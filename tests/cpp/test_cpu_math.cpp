@@ -1,7 +1,9 @@
 // The CPU kernels' vectorizable exp against the correctly rounded value.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <random>
 #include <vector>
@@ -48,14 +50,35 @@ TEST(CpuMath, DotMatchesAFloat64SumWithinFloat32Rounding) {
         magnitude += std::abs(static_cast<double>(a[i]) * b[i]);
       }
       // n float32 products and sums: each rounding at most 2^-24 of the running magnitude.
-      EXPECT_LE(std::abs(dot(a.data(), b.data(), n) - exact), magnitude * n * 0x1p-24) << n;
+      const float got = dot<Vec4>(a.data(), b.data(), n);
+      EXPECT_LE(std::abs(got - exact), magnitude * n * 0x1p-24) << n;
+      // Every register width computes the same lanes in the same order (cpu_isa.h's variants).
+      EXPECT_EQ(std::bit_cast<uint32_t>(dot<Vec8>(a.data(), b.data(), n)), std::bit_cast<uint32_t>(got)) << n;
+      EXPECT_EQ(std::bit_cast<uint32_t>(dot<Vec16>(a.data(), b.data(), n)), std::bit_cast<uint32_t>(got)) << n;
     }
   }
   const float ones[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
   float with_nan[16] = {};
   with_nan[9] = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_EQ(dot(ones, ones, 16), 16.f);
-  EXPECT_TRUE(std::isnan(dot(ones, with_nan, 16)));
+  EXPECT_EQ(dot<Vec4>(ones, ones, 16), 16.f);
+  EXPECT_TRUE(std::isnan(dot<Vec4>(ones, with_nan, 16)));
+}
+
+TEST(CpuMath, SumIsOneFixedOrderAtEveryWidth) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> uniform(0.f, 1.f);
+  for (const int n : {0, 1, 15, 16, 17, 100, 1000}) {
+    std::vector<float> x(n);
+    double exact = 0;
+    for (float& v : x) {
+      v = uniform(rng);
+      exact += v;
+    }
+    const float got = sum<Vec4>(x.data(), n);
+    EXPECT_LE(std::abs(got - exact), exact * n * 0x1p-24 + 1e-30) << n;
+    EXPECT_EQ(std::bit_cast<uint32_t>(sum<Vec8>(x.data(), n)), std::bit_cast<uint32_t>(got)) << n;
+    EXPECT_EQ(std::bit_cast<uint32_t>(sum<Vec16>(x.data(), n)), std::bit_cast<uint32_t>(got)) << n;
+  }
 }
 
 }  // namespace

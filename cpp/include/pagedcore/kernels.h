@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 // Same declaration as CUDA's driver_types.h, so this header needs no CUDA include.
 typedef struct CUstream_st* cudaStream_t;
@@ -193,6 +194,10 @@ std::string cuda_decode_attention_path(DType dtype, int head_dim, int block_size
 // how many threads they use.
 std::string cpu_parallel_backend();
 int cpu_num_threads();
+// The instruction-set variant the CPU kernels run ("baseline", "avx2" or "avx512": the widest this
+// CPU supports, or PAGEDCORE_CPU_ISA; all give bit-identical results), and those this CPU can run.
+std::string cpu_isa();
+std::vector<std::string> cpu_supported_isas();
 // Keeps memory the process frees for reuse instead of returning it to the kernel (glibc's malloc:
 // blocks up to mmap_threshold bytes come from the heap, and up to twice that of free heap top is
 // kept), so that the CPU engine's per-layer tensors are not faulted in again every step. Returns
