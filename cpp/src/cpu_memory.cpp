@@ -10,9 +10,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <string>
 
 #if defined(__GLIBC__)
+#include <dlfcn.h>
 #include <malloc.h>
+#include <unistd.h>  // environ
 #endif
 
 #include "pagedcore/kernels.h"
@@ -21,15 +24,28 @@ namespace pagedcore {
 namespace {
 
 #if defined(__GLIBC__)
-// The user's own malloc settings win: glibc's tunables or its older environment variables.
-bool user_tuned_malloc() {
+// The user's own choice wins: PAGEDCORE_KEEP_FREED_MEMORY=0, glibc's malloc tunables or any of its
+// MALLOC_* environment variables.
+bool left_to_the_user() {
+  if (const char* keep = std::getenv("PAGEDCORE_KEEP_FREED_MEMORY")) {
+    if (std::strcmp(keep, "0") == 0) return true;
+  }
   if (const char* tunables = std::getenv("GLIBC_TUNABLES")) {
     if (std::strstr(tunables, "glibc.malloc.") != nullptr) return true;
   }
-  for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"}) {
-    if (std::getenv(name) != nullptr) return true;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    if (std::strncmp(*entry, "MALLOC_", 7) == 0) return true;
   }
   return false;
+}
+
+// Whether malloc is glibc's: an allocator put in front of it (LD_PRELOAD of jemalloc, tcmalloc) has
+// its own policy, and mallopt would only tune glibc's unused one.
+bool glibc_malloc() {
+  Dl_info where;
+  if (dladdr(reinterpret_cast<void*>(&::malloc), &where) == 0 || where.dli_fname == nullptr) return false;
+  const std::string path = where.dli_fname;
+  return path.find("/libc.so") != std::string::npos || path.rfind("libc.so", 0) == 0;
 }
 #endif
 
@@ -38,7 +54,7 @@ bool user_tuned_malloc() {
 int64_t cpu_keep_freed_memory(int64_t mmap_threshold) {
 #if defined(__GLIBC__)
   if (mmap_threshold <= 0 || mmap_threshold > (int64_t{1} << 29)) return 0;
-  if (user_tuned_malloc()) return 0;
+  if (left_to_the_user() || !glibc_malloc()) return 0;
   // glibc before 2.35 refuses thresholds above 32 MiB (HEAP_MAX_SIZE / 2): fall back to that.
   constexpr int64_t kOldGlibcMax = int64_t{32} << 20;
   for (int64_t threshold : {mmap_threshold, std::min(mmap_threshold, kOldGlibcMax)}) {

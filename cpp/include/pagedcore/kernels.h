@@ -199,11 +199,13 @@ int cpu_num_threads();
 std::string cpu_isa();
 std::vector<std::string> cpu_supported_isas();
 // Keeps memory the process frees for reuse instead of returning it to the kernel (glibc's malloc:
-// blocks up to mmap_threshold bytes come from the heap, and up to twice that of free heap top is
-// kept), so that the CPU engine's per-layer tensors are not faulted in again every step. Returns
-// the threshold set (32 MiB where an older glibc refuses more), 0 when nothing was changed: another
-// C library, a threshold outside (0, 512 MiB], or malloc settings of the user's own in the
-// environment (GLIBC_TUNABLES glibc.malloc.*, MALLOC_*_). Process-wide.
+// blocks up to mmap_threshold bytes come from the heap, up to 64 MiB in threads other than the main
+// one, whose arenas glibc caps; up to twice the threshold of free heap top is kept), so that the CPU
+// engine's per-layer tensors are not faulted in again every step. Process-wide, and never undone:
+// the heap keeps its high-water mark. Returns the threshold set (32 MiB where an older glibc
+// refuses more), 0 when nothing was changed: another C library or an allocator preloaded in front
+// of glibc's, a threshold outside (0, 512 MiB], PAGEDCORE_KEEP_FREED_MEMORY=0, or malloc settings of
+// the user's own (GLIBC_TUNABLES with glibc.malloc.*, any MALLOC_* variable).
 int64_t cpu_keep_freed_memory(int64_t mmap_threshold);
 // Decode split count that fills the device (waves of CTAs) for this batch, in [1, kMaxAttentionSplits].
 // dtype: what the KV cache holds (the model's dtype, or kFloat8E4M3: its kernels fit other CTA counts).

@@ -31,7 +31,9 @@ class ModelRunner:
                  host_kv_caches: list[LayerKVCache] | None = None):
         if device.type == "cpu":
             use_onednn_linears(model)  # float32 projections through oneDNN (model_executor/cpu_linear.py)
-            _core.cpu_keep_freed_memory(CPU_HEAP_KEEP_BYTES)
+            _core.cpu_isa()  # a PAGEDCORE_CPU_ISA this CPU cannot run is refused here, not at the first step
+        # The malloc threshold set for this process (0: left as it was; _core.cpu_keep_freed_memory).
+        self.kept_heap_bytes = _core.cpu_keep_freed_memory(CPU_HEAP_KEEP_BYTES) if device.type == "cpu" else 0
         self.model = model
         self.kv_caches = kv_caches
         self.host_kv_caches = host_kv_caches  # pinned CPU swap space (preemption by swapping), or None
