@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu_math.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PAGEDCORE_CPU_X86_VARIANTS 1
 // No "fma": a fused multiply-add rounds once where the baseline rounds twice.
@@ -27,5 +29,35 @@ Isa isa();
 const char* isa_name(Isa isa);
 // The variants this build and CPU can run, narrowest first.
 std::vector<Isa> supported_isas();
+
+// Kernel<V, Ts...>::run(args...) compiled once per variant, V its register width (Vec4, Vec8, Vec16:
+// cpu_math.h's Lanes16); run's body (declared PAGEDCORE_VEC_INLINE) is inlined into each, so its
+// vector code is built for that instruction set. pick(isa) gives the variant's function.
+template <template <typename...> class Kernel, typename... Ts>
+struct Variants {
+  template <typename... Args>
+  static void baseline(Args... args) {
+    Kernel<Vec4, Ts...>::run(args...);
+  }
+#if PAGEDCORE_CPU_X86_VARIANTS
+  template <typename... Args>
+  PAGEDCORE_TARGET_AVX2 static void avx2(Args... args) {
+    Kernel<Vec8, Ts...>::run(args...);
+  }
+  template <typename... Args>
+  PAGEDCORE_TARGET_AVX512 static void avx512(Args... args) {
+    Kernel<Vec16, Ts...>::run(args...);
+  }
+#endif
+  template <typename... Args>
+  static auto pick(Isa isa) -> void (*)(Args...) {
+#if PAGEDCORE_CPU_X86_VARIANTS
+    if (isa == Isa::kAvx512) return &avx512<Args...>;
+    if (isa == Isa::kAvx2) return &avx2<Args...>;
+#endif
+    (void)isa;
+    return &baseline<Args...>;
+  }
+};
 
 }  // namespace pagedcore::cpu

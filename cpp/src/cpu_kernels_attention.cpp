@@ -272,44 +272,27 @@ PAGEDCORE_VEC_INLINE void attend_tiles(const AttentionParams& a, const WorkItem&
   }
 }
 
-// The work-item kernels compiled for each instruction set (cpu_isa.h): the bodies above are inlined
-// into each, so their vector code is built for it.
-using ItemKernel = void (*)(const AttentionParams&, const WorkItem&, std::vector<float>&);
-struct ItemKernels {
-  ItemKernel two_pass;
-  ItemKernel tiles;
-};
-
-// Defines two_pass_<name> and tiles_<name> with the given target attribute and register width.
-#define PAGEDCORE_ITEM_KERNELS(name, target, V)                                                        \
-  template <typename T, typename C>                                                                   \
-  target void two_pass_##name(const AttentionParams& a, const WorkItem& w, std::vector<float>& s) {   \
-    attend_two_pass<V, T, C>(a, w, s);                                                                \
-  }                                                                                                   \
-  template <typename T, typename C>                                                                   \
-  target void tiles_##name(const AttentionParams& a, const WorkItem& w, std::vector<float>& s) {      \
-    attend_tiles<V, T, C>(a, w, s);                                                                   \
+// The work-item kernels as cpu::Variants kernels (one build per instruction set, cpu_isa.h).
+template <typename V, typename T, typename C>
+struct TwoPassItem {
+  static PAGEDCORE_VEC_INLINE void run(const AttentionParams& a, const WorkItem& w, std::vector<float>* scratch) {
+    attend_two_pass<V, T, C>(a, w, *scratch);
   }
-PAGEDCORE_ITEM_KERNELS(baseline, , cpu::Vec4)
-#if PAGEDCORE_CPU_X86_VARIANTS
-PAGEDCORE_ITEM_KERNELS(avx2, PAGEDCORE_TARGET_AVX2, cpu::Vec8)
-PAGEDCORE_ITEM_KERNELS(avx512, PAGEDCORE_TARGET_AVX512, cpu::Vec16)
-#endif
-#undef PAGEDCORE_ITEM_KERNELS
-
-template <typename T, typename C>
-ItemKernels item_kernels(cpu::Isa isa) {
-#if PAGEDCORE_CPU_X86_VARIANTS
-  if (isa == cpu::Isa::kAvx512) return {two_pass_avx512<T, C>, tiles_avx512<T, C>};
-  if (isa == cpu::Isa::kAvx2) return {two_pass_avx2<T, C>, tiles_avx2<T, C>};
-#endif
-  (void)isa;
-  return {two_pass_baseline<T, C>, tiles_baseline<T, C>};
-}
+};
+template <typename V, typename T, typename C>
+struct TilesItem {
+  static PAGEDCORE_VEC_INLINE void run(const AttentionParams& a, const WorkItem& w, std::vector<float>* scratch) {
+    attend_tiles<V, T, C>(a, w, *scratch);
+  }
+};
 
 template <typename T, typename C>
 void run(const AttentionParams& a) {
-  const ItemKernels kernels = item_kernels<T, C>(cpu::isa());
+  const cpu::Isa isa = cpu::isa();
+  const auto two_pass = cpu::Variants<TwoPassItem, T, C>::template pick<const AttentionParams&, const WorkItem&,
+                                                                         std::vector<float>*>(isa);
+  const auto tiles = cpu::Variants<TilesItem, T, C>::template pick<const AttentionParams&, const WorkItem&,
+                                                                   std::vector<float>*>(isa);
   std::vector<WorkItem> items;
   // A decode row takes all its KV heads in one item (its blocks read front to back) when there are
   // enough sequences to keep every thread busy.
@@ -336,9 +319,9 @@ void run(const AttentionParams& a) {
     thread_local std::vector<float> scratch;
     const WorkItem& w = items[i];
     if (w.kv_heads > 1 || w.num_rows * (a.num_heads / a.num_kv_heads) <= kMaxQueriesTwoPass) {
-      kernels.two_pass(a, w, scratch);
+      two_pass(a, w, &scratch);
     } else {
-      kernels.tiles(a, w, scratch);
+      tiles(a, w, &scratch);
     }
   });
 }

@@ -52,7 +52,9 @@ TEST(CpuMath, DotMatchesAFloat64SumWithinFloat32Rounding) {
       // n float32 products and sums: each rounding at most 2^-24 of the running magnitude.
       const float got = dot<Vec4>(a.data(), b.data(), n);
       EXPECT_LE(std::abs(got - exact), magnitude * n * 0x1p-24) << n;
-      // Every register width computes the same lanes in the same order (cpu_isa.h's variants).
+      // Lanes16 of every register width computes the same lanes in the same order (compiled here
+      // for the baseline, where GCC splits the wider vectors; tests/test_cpu_isa.py runs the kernels'
+      // AVX2 / AVX-512 builds).
       EXPECT_EQ(std::bit_cast<uint32_t>(dot<Vec8>(a.data(), b.data(), n)), std::bit_cast<uint32_t>(got)) << n;
       EXPECT_EQ(std::bit_cast<uint32_t>(dot<Vec16>(a.data(), b.data(), n)), std::bit_cast<uint32_t>(got)) << n;
     }
