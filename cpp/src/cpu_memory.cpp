@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <stdexcept>
 #include <string>
 
 #if defined(__GLIBC__)
@@ -27,8 +28,13 @@ namespace {
 // The user's own choice wins: PAGEDCORE_KEEP_FREED_MEMORY=0, glibc's malloc tunables or any of its
 // MALLOC_* environment variables.
 bool left_to_the_user() {
-  if (const char* keep = std::getenv("PAGEDCORE_KEEP_FREED_MEMORY")) {
+  const char* keep = std::getenv("PAGEDCORE_KEEP_FREED_MEMORY");
+  if (keep != nullptr && *keep != '\0') {  // empty: as if unset
     if (std::strcmp(keep, "0") == 0) return true;
+    if (std::strcmp(keep, "1") != 0) {
+      throw std::invalid_argument("PAGEDCORE_KEEP_FREED_MEMORY=" + std::string(keep) +
+                                  ": expected 1 (the CPU engine keeps freed memory, the default) or 0 (malloc left as it is)");
+    }
   }
   if (const char* tunables = std::getenv("GLIBC_TUNABLES")) {
     if (std::strstr(tunables, "glibc.malloc.") != nullptr) return true;

@@ -205,7 +205,8 @@ std::vector<std::string> cpu_supported_isas();
 // the heap keeps its high-water mark. Returns the threshold set (32 MiB where an older glibc
 // refuses more), 0 when nothing was changed: another C library or an allocator preloaded in front
 // of glibc's, a threshold outside (0, 512 MiB], PAGEDCORE_KEEP_FREED_MEMORY=0, or malloc settings of
-// the user's own (GLIBC_TUNABLES with glibc.malloc.*, any MALLOC_* variable).
+// the user's own (GLIBC_TUNABLES with glibc.malloc.*, any MALLOC_* variable). Throws
+// std::invalid_argument for a PAGEDCORE_KEEP_FREED_MEMORY other than 0 or 1.
 int64_t cpu_keep_freed_memory(int64_t mmap_threshold);
 // Decode split count that fills the device (waves of CTAs) for this batch, in [1, kMaxAttentionSplits].
 // dtype: what the KV cache holds (the model's dtype, or kFloat8E4M3: its kernels fit other CTA counts).
