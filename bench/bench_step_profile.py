@@ -1,9 +1,10 @@
 """Where a W1 step's time goes (issue 14's profile): GPU busy fraction, host time per step, kernel
 counts and the host-device synchronizations, from a torch.profiler trace of one pass.
 
-    python3 bench/bench_step_profile.py [--requests 128] [--json out.json] [--label name] [--cprofile 25]
+    python3 bench/bench_step_profile.py [--preset gpu|gpu-llama3-8b] [--requests 128] [--json out.json]
+        [--label name] [--cprofile 25]
 
-Runs the W1 requests (docs/benchmarks.md) on the Qwen3-0.6B shape with random bf16 weights, prefix
+Runs the W1 requests (docs/benchmarks.md) on the preset's shape (Qwen3-0.6B, or Llama-3-8B) with random bf16 weights, prefix
 caching off, once untraced (throughput, fraction of the floor) and once under torch.profiler (the
 first --requests of them). GPU busy = the union of the kernel and memcpy intervals over the traced
 wall time; host time per step = traced wall time / engine steps.
@@ -33,8 +34,22 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def kind_of(kernel: str) -> str:
+    """A device op's kind by its name: GEMM (cuBLAS / CUTLASS), attention (pagedcore's), copy, other."""
+    name = kernel.lower()
+    if any(k in name for k in ("gemm", "nvjet", "cutlass", "xmma", "cublas")):
+        return "gemm"
+    if "attention" in name:
+        return "attention"
+    if "memcpy" in name or "memset" in name:
+        return "copy"
+    return "other"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(common.GPU_SHAPES), default="gpu",
+                   help="the model shape: gpu (Qwen3-0.6B) or gpu-llama3-8b")
     p.add_argument("--requests", type=int, default=128, help="W1 requests in the traced pass")
     p.add_argument("--kv-gib", type=float, default=40.0)
     p.add_argument("--json", default=None)
@@ -46,7 +61,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cuda")
     requests = common.w1_requests()
-    llm = common.build_llm("gpu", device=device, kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)),
+    llm = common.build_llm(args.preset, device=device, kv_cache_memory_bytes=int(args.kv_gib * (1 << 30)),
                            max_model_len=2048, enable_prefix_caching=False, async_scheduling=args.async_scheduling)
     shape = common.model_shape_of(llm)
     common.run_pagedcore(llm, [Request(r.prompt_token_ids, 16) for r in requests[-8:]], temperature=0.6)
@@ -82,7 +97,7 @@ def main() -> None:
     trace_span = (max(e for _, e in device_intervals) - min(s for s, _ in device_intervals)) if device_intervals else 0
     busy_us = union_us(device_intervals)
     result = {
-        "label": args.label, "device": common.device_description(device),
+        "label": args.label, "preset": args.preset, "device": common.device_description(device),
         "w1_output_tok_s": untraced.num_output_tokens / untraced.wall_s, "w1_wall_s": untraced.wall_s,
         "w1_floor_s": floor.seconds, "w1_fraction_of_floor": floor.seconds / untraced.wall_s,
         "traced_requests": len(traced_requests), "traced_wall_ms": wall_us / 1e3, "engine_steps": steps,
@@ -91,6 +106,8 @@ def main() -> None:
         "device_ops": len(kernel_durations), "device_ops_per_step": len(kernel_durations) / max(steps, 1),
         "device_ops_under_4us": sum(d < 4 for d in kernel_durations),
         "sync_calls": dict(syncs), "sync_ms": sync_us / 1e3,
+        "device_ms_by_kind": {kind: round(sum(us for name, us in kernel_names.items() if kind_of(name) == kind) / 1e3, 2)
+                              for kind in ("gemm", "attention", "copy", "other")},
         "top_device_ops_ms": {name: us / 1e3 for name, us in kernel_names.most_common(12)},
     }
     if args.cprofile:
