@@ -59,9 +59,11 @@ inline constexpr int kDecodeStages = D >= 256 ? 2 : 3;
 constexpr int kShallowDecodeStages = 2;
 // Shared memory per CTA of the largest part (sm_90): variants past it are not compiled.
 constexpr size_t kMaxSmemPerCta = 227 * 1024;
-// Query fragments stay in registers for head sizes up to 128 (64 more registers at 256 would spill).
-template <int D>
-inline constexpr bool kDecodeQueryInRegisters = D <= 128;
+// Query fragments stay in registers for head sizes up to 128 (64 more registers at 256 would spill);
+// over FP8 caches up to 96, where the kernel's 128 registers (kDecodeMinCtasPerSm) hold them
+// without spilling.
+template <typename C, int D>
+inline constexpr bool kDecodeQueryInRegisters = kFp8Cache<C> ? D <= 96 : D <= 128;
 
 // Bulk loads (one copy per block piece, tiles in cache order) need sm_90, head sizes whose rows are
 // whole groups of 8 chunks and blocks of at least 8 tokens; the rest load 16-byte chunks by cp.async.
@@ -103,7 +105,7 @@ constexpr size_t decode_barrier_bytes() {
 template <typename T, typename C, int D>
 constexpr size_t decode_query_tile_bytes() {
   if constexpr (kFp8Cache<C>) return static_cast<size_t>(16) * kRowPitch<D> * sizeof(__half) + 16 * sizeof(float);
-  else return kDecodeQueryInRegisters<D> ? 0 : static_cast<size_t>(16) * kRowPitch<D> * sizeof(T);
+  else return kDecodeQueryInRegisters<C, D> ? 0 : static_cast<size_t>(16) * kRowPitch<D> * sizeof(T);
 }
 
 template <typename T, typename C, int D, bool kBulk, int W, int S>
@@ -155,7 +157,7 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   // Query rows: heads kv_head * G .. + G - 1 of this token; rows >= G are zero. Head sizes over 128
   // stage them in shared memory here; the others read them into registers below (FP8 caches:
   // staged in half after the first tile loads are issued).
-  for (int c = threadIdx.x; c < (kDecodeQueryInRegisters<D> || kFp8 ? 0 : 16 * kChunks); c += kThreads) {
+  for (int c = threadIdx.x; c < (kDecodeQueryInRegisters<C, D> || kFp8 ? 0 : 16 * kChunks); c += kThreads) {
     const int r = c / kChunks, chunk = c % kChunks;
     const T* src = static_cast<const T*>(p.q) + q_row * p.q_stride_token +
                    (kv_head * G + min(r, G - 1)) * p.q_stride_head + chunk * 8;
@@ -252,7 +254,7 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   WarpAttentionState<D> st;
   st.init();
   QueryFragments<D> q_frags;
-  if constexpr (kDecodeQueryInRegisters<D>) {
+  if constexpr (kDecodeQueryInRegisters<C, D>) {
     if constexpr (kFp8) {
       q_frags.load(sq_half, lane);
     } else {
@@ -260,7 +262,7 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
                           p.q_stride_head, G, lane);
     }
   }
-  const QueryFragments<D>* q_regs = kDecodeQueryInRegisters<D> ? &q_frags : nullptr;
+  const QueryFragments<D>* q_regs = kDecodeQueryInRegisters<C, D> ? &q_frags : nullptr;
   const float score_scale_log2 = kFp8 ? p.scale_log2 * p.k_scale : p.scale_log2;  // K's scale (FP8)
   // FP8: rows g and g + 8 were scaled by powers of two in half (stage_query_fp8): undone on the scores.
   const float scale_lo = kFp8 ? score_scale_log2 * q_row_scale[g] : score_scale_log2;
@@ -395,8 +397,15 @@ __device__ __forceinline__ void decode_attention_body(const AttentionKernelParam
   }
 }
 
+// Registers: FP8 caches take half the shared memory per stage, so at head sizes up to 128 their
+// CTAs are held to 128 registers per thread: 16 warps per SM (four 4-warp or two 8-warp CTAs)
+// instead of the 12 that their unbounded 150 allow.
+template <typename C, int D, int kWarps>
+inline constexpr int kDecodeMinCtasPerSm = kFp8Cache<C> && D <= 128 ? 16 / kWarps : 1;
+
 template <typename T, typename C, int D, bool kBulk, int kWarps, int kStages>
-__global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const AttentionKernelParams p) {
+__global__ void __launch_bounds__(kWarps * 32, (kDecodeMinCtasPerSm<C, D, kWarps>))
+    decode_attention_kernel(const AttentionKernelParams p) {
 #if PAGEDCORE_ARCH_HAS_BULK_COPY
   decode_attention_body<T, C, D, kBulk, kWarps, kStages>(p);
 #else
