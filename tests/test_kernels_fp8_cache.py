@@ -193,7 +193,7 @@ def test_cuda_reads_every_finite_e4m3_value_exactly(dtype, block_size, query_len
 
 @needs_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim", [64, 256])  # query fragments in registers / in shared memory
+@pytest.mark.parametrize("head_dim", [64, 128, 256])  # query fragments in registers / from shared memory (FP8: 112 and up)
 @pytest.mark.parametrize("q_exponent,k_scale", [(-30, 2.0 ** 28), (18, 2.0 ** -20), (0, 0.0173)])
 def test_cuda_fp8_decode_takes_bf16_queries_of_any_magnitude(head_dim, q_exponent, k_scale):
     # The FP8 decode kernel multiplies in half precision: bf16 query rows are scaled by a power of

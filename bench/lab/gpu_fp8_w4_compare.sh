@@ -22,7 +22,7 @@ for side in after before; do
   ls /tmp/pc-$side/pagedcore/_core*.so >/dev/null 2>&1 || { echo "the $side build failed:"; tail -30 build/gpu-$side.log; exit 1; }
 done
 grep -q kv-cache-dtype "$BEFORE/bench/bench_paged.cpp" || { echo "$BEFORE's bench_paged has no --kv-cache-dtype"; exit 1; }
-for side in before after; do
+for side in ${SIDES_TESTED:-before after}; do  # SIDES_TESTED=after: the before tree's tests ran already
   tree=.; [ $side = before ] && tree=$BEFORE
   for path in auto ampere; do
     echo "$side, kernel path $path: $(PAGEDCORE_KERNEL_PATH=$path PYTHONPATH=/tmp/pc-$side:$tree/tests timeout 100 \
