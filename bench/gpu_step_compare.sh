@@ -6,6 +6,8 @@
 #   git archive REV | (mkdir -p .before && tar -x -C .before)     # here; .before is git-ignored
 #   bash bench/gpu_step_compare.sh .before [tests,profile,throughput,llama,llama-fp8,latency]   # there, carrying .before
 #
+# TESTS: the test files `tests` runs (default tests/test_models_gpu.py); THROUGHPUT_SIDES: the W1 runs
+# of `throughput` (default "before after after-sync").
 # `latency` needs the server's wheels: carry .whl too (bench/gpu_wheels.sh makes it).
 # Results go to $OUT (or results/step_compare). Each package is a copy under /tmp (python/pagedcore
 # plus its module), so nothing is written into either tree's python/.
@@ -34,7 +36,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 if has tests; then
-  PYTHONPATH=/tmp/pc-after:$PWD/tests:${PYTHONPATH:-} timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_models_gpu.py \
+  PYTHONPATH=/tmp/pc-after:$PWD/tests:${PYTHONPATH:-} timeout ${TESTS_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_models_gpu.py} \
     > "$OUT_DIR/pytest.txt" 2>&1; tail -2 "$OUT_DIR/pytest.txt"; grep -E "^(FAILED|E  )" "$OUT_DIR/pytest.txt" | head -10
 fi
 if has profile; then
@@ -45,7 +47,7 @@ if has profile; then
   done
 fi
 if has throughput; then
-  for side in before after after-sync; do
+  for side in ${THROUGHPUT_SIDES:-before after after-sync}; do
     package=/tmp/pc-${side%-sync}; flags=""; [ $side = after-sync ] && flags=--no-async-scheduling
     echo "== W1 Qwen3-0.6B shape: $side"
     PYTHONPATH=$package:${PYTHONPATH:-} timeout 150 python3 -m pagedcore.cli bench throughput --preset gpu --engine pagedcore \
