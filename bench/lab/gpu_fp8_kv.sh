@@ -3,7 +3,7 @@
 # (the kernel tests also on the Ampere kernel path), the model-dtype attention / cache / model tests (the FP8
 # kernels share their code), W4 with a bf16 and an FP8 cache side by side, a compute-sanitizer
 # memcheck of the FP8 kernel tests; W1 on the Llama-3-8B shape and a short W2 with both caches.
-# Parts: tests,ampere,w4,memcheck,llama (or llama-kv: without FP8 weights),prefix (default: the first
+# Parts: tests,ampere,w4,memcheck,llama (or llama-kv: without FP8 weights; llama-w8kv8: FP8 KV, and FP8 weights with it),prefix (default: the first
 # four), run in that order. Results in $OUT.
 set -uo pipefail
 OUT=${OUT:-results/gpu_fp8_kv}
@@ -46,9 +46,10 @@ if has memcheck; then
     -k "cuda and (write or every_finite or (every_head_size and 256))" \
     > "$OUT/memcheck.txt" 2>&1; tail -3 "$OUT/memcheck.txt"
 fi
-if has llama || has llama-kv; then  # W1 on the Llama-3-8B shape (same 40 GiB KV budget): bf16, FP8 KV (llama-kv);
-  variants=("" "--kv-cache-dtype fp8")  # llama adds FP8 weights, and both
+if has llama || has llama-kv || has llama-w8kv8; then  # W1 on the Llama-3-8B shape (same 40 GiB KV budget): bf16,
+  variants=("" "--kv-cache-dtype fp8")  # FP8 KV (llama-kv); llama adds FP8 weights, and both; llama-w8kv8 only both
   has llama && variants+=("--quantization fp8" "--quantization fp8 --kv-cache-dtype fp8")
+  has llama-w8kv8 && ! has llama && variants+=("--quantization fp8 --kv-cache-dtype fp8")
   for flags in "${variants[@]}"; do
     name=$(echo "bf16 $flags" | tr -s ' -' '_')
     echo "== W1 Llama-3-8B shape: ${flags:-bf16}"
