@@ -4,19 +4,25 @@
 # kernels share their code), W4 with a bf16 and an FP8 cache side by side, a compute-sanitizer
 # memcheck of the FP8 kernel tests; W1 on the Llama-3-8B shape and a short W2 with both caches.
 # Parts: tests,ampere,w4,memcheck,llama (or llama-kv: without FP8 weights; llama-w8kv8: FP8 KV, and FP8 weights with it),prefix (default: the first
-# four), run in that order. Results in $OUT.
+# four), run in that order. Results in $OUT. PAGEDCORE_PACKAGE=DIR: test and run the package built
+# in DIR from this tree instead of building one.
 set -uo pipefail
 OUT=${OUT:-results/gpu_fp8_kv}
 PARTS=${1:-tests,ampere,w4,memcheck}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
-cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DPAGEDCORE_BUILD_PYTHON=ON \
-  -DPAGEDCORE_BUILD_TESTS=OFF -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python3)" \
-  > "$OUT/cmake.txt" 2>&1 && cmake --build build/gpu --target _core bench_paged > "$OUT/build.txt" 2>&1 \
-  || { tail -30 "$OUT/cmake.txt" "$OUT/build.txt"; exit 1; }  # never test a stale build
-PACKAGE=/tmp/pagedcore-fp8-kv
-rm -rf "$PACKAGE" && mkdir -p "$PACKAGE" && cp -r python/pagedcore "$PACKAGE/" && cp build/gpu/_core*.so "$PACKAGE/pagedcore/"
+if [ -n "${PAGEDCORE_PACKAGE:-}" ]; then  # a package built from this tree in the same call (e.g. by
+  PACKAGE=$PAGEDCORE_PACKAGE               # gpu_step_compare.sh): no second build; w4 needs bench_paged
+  has w4 && { echo "w4 needs this script's own build (bench_paged): unset PAGEDCORE_PACKAGE"; exit 1; }
+else
+  cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DPAGEDCORE_BUILD_PYTHON=ON \
+    -DPAGEDCORE_BUILD_TESTS=OFF -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python3)" \
+    > "$OUT/cmake.txt" 2>&1 && cmake --build build/gpu --target _core bench_paged > "$OUT/build.txt" 2>&1 \
+    || { tail -30 "$OUT/cmake.txt" "$OUT/build.txt"; exit 1; }  # never test a stale build
+  PACKAGE=/tmp/pagedcore-fp8-kv
+  rm -rf "$PACKAGE" && mkdir -p "$PACKAGE" && cp -r python/pagedcore "$PACKAGE/" && cp build/gpu/_core*.so "$PACKAGE/pagedcore/"
+fi
 export PYTHONPATH=$PACKAGE:$PWD/tests
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 if has tests; then
