@@ -105,7 +105,7 @@ def print_report(payload: dict) -> None:
              r["ttft_p50_s"], r["ttft_p99_s"], r["num_preemptions"], r["speedup_vs_off"]] for r in payload["summary"]]
     print(f"W2 prefix caching ({payload['preset']} preset) on {payload['device']}, {payload['date']}: "
           f"{payload['config']['num_requests']} requests, user part randint{tuple(payload['config']['user_len'])}, "
-          f"median of {payload['config']['repeats']} repeat(s)")
+          f"median of {payload['config']['repeats']} repeat(s), KV cache {payload['config'].get('kv_cache_dtype', 'auto')}")
     print(common.format_table(headers, rows))
     for line in overhead_lines(payload):
         print(line)
