@@ -293,7 +293,8 @@ def test_a_worker_that_raises_or_dies_fails_requests_by_name_and_leaves_nothing(
 
 
 _DRIVER = """
-import sys, time
+import faulthandler, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks of a driver that hangs
 from pagedcore import LLM, SamplingParams
 llm = LLM(sys.argv[1], device="cpu", max_model_len=128, kv_cache_memory_bytes=1 << 22, verbose=False,
           tensor_parallel_size=2)
@@ -317,8 +318,10 @@ def test_no_worker_outlives_its_driver(tmp_path, ending):
 
     save_tiny_model(tmp_path, "llama", with_tokenizer=False, vocab_size=509)
     mode = {"exit": "exit", "ctrl-c": "busy"}.get(ending, "wait")
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path), mode], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+    stderr_path = tmp_path / "driver_stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path), mode], stdout=subprocess.PIPE,
+                                  stderr=stderr, text=True)
     try:
         pids = [int(p) for p in driver.stdout.readline().split()]
         assert len(pids) == 1 and _alive(pids[0])
@@ -326,7 +329,12 @@ def test_no_worker_outlives_its_driver(tmp_path, ending):
         if ending != "exit":
             time.sleep(0.5)
             driver.send_signal({"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL, "ctrl-c": signal.SIGINT}[ending])
-        driver.wait(30)
+        try:
+            driver.wait(30)
+        except subprocess.TimeoutExpired:
+            driver.send_signal(signal.SIGUSR1)  # its threads' stacks, into its stderr
+            time.sleep(2)
+            pytest.fail(f"the driver did not exit within 30 s ({ending}); its stderr:\n{stderr_path.read_text()[-6000:]}")
     finally:
         driver.kill()
     assert ending != "exit" or driver.returncode == 0
