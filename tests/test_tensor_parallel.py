@@ -332,7 +332,10 @@ def test_no_worker_outlives_its_driver(tmp_path, ending):
         try:
             driver.wait(30)
         except subprocess.TimeoutExpired:
-            driver.send_signal(signal.SIGUSR1)  # its threads' stacks, into its stderr
+            driver.send_signal(signal.SIGUSR1)  # its threads' stacks, into its stderr (the worker's too:
+            time.sleep(1)                       # it shares the driver's stderr)
+            if _alive(pids[0]):
+                os.kill(pids[0], signal.SIGUSR1)
             time.sleep(2)
             pytest.fail(f"the driver did not exit within 30 s ({ending}); its stderr:\n{stderr_path.read_text()[-6000:]}")
     finally:

@@ -8,6 +8,7 @@ and takes part in the model's collectives, until the driver says stop or goes aw
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
 import signal
 import threading
@@ -112,6 +113,7 @@ def worker_main(rank: int, spec: WorkerSpec, conn, parent_pid: int, ring) -> Non
     from pagedcore.model_executor import tp_executor
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: this worker's stacks on stderr
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     conn.send(("started",))  # the spawned process got here: its start (importing the main module) worked
     stage = "joining the process group"
