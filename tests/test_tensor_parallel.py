@@ -339,10 +339,11 @@ def test_no_worker_outlives_its_driver(tmp_path, ending):
             time.sleep(2)
             message = f"the driver did not exit within 30 s ({ending}); its stderr:\n{stderr_path.read_text()[-6000:]}"
             if ending == "ctrl-c":
-                # Known problem (issue 17, not fixed): fresh-clone CI runs hung here in 3 of 3 runs on
+                # Known problem (issue 17, not fixed): fresh-clone CI runs hung here in 4 of 4 runs on
                 # 2026-12-05 (~3 in ~250 runs on the developer machine): the driver stayed inside a step
-                # (a oneDNN linear, an all-reduce, libgomp's team barrier) and so never handled the
-                # interrupt. Only this hang is expected to fail; an orphan or a wrong exit still fails.
+                # (an all-reduce, a oneDNN linear, libgomp's team barrier) while the worker waited in
+                # another collective or for the next step, so the interrupt was never handled. Only
+                # this hang is expected to fail; an orphan or a wrong exit still fails.
                 pytest.xfail(f"issue 17, known hang: {message}")
             pytest.fail(message)
     finally:
