@@ -335,10 +335,10 @@ def test_no_worker_outlives_its_driver(tmp_path, ending):
     mode = {"exit": "exit", "ctrl-c": "busy"}.get(ending, "wait")
     stderr_path = tmp_path / "driver_stderr.txt"
     with open(stderr_path, "w") as stderr:
-        # Started with SIGINT ignored, whatever this test's own disposition: the same run in every harness.
-        driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path), mode], stdout=subprocess.PIPE,
-                                  stderr=stderr, text=True,
-                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        # Started with SIGINT ignored (by a shell that then execs it, keeping the pid), whatever this
+        # test's own disposition: the same run in every harness.
+        driver = subprocess.Popen(["sh", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "-c", _DRIVER,
+                                   str(tmp_path), mode], stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         pids = [int(p) for p in driver.stdout.readline().split()]
         assert len(pids) == 1 and _alive(pids[0])
