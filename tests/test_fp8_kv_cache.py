@@ -209,7 +209,7 @@ def test_a_failed_deferred_graph_capture_is_named_once_and_leaves_eager_steps(mo
     runner._capture_graphs_when_ready()  # scales pending: nothing yet
     assert attempts == [] and runner._graph_shape is not None
     cache.calibrate = False
-    with pytest.raises(RuntimeError, match="capturing the decode CUDA graphs failed .*MemoryError.*enforce_eager=True"):
+    with pytest.raises(RuntimeError, match="capturing the CUDA graphs failed .*MemoryError.*enforce_eager=True"):
         runner._capture_graphs_when_ready()
     runner._capture_graphs_when_ready()  # no second attempt
     assert attempts == [1] and runner.graphs is None

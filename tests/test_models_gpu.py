@@ -88,6 +88,33 @@ def test_prefix_caching_and_preemption_keep_outputs_close_on_gpu(tmp_path):
             assert (reference.max(-1).values - chosen).max() <= TOLERANCE[torch.bfloat16], name
 
 
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mixed_steps_through_piecewise_graphs_match_transformers(tmp_path, variant):
+    """Prefill chunks beside decode rows (max_num_batched_tokens=48), each step of up to 512 tokens run
+    by the piecewise CUDA graphs (attention eager between the captured pieces): every token within
+    the bf16 tolerance of the float32 reference, and the pieces ran the steps that mixed prefill rows
+    in (an eager step would not be counted)."""
+    hf_model = save_tiny_model(tmp_path, variant, with_tokenizer=False, vocab_size=512)
+    llm = LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16, kv_cache_memory_bytes=64 << 20, max_model_len=512,
+              max_num_batched_tokens=48, verbose=False)
+    pieces = llm.engine.runner.piecewise
+    assert pieces is not None and len(pieces.graphs) == len(pieces.sizes)
+    run, steps = pieces.run, []
+    pieces.run = lambda inputs, meta: steps.append(inputs.input_ids.shape[0]) or run(inputs, meta)
+    generator = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(3, 512, (n,), generator=generator).tolist() for n in (1, 7, 16, 33, 90, 300)]
+    params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=0)
+    tol = TOLERANCE[torch.bfloat16]
+    for prompt, output in zip(prompts, llm.generate(prompts, params, use_tqdm=False)):
+        completion = output.outputs[0]
+        reference = _reference_logprobs(hf_model, prompt, completion.token_ids)
+        chosen = reference.gather(1, torch.tensor(completion.token_ids)[:, None])[:, 0]
+        assert (reference.max(-1).values - chosen).max() <= tol
+        ours = torch.tensor([entry[token].logprob for entry, token in zip(completion.logprobs, completion.token_ids)])
+        assert (ours - chosen).abs().max() <= tol
+    assert steps.count(48) >= 8 and len(set(steps)) > 2
+
 def test_eager_decode_keeps_one_split_kv_workspace(tmp_path):
     """Eager steps choose the split count once per step and share one zero-filled workspace across
     layers and steps (not a fresh zeroed buffer per layer call); its split counters stay at zero."""

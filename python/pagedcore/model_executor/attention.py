@@ -73,9 +73,9 @@ class PagedAttention(torch.nn.Module):
         self.scale = head_dim ** -0.5
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: AttentionMetadata, out: torch.Tensor | None = None) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]
-        -> [num_tokens, num_heads, head_dim]."""
+        -> [num_tokens, num_heads, head_dim] (into `out` when given)."""
         if cache.calibrate and k.numel():
             # The first batch with finite, nonzero K and V sets the scales (a batch of zeros or one
             # that overflowed keeps the current ones and leaves it to the next batch).
@@ -91,4 +91,4 @@ class PagedAttention(torch.nn.Module):
                                    CALIBRATION_BATCHES, k_max, v_max, cache.k_scale, cache.v_scale)
         ops.write_kv_cache(k, v, cache.key, cache.value, meta.slot_mapping, cache.k_scale, cache.v_scale)
         plan = meta.attention_plan(cache.key, q.shape[0], self.num_heads, self.scale, q.dtype)
-        return plan.run(q, cache.key, cache.value, k_scale=cache.k_scale, v_scale=cache.v_scale)
+        return plan.run(q, cache.key, cache.value, out=out, k_scale=cache.k_scale, v_scale=cache.v_scale)

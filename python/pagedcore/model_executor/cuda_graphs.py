@@ -1,7 +1,15 @@
-"""CUDA graphs for decode-only steps: one graph per padded batch size. Each graph reads its inputs
-from its own static packed-plan buffer (step_inputs), into which a step's plan is copied, padded
-to the graph's batch and block-table width, by the one host-to-device copy of the step. Padding
-rows write nothing (slot -1) and attend to one slot of block 0; their outputs are dropped."""
+"""CUDA graphs.
+
+DecodeGraphs, for decode-only steps: one graph of the whole model per padded batch size. Each graph
+reads its inputs from its own static packed-plan buffer (step_inputs), into which a step's plan is
+copied, padded to the graph's batch and block-table width, by the one host-to-device copy of the
+step. Padding rows write nothing (slot -1) and attend to one slot of block 0; their outputs are
+dropped.
+
+PiecewiseGraphs, for the other steps up to a token count (prefill chunks, and decode rows mixed with
+them): the model between attentions, captured per padded token count as one piece per layer
+boundary; each layer's paged attention, whose launch depends on the step's lengths, runs eagerly
+between the pieces over their static buffers (the piecewise capture vLLM and SGLang use)."""
 
 from __future__ import annotations
 
@@ -77,3 +85,101 @@ class DecodeGraphs:
         inputs.take_deferred_inputs(plan.num_deferred, previous_tokens)
         self.graphs[batch].replay()
         return self.outputs[batch], inputs
+
+
+# Padded token counts of the piecewise graphs; a step of more tokens runs eagerly (its matmuls
+# outweigh its launches).
+_PIECEWISE_TOKENS = (16, 32, 64, 96, 128, 192, 256, 320, 384, 448, 512)
+
+
+class PiecewiseGraphs:
+    """Steps of up to max(_PIECEWISE_TOKENS) tokens that no decode graph runs. Piece 0 is the
+    embedding and layer 0 up to its attention; piece i (1 <= i < L) is layer i - 1 after its attention
+    and layer i up to its; piece L is the last layer after its attention and the final norm. Every
+    piece reads and writes static buffers of the largest size (views of the first `tokens` rows):
+    input ids, positions, q / k / v, the attention output and the residual stream. Rows past the
+    step's tokens are padding: every operation in a piece works on rows independently, and the
+    attention between pieces sees only the step's rows, so they never touch a real row, the KV
+    cache or the logits.
+
+    capture=False runs the same pieces as plain calls (any device): the padding and the static
+    buffers, tested on the CPU against the model's forward."""
+
+    def __init__(self, model: LlamaForCausalLM, kv_caches: list[LayerKVCache], device: torch.device, *,
+                 capture: bool = True):
+        self.model = model
+        self.kv_caches = kv_caches
+        self.layers = list(model.model.layers)
+        self.sizes = list(_PIECEWISE_TOKENS)
+        self.max_tokens = self.sizes[-1]
+        attention = self.layers[0].self_attn
+        dtype = model.model.embed_tokens.weight.dtype
+        rows, heads, kv_heads, head_dim = self.max_tokens, attention.num_heads, attention.num_kv_heads, attention.head_dim
+        self.input_ids = torch.zeros(rows, dtype=torch.int32, device=device)
+        self.positions = torch.zeros(rows, dtype=torch.int32, device=device)
+        self.q = torch.zeros(rows, heads, head_dim, dtype=dtype, device=device)
+        self.k = torch.zeros(rows, kv_heads, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros(rows, kv_heads, head_dim, dtype=dtype, device=device)
+        self.attn_out = torch.zeros(rows, heads, head_dim, dtype=dtype, device=device)
+        self.residual = torch.zeros(rows, model.config.hidden_size, dtype=dtype, device=device)
+        self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}  # padded tokens -> its L + 1 pieces
+        self.outputs: dict[int, torch.Tensor] = {}  # padded tokens -> the last piece's hidden states
+        if capture:
+            self._capture(device)
+
+    def _capture(self, device: torch.device) -> None:
+        pool = None
+        for tokens in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory pool
+            pieces = []
+            for index in range(len(self.layers) + 1):
+                self._piece(index, tokens)  # warm-up (lazy initializations)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    output = self._piece(index, tokens)
+                pool = graph.pool()
+                pieces.append(graph)
+            self.graphs[tokens], self.outputs[tokens] = pieces, output
+        torch.cuda.synchronize(device)
+
+    def tokens_for(self, num_tokens: int) -> int | None:
+        """The padded token count of the pieces that run a step of num_tokens tokens, None: eager."""
+        return next((t for t in self.sizes if t >= num_tokens), None)
+
+    def _piece(self, index: int, tokens: int) -> torch.Tensor | None:
+        """Piece `index` over the first `tokens` rows; the last piece returns the final hidden states."""
+        positions, residual = self.positions[:tokens], self.residual[:tokens]
+        if index == 0:
+            q, k, v, embedded = self.layers[0].before_attention(positions, self.model.model.embed(self.input_ids[:tokens]),
+                                                               None)
+            residual.copy_(embedded)
+        else:
+            hidden, _ = self.layers[index - 1].after_attention(self.attn_out[:tokens], residual)
+            if index == len(self.layers):
+                return self.model.model.norm(hidden, residual)[0]
+            q, k, v, _ = self.layers[index].before_attention(positions, hidden, residual)
+        self.q[:tokens].copy_(q)
+        self.k[:tokens].copy_(k)
+        self.v[:tokens].copy_(v)
+        return None
+
+    def run(self, inputs: StepInputs, meta: AttentionMetadata) -> torch.Tensor:
+        """One step's forward (inputs: its uploaded arrays, deferred inputs taken; meta: its attention
+        metadata) -> hidden states [padded tokens, hidden_size]; rows past the step's tokens are padding."""
+        num_tokens = inputs.input_ids.shape[0]
+        tokens = self.tokens_for(num_tokens)
+        if tokens is None:
+            raise ValueError(f"a step of {num_tokens} tokens is beyond the piecewise graphs' {self.max_tokens}")
+        self.input_ids[:num_tokens].copy_(inputs.input_ids)
+        self.positions[:num_tokens].copy_(inputs.positions)
+        graphs = self.graphs.get(tokens)
+        output = None
+        for index in range(len(self.layers) + 1):
+            if index:
+                layer = self.layers[index - 1]
+                layer.self_attn.attn(self.q[:num_tokens], self.k[:num_tokens], self.v[:num_tokens],
+                                     self.kv_caches[index - 1], meta, out=self.attn_out[:num_tokens])
+            if graphs is not None:
+                graphs[index].replay()
+            else:
+                output = self._piece(index, tokens)
+        return self.outputs[tokens] if graphs is not None else output

@@ -42,14 +42,23 @@ class Attention(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, cache: LayerKVCache,
                 meta: AttentionMetadata) -> torch.Tensor:
         """positions: [num_tokens]; hidden: [num_tokens, hidden_size] -> [num_tokens, hidden_size]."""
+        q, k, v = self.project(positions, hidden)
+        return self.output(self.attn(q, k, v, cache, meta))
+
+    def project(self, positions: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The part before attention: hidden -> q [num_tokens, num_heads, head_dim], k and v
+        [num_tokens, num_kv_heads, head_dim], RoPE (and Qwen3's norms) applied."""
         num_tokens = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = self.rotary(positions, q, k, self.q_norm, self.k_norm)
-        out = self.attn(q, k, v, cache, meta)  # [num_tokens, num_heads, head_dim]
-        out = self.o_proj(out.reshape(num_tokens, self.q_size))
+        return q, k, v
+
+    def output(self, attn_out: torch.Tensor) -> torch.Tensor:
+        """The part after attention: [num_tokens, num_heads, head_dim] -> [num_tokens, hidden_size]."""
+        out = self.o_proj(attn_out.reshape(attn_out.shape[0], self.q_size))
         return out if self.tp is None else self.tp.all_reduce(out)  # row-parallel: sum the partial outputs
 
 
@@ -93,12 +102,23 @@ class DecoderLayer(nn.Module):
         """hidden: the previous layer's output [num_tokens, hidden_size] (the embeddings for the first
         layer, whose residual is None); residual: the residual stream before it is added.
         Returns (this layer's MLP output, the residual stream before it is added): the next norm adds them."""
+        q, k, v, residual = self.before_attention(positions, hidden, residual)
+        return self.after_attention(self.self_attn.attn(q, k, v, cache, meta), residual)
+
+    def before_attention(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
+                         ) -> tuple[torch.Tensor, ...]:
+        """forward's part before the paged attention -> (q, k, v, the residual stream). The residual
+        stream given is updated in place (the first layer's, None, becomes the embeddings)."""
         if residual is None:
             residual, hidden = hidden, self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, cache, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return (*self.self_attn.project(positions, hidden), residual)
+
+    def after_attention(self, attn_out: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's part after it: the attention's output [num_tokens, num_heads, head_dim] -> as forward
+        (residual updated in place)."""
+        hidden, residual = self.post_attention_layernorm(self.self_attn.output(attn_out), residual)
         return self.mlp(hidden), residual
 
 

@@ -1,9 +1,10 @@
 """ModelRunner: executes exactly what a step plan says, nothing more.
 
 It moves the KV blocks the plan asks for (swap out, swap in, then copy-on-write), moves the plan's
-int32 arrays to the device in one copy (step_inputs.PlanUploader), runs the model (replaying a
-captured CUDA graph for decode-only steps on GPU) and returns the logits of the rows the plan samples
-(then of any extra rows the caller asks for: prompt logprobs).
+int32 arrays to the device in one copy (step_inputs.PlanUploader), runs the model (on GPU replaying
+a captured CUDA graph for decode-only steps, and piecewise graphs around the attentions for other
+steps of up to 512 tokens) and returns the logits of the rows the plan samples (then of any extra
+rows the caller asks for: prompt logprobs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from pagedcore import _core, ops
 from pagedcore.model_executor.attention import AttentionMetadata, LayerKVCache
 from pagedcore.model_executor.cpu_linear import use_onednn_linears
-from pagedcore.model_executor.cuda_graphs import DecodeGraphs
+from pagedcore.model_executor.cuda_graphs import DecodeGraphs, PiecewiseGraphs
 from pagedcore.model_executor.model import LlamaForCausalLM
 from pagedcore.model_executor.step_inputs import PlanUploader, StepInputs
 
@@ -43,6 +44,7 @@ class ModelRunner:
         self.workspace: torch.Tensor | None = None  # CUDA split-KV scratch of eager steps, grown on demand
         self.uploader = PlanUploader(device)
         self.graphs = None
+        self.piecewise = None  # PiecewiseGraphs, captured with the decode graphs
         # CUDA graphs bake each layer's FP8 scales into their kernel arguments: with scales still to
         # come from the first batch (calculate_kv_scales), they are captured after the step that set
         # every layer's (a one-time pause of the capture's length then).
@@ -70,8 +72,10 @@ class ModelRunner:
         torch.cuda.empty_cache()  # blocks cached by the eager steps so far go back for the graphs' pool
         try:
             self.graphs = DecodeGraphs(self.model, self.kv_caches, self.device, **shape)
+            self.piecewise = PiecewiseGraphs(self.model, self.kv_caches, self.device)
         except Exception as error:
-            raise RuntimeError(f"capturing the decode CUDA graphs failed ({type(error).__name__}: {error}); later "
+            self.graphs = self.piecewise = None
+            raise RuntimeError(f"capturing the CUDA graphs failed ({type(error).__name__}: {error}); later "
                                "steps run without them, and enforce_eager=True never captures them") from error
 
     @torch.inference_mode()
@@ -136,6 +140,8 @@ class ModelRunner:
             num_splits=num_splits,
             workspace=workspace,
         )
+        if self.piecewise is not None and self.piecewise.tokens_for(plan.num_tokens) is not None:
+            return self.piecewise.run(inputs, meta)  # [padded tokens, hidden_size]
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, meta)
 
     def _split_kv(self, num_seqs: int, max_context_len: int) -> tuple[int | None, torch.Tensor | None]:
