@@ -205,11 +205,11 @@ def test_a_failed_deferred_graph_capture_is_named_once_and_leaves_eager_steps(mo
                          calibrate=True)
     runner = model_runner.ModelRunner.__new__(model_runner.ModelRunner)
     runner.model, runner.kv_caches, runner.device, runner.graphs = torch.nn.Module(), [cache], torch.device("cpu"), None
-    runner._graph_shape = dict(max_num_seqs=4, max_blocks_per_seq=8)
+    runner._graph_shape = dict(max_num_seqs=4, max_blocks_per_seq=8, max_tokens=64)
     runner._capture_graphs_when_ready()  # scales pending: nothing yet
     assert attempts == [] and runner._graph_shape is not None
     cache.calibrate = False
-    with pytest.raises(RuntimeError, match="capturing the CUDA graphs failed .*MemoryError.*enforce_eager=True"):
+    with pytest.raises(RuntimeError, match="capturing the decode CUDA graphs failed .*MemoryError.*enforce_eager=True"):
         runner._capture_graphs_when_ready()
     runner._capture_graphs_when_ready()  # no second attempt
     assert attempts == [1] and runner.graphs is None

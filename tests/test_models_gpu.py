@@ -88,32 +88,47 @@ def test_prefix_caching_and_preemption_keep_outputs_close_on_gpu(tmp_path):
             assert (reference.max(-1).values - chosen).max() <= TOLERANCE[torch.bfloat16], name
 
 
-
+@pytest.mark.parametrize("max_num_batched_tokens", [48, 512])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_mixed_steps_through_piecewise_graphs_match_transformers(tmp_path, variant):
-    """Prefill chunks beside decode rows (max_num_batched_tokens=48), each step of up to 512 tokens run
+def test_mixed_steps_through_piecewise_graphs_match_transformers(tmp_path, variant, max_num_batched_tokens):
+    """Prefill chunks beside decode rows, every step of up to 512 tokens that is not decode-only run
     by the piecewise CUDA graphs (attention eager between the captured pieces): every token within
-    the bf16 tolerance of the float32 reference, and the pieces ran the steps that mixed prefill rows
-    in (an eager step would not be counted)."""
+    the bf16 tolerance of the float32 reference. 48 tokens a step: chunks of prompts beside decode
+    rows (pieces of 48 and 16 rows); 512: whole prompts at once, in several padded sizes."""
     hf_model = save_tiny_model(tmp_path, variant, with_tokenizer=False, vocab_size=512)
     llm = LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16, kv_cache_memory_bytes=64 << 20, max_model_len=512,
-              max_num_batched_tokens=48, verbose=False)
-    pieces = llm.engine.runner.piecewise
-    assert pieces is not None and len(pieces.graphs) == len(pieces.sizes)
-    run, steps = pieces.run, []
-    pieces.run = lambda inputs, meta: steps.append(inputs.input_ids.shape[0]) or run(inputs, meta)
+              max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=4, verbose=False)
+    runner = llm.engine.runner
+    pieces = runner.piecewise
+    assert pieces is not None and sorted(pieces.graphs) == pieces.sizes and pieces.max_tokens == max_num_batched_tokens
+    mixed, piecewise = [], []
+    execute, run = runner.execute, pieces.run
+
+    def counting_execute(plan, *args, **kwargs):
+        if plan.num_decode_seqs != plan.num_seqs:
+            mixed.append(plan.num_tokens)
+        return execute(plan, *args, **kwargs)
+
+    runner.execute = counting_execute
+    pieces.run = lambda inputs, meta: piecewise.append(inputs.input_ids.shape[0]) or run(inputs, meta)
     generator = torch.Generator().manual_seed(6)
-    prompts = [torch.randint(3, 512, (n,), generator=generator).tolist() for n in (1, 7, 16, 33, 90, 300)]
-    params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=0)
+    # max_num_seqs=4: later prompts wait and join as earlier ones finish, so prefills keep mixing in.
+    prompts = [torch.randint(3, 512, (n,), generator=generator).tolist() for n in (1, 7, 16, 33, 90, 300, 70, 5)]
+    params = [SamplingParams(temperature=0, max_tokens=NUM_TOKENS + 3 * i, ignore_eos=True, logprobs=0)
+              for i in range(len(prompts))]
     tol = TOLERANCE[torch.bfloat16]
     for prompt, output in zip(prompts, llm.generate(prompts, params, use_tqdm=False)):
         completion = output.outputs[0]
         reference = _reference_logprobs(hf_model, prompt, completion.token_ids)
         chosen = reference.gather(1, torch.tensor(completion.token_ids)[:, None])[:, 0]
-        assert (reference.max(-1).values - chosen).max() <= tol
+        gap = reference.max(-1).values - chosen
+        assert gap.max() <= tol, f"engine token off the reference argmax by {gap.max():.3f} at {gap.argmax()}"
         ours = torch.tensor([entry[token].logprob for entry, token in zip(completion.logprobs, completion.token_ids)])
-        assert (ours - chosen).abs().max() <= tol
-    assert steps.count(48) >= 8 and len(set(steps)) > 2
+        assert (ours - chosen).abs().max() <= tol, (ours - chosen).abs().max()
+    assert piecewise == mixed and len(mixed) >= 4, (mixed, piecewise)
+    padded = {next(t for t in pieces.sizes if t >= n) for n in mixed}
+    assert len(padded) >= 2, padded  # more than one captured size replayed
+
 
 def test_eager_decode_keeps_one_split_kv_workspace(tmp_path):
     """Eager steps choose the split count once per step and share one zero-filled workspace across

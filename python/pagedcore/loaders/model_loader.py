@@ -107,7 +107,9 @@ def build_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device
         use_fp8_projections(model, quantize=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand the replaced weights' memory back, so the KV plan sees it free
-    return model.eval()
+    # No parameter needs a gradient: without this, forward passes outside inference_mode (the CUDA
+    # graphs' captures) record autograd graphs that keep their saved activations alive.
+    return model.eval().requires_grad_(False)
 
 
 def _sliced(weights: Iterator[tuple[str, torch.Tensor]], shard: ShardSpec | None) -> Iterator[tuple[str, torch.Tensor]]:

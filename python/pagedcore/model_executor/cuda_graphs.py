@@ -87,40 +87,41 @@ class DecodeGraphs:
         return self.outputs[batch], inputs
 
 
-# Padded token counts of the piecewise graphs; a step of more tokens runs eagerly (its matmuls
-# outweigh its launches).
+
+# Padded token counts of the piecewise graphs (capped at the engine's max_num_batched_tokens); a step
+# of more tokens runs eagerly. Padding costs matmul work (129 tokens run as 192); at these sizes a
+# step's launches outweigh it on the models measured so far, which bench/RESULTS.md is to confirm.
 _PIECEWISE_TOKENS = (16, 32, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 
 
 class PiecewiseGraphs:
-    """Steps of up to max(_PIECEWISE_TOKENS) tokens that no decode graph runs. Piece 0 is the
-    embedding and layer 0 up to its attention; piece i (1 <= i < L) is layer i - 1 after its attention
-    and layer i up to its; piece L is the last layer after its attention and the final norm. Every
-    piece reads and writes static buffers of the largest size (views of the first `tokens` rows):
-    input ids, positions, q / k / v, the attention output and the residual stream. Rows past the
-    step's tokens are padding: every operation in a piece works on rows independently, and the
-    attention between pieces sees only the step's rows, so they never touch a real row, the KV
-    cache or the logits.
+    """Steps of up to max_tokens tokens that no decode graph runs. Piece 0 is the embedding and layer
+    0 up to its attention; piece i (1 <= i < L) is layer i - 1 after its attention and layer i up to
+    its; piece L is the last layer after its attention and the final norm. Every piece reads and
+    writes static buffers of the largest size (views of their first `tokens` rows): input ids,
+    positions, q / k / v, the attention output and the residual stream. Rows past the step's tokens
+    are padding: every operation in a piece works on rows independently, and the attention between
+    pieces sees only the step's rows, so padding never reaches a real row, the KV cache or the logits.
 
+    A step's output (run's result) is valid until the next replay: the graphs share one memory pool.
     capture=False runs the same pieces as plain calls (any device): the padding and the static
     buffers, tested on the CPU against the model's forward."""
 
     def __init__(self, model: LlamaForCausalLM, kv_caches: list[LayerKVCache], device: torch.device, *,
-                 capture: bool = True):
+                 max_tokens: int = _PIECEWISE_TOKENS[-1], capture: bool = True):
         self.model = model
         self.kv_caches = kv_caches
         self.layers = list(model.model.layers)
-        self.sizes = list(_PIECEWISE_TOKENS)
+        self.sizes = [t for t in _PIECEWISE_TOKENS if t < max_tokens] + [min(max_tokens, _PIECEWISE_TOKENS[-1])]
         self.max_tokens = self.sizes[-1]
         attention = self.layers[0].self_attn
-        dtype = model.model.embed_tokens.weight.dtype
-        rows, heads, kv_heads, head_dim = self.max_tokens, attention.num_heads, attention.num_kv_heads, attention.head_dim
+        rows, dtype = self.max_tokens, model.model.embed_tokens.weight.dtype
         self.input_ids = torch.zeros(rows, dtype=torch.int32, device=device)
         self.positions = torch.zeros(rows, dtype=torch.int32, device=device)
-        self.q = torch.zeros(rows, heads, head_dim, dtype=dtype, device=device)
-        self.k = torch.zeros(rows, kv_heads, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros(rows, kv_heads, head_dim, dtype=dtype, device=device)
-        self.attn_out = torch.zeros(rows, heads, head_dim, dtype=dtype, device=device)
+        self.q = torch.zeros(rows, attention.num_heads, attention.head_dim, dtype=dtype, device=device)
+        self.k = torch.zeros(rows, attention.num_kv_heads, attention.head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.attn_out = torch.zeros_like(self.q)
         self.residual = torch.zeros(rows, model.config.hidden_size, dtype=dtype, device=device)
         self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}  # padded tokens -> its L + 1 pieces
         self.outputs: dict[int, torch.Tensor] = {}  # padded tokens -> the last piece's hidden states
@@ -130,9 +131,10 @@ class PiecewiseGraphs:
     def _capture(self, device: torch.device) -> None:
         pool = None
         for tokens in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory pool
+            for index in range(len(self.layers) + 1):  # warm-up (lazy initializations), uncaptured
+                self._piece(index, tokens)
             pieces = []
             for index in range(len(self.layers) + 1):
-                self._piece(index, tokens)  # warm-up (lazy initializations)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
                     output = self._piece(index, tokens)
@@ -141,16 +143,12 @@ class PiecewiseGraphs:
             self.graphs[tokens], self.outputs[tokens] = pieces, output
         torch.cuda.synchronize(device)
 
-    def tokens_for(self, num_tokens: int) -> int | None:
-        """The padded token count of the pieces that run a step of num_tokens tokens, None: eager."""
-        return next((t for t in self.sizes if t >= num_tokens), None)
-
     def _piece(self, index: int, tokens: int) -> torch.Tensor | None:
         """Piece `index` over the first `tokens` rows; the last piece returns the final hidden states."""
         positions, residual = self.positions[:tokens], self.residual[:tokens]
         if index == 0:
-            q, k, v, embedded = self.layers[0].before_attention(positions, self.model.model.embed(self.input_ids[:tokens]),
-                                                               None)
+            embedded = self.model.model.embed(self.input_ids[:tokens])
+            q, k, v, _ = self.layers[0].before_attention(positions, embedded, None)
             residual.copy_(embedded)
         else:
             hidden, _ = self.layers[index - 1].after_attention(self.attn_out[:tokens], residual)
@@ -166,20 +164,18 @@ class PiecewiseGraphs:
         """One step's forward (inputs: its uploaded arrays, deferred inputs taken; meta: its attention
         metadata) -> hidden states [padded tokens, hidden_size]; rows past the step's tokens are padding."""
         num_tokens = inputs.input_ids.shape[0]
-        tokens = self.tokens_for(num_tokens)
-        if tokens is None:
+        if num_tokens > self.max_tokens:
             raise ValueError(f"a step of {num_tokens} tokens is beyond the piecewise graphs' {self.max_tokens}")
+        tokens = next(t for t in self.sizes if t >= num_tokens)
         self.input_ids[:num_tokens].copy_(inputs.input_ids)
         self.positions[:num_tokens].copy_(inputs.positions)
-        graphs = self.graphs.get(tokens)
-        output = None
+        graphs, output = self.graphs.get(tokens), None
         for index in range(len(self.layers) + 1):
             if index:
-                layer = self.layers[index - 1]
-                layer.self_attn.attn(self.q[:num_tokens], self.k[:num_tokens], self.v[:num_tokens],
-                                     self.kv_caches[index - 1], meta, out=self.attn_out[:num_tokens])
-            if graphs is not None:
-                graphs[index].replay()
-            else:
+                self.layers[index - 1].self_attn.attn(self.q[:num_tokens], self.k[:num_tokens], self.v[:num_tokens],
+                                                      self.kv_caches[index - 1], meta, out=self.attn_out[:num_tokens])
+            if graphs is None:  # capture=False
                 output = self._piece(index, tokens)
-        return self.outputs[tokens] if graphs is not None else output
+            else:
+                graphs[index].replay()
+        return output if graphs is None else self.outputs[tokens]

@@ -1,6 +1,6 @@
 """The Llama-family model: Llama 2/3, Mistral, Qwen2 (qkv bias), Qwen3 (qk-norm), SmolLM2.
 
-Dense math in torch over a flat token batch (no padding, no batch dimension); attention through
+Dense math in torch over a flat token batch (no batch dimension); attention through
 the paged KV cache (pagedcore.model_executor.attention). q/k/v and gate/up projections are fused into one
 matmul each; load_weights() takes HF parameter names and fills the fused slices.
 
@@ -38,12 +38,6 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.rotary = rotary
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
-
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, cache: LayerKVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """positions: [num_tokens]; hidden: [num_tokens, hidden_size] -> [num_tokens, hidden_size]."""
-        q, k, v = self.project(positions, hidden)
-        return self.output(self.attn(q, k, v, cache, meta))
 
     def project(self, positions: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The part before attention: hidden -> q [num_tokens, num_heads, head_dim], k and v

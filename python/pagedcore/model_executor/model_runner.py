@@ -29,7 +29,7 @@ CPU_HEAP_KEEP_BYTES = 256 << 20
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv_caches: list[LayerKVCache], device: torch.device, *,
                  max_num_seqs: int, max_blocks_per_seq: int, use_cuda_graphs: bool,
-                 host_kv_caches: list[LayerKVCache] | None = None):
+                 host_kv_caches: list[LayerKVCache] | None = None, max_num_batched_tokens: int = 8192):
         if device.type == "cpu":
             use_onednn_linears(model)  # float32 projections through oneDNN (model_executor/cpu_linear.py)
             _core.cpu_isa()  # a PAGEDCORE_CPU_ISA this CPU cannot run is refused here, not at the first step
@@ -44,20 +44,22 @@ class ModelRunner:
         self.workspace: torch.Tensor | None = None  # CUDA split-KV scratch of eager steps, grown on demand
         self.uploader = PlanUploader(device)
         self.graphs = None
-        self.piecewise = None  # PiecewiseGraphs, captured with the decode graphs
-        # CUDA graphs bake each layer's FP8 scales into their kernel arguments: with scales still to
-        # come from the first batch (calculate_kv_scales), they are captured after the step that set
-        # every layer's (a one-time pause of the capture's length then).
+        self.piecewise = None  # PiecewiseGraphs (other steps of up to 512 tokens), captured with them
+        # Decode graphs bake each layer's FP8 scales into their kernel arguments: with scales still to
+        # come from the first batch (calculate_kv_scales), both kinds are captured after the step that
+        # set every layer's (a one-time pause of the captures' length then).
         self._graph_shape = None
         if use_cuda_graphs and device.type == "cuda":
-            self._graph_shape = dict(max_num_seqs=max_num_seqs, max_blocks_per_seq=max_blocks_per_seq)
+            self._graph_shape = dict(max_num_seqs=max_num_seqs, max_blocks_per_seq=max_blocks_per_seq,
+                                     max_tokens=max_num_batched_tokens)
             self._capture_graphs_when_ready()
 
     def _capture_graphs_when_ready(self) -> None:
-        """Captures the decode graphs once no layer waits for its scales. Called at construction and
-        after each step, where every rank of a tensor-parallel group calls it (the capture's warm-up
-        runs all-reduces); the ranks agree on the moment through an all-reduce of their readiness,
-        since each calibrates from its own shard."""
+        """Captures the decode and the piecewise graphs once no layer waits for its scales. Called at
+        construction and after each step, where every rank of a tensor-parallel group calls it (the
+        captures' warm-ups run all-reduces); the ranks agree on the moment through an all-reduce of
+        their readiness, since each calibrates from its own shard. (A capture that fails on one rank
+        only leaves the others waiting in a warm-up's all-reduce until the group's timeout.)"""
         if self._graph_shape is None:
             return
         ready = not any(c.calibrate for c in self.kv_caches)
@@ -70,13 +72,15 @@ class ModelRunner:
             return
         shape, self._graph_shape = self._graph_shape, None  # one attempt: after a failure, steps run eagerly
         torch.cuda.empty_cache()  # blocks cached by the eager steps so far go back for the graphs' pool
+        max_tokens = shape.pop("max_tokens")
         try:
             self.graphs = DecodeGraphs(self.model, self.kv_caches, self.device, **shape)
-            self.piecewise = PiecewiseGraphs(self.model, self.kv_caches, self.device)
         except Exception as error:
-            self.graphs = self.piecewise = None
-            raise RuntimeError(f"capturing the CUDA graphs failed ({type(error).__name__}: {error}); later "
-                               "steps run without them, and enforce_eager=True never captures them") from error
+            raise _capture_failed("decode", error) from error
+        try:  # a failure here keeps the decode graphs
+            self.piecewise = PiecewiseGraphs(self.model, self.kv_caches, self.device, max_tokens=max_tokens)
+        except Exception as error:
+            raise _capture_failed("piecewise", error) from error
 
     @torch.inference_mode()
     def execute(self, plan, extra_rows: np.ndarray | None = None,
@@ -96,7 +100,7 @@ class ModelRunner:
         else:
             inputs = self.uploader.upload(plan, layout)
             inputs.take_deferred_inputs(plan.num_deferred, previous_tokens)
-            hidden = self._run_eager(plan, inputs)  # [num_tokens, hidden_size]
+            hidden = self._run_eager(plan, inputs)  # [num_tokens (padded by piecewise graphs), hidden_size]
         rows = inputs.logits_indices[:plan.num_samples]  # a graph's padded rows are not sampled
         if extra_rows is not None and len(extra_rows):
             rows = torch.cat([rows, self._to_device(np.asarray(extra_rows, dtype=np.int32))])
@@ -140,7 +144,7 @@ class ModelRunner:
             num_splits=num_splits,
             workspace=workspace,
         )
-        if self.piecewise is not None and self.piecewise.tokens_for(plan.num_tokens) is not None:
+        if self.piecewise is not None and plan.num_tokens <= self.piecewise.max_tokens:
             return self.piecewise.run(inputs, meta)  # [padded tokens, hidden_size]
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, meta)
 
@@ -163,3 +167,8 @@ class ModelRunner:
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         # The plan's arrays are read-only views of a buffer the scheduler reuses: copy them.
         return torch.from_numpy(np.array(array)).to(self.device, non_blocking=True)
+
+
+def _capture_failed(kind: str, error: Exception) -> RuntimeError:
+    return RuntimeError(f"capturing the {kind} CUDA graphs failed ({type(error).__name__}: {error}); the steps they "
+                        "would run run eagerly, and enforce_eager=True never captures them")

@@ -68,7 +68,7 @@ def build_runner(args: EngineArgs, shard: Shard, num_blocks: int, num_host_block
             cache.calibrate = args.calculate_kv_scales
     return ModelRunner(shard.model, kv_caches, device, host_kv_caches=host_kv_caches, max_num_seqs=args.max_num_seqs,
                        max_blocks_per_seq=blocks_per_seq(max_model_len, args.block_size),
-                       use_cuda_graphs=not args.enforce_eager)
+                       use_cuda_graphs=not args.enforce_eager, max_num_batched_tokens=args.max_num_batched_tokens)
 
 
 def rank_device(device_type: str, rank: int) -> torch.device:
