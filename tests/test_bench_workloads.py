@@ -65,3 +65,29 @@ def test_latency_server_args_add_to_the_presets():
     args = latency.resolve_args(["--preset", "gpu", "--rates", "4", "--server-args", "--no-async-scheduling"])
     assert args.server_args == [*preset, "--no-async-scheduling"] and args.rates == [4.0]
     assert latency.resolve_args(["--preset", "cpu"]).server_args == latency.PRESETS["cpu"]["server_args"]
+
+
+def test_plots_compare_draws_latency_runs_of_several_builds(tmp_path, capsys):
+    """`python -m pagedcore.bench.plots --compare OUT.png LABEL=RESULT.json ...`: one figure; a result of
+    another benchmark or an argument without a label is refused by name."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    from pagedcore.bench import plots
+
+    def result(name, benchmark="latency", scale=1.0):
+        rows = [{"rate": rate, **{f"{k}_{p}_s": scale * rate * (2 if p == "p99" else 1) / 1e3
+                                  for k in ("ttft", "itl") for p in ("p50", "p99")}} for rate in (4.0, 8.0)]
+        path = tmp_path / name
+        path.write_text(json.dumps({"benchmark": benchmark, "preset": "gpu", "device": "test", "date": "today",
+                                    "rows": rows}))
+        return str(path)
+
+    out = tmp_path / "compare.png"
+    assert plots.main(["--compare", str(out), f"before={result('a.json')}", f"before={result('b.json', scale=2)}",
+                       f"after={result('c.json', scale=0.5)}"]) == 0
+    assert out.stat().st_size > 10_000
+    assert plots.main(["--compare", str(out), f"x={result('t.json', benchmark='throughput')}"]) == 2
+    assert "is a throughput result" in capsys.readouterr().err
+    assert plots.main(["--compare", str(out), result("d.json")]) == 2
+    assert "LABEL=RESULT.json" in capsys.readouterr().err

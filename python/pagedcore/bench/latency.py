@@ -237,6 +237,37 @@ def plot(payload: dict, path) -> None:
     plt.close(fig)
 
 
+def plot_compare(payloads: dict[str, list[dict]], path) -> None:
+    """Several builds' runs side by side: p50 and p99 TTFT and inter-token latency against the rate, one
+    colour per label (a build), one line per run of it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    panels = (("ttft", "TTFT (ms)", axes[0]), ("itl", "inter-token latency (ms)", axes[1]))
+    for (label, runs), color in zip(payloads.items(), colors):
+        for i, payload in enumerate(runs):
+            rates = [r["rate"] for r in payload["rows"]]
+            for key, title, ax in panels:
+                for pct, style in (("p50", "o-"), ("p99", "s--")):
+                    ax.plot(rates, [1e3 * r[f"{key}_{pct}_s"] for r in payload["rows"]], style, color=color,
+                            alpha=0.85, label=f"{label} {pct}" if i == 0 else None)
+                ax.set_title(title)
+    for _, _, ax in panels:
+        ax.set_xlabel("request rate (req/s, Poisson)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    first = next(iter(payloads.values()))[0]
+    fig.suptitle(f"pagedcore serve latency, {first['preset']} preset: {first['device']} ({first['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pagedcore bench latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default=None)
