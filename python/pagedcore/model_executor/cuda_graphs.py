@@ -90,7 +90,7 @@ class DecodeGraphs:
 
 # Padded token counts of the piecewise graphs (capped at the engine's max_num_batched_tokens); a step
 # of more tokens runs eagerly. Padding costs matmul work (129 tokens run as 192); at these sizes a
-# step's launches outweigh it on the models measured so far, which bench/RESULTS.md is to confirm.
+# step's launches outweigh it (bench/RESULTS.md, "Piecewise CUDA graphs for mixed steps").
 _PIECEWISE_TOKENS = (16, 32, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 
 
