@@ -52,6 +52,20 @@ def test_incremental_detokenization_matches_full_decode(smollm_tokenizer, text):
     assert "".join(pieces) == detok.text == smollm_tokenizer.decode(output, skip_special_tokens=True)
 
 
+def test_incremental_detokenizer_keeps_a_window_not_the_output(smollm_tokenizer):
+    """The sequence's tokens are kept by its output: the detokenizer holds only the tokens it may still
+    decode (a long output, with multi-byte characters split over byte tokens, stays a short window)."""
+    text = " ".join(["paged attention 東京 héllo"] * 200)
+    output = smollm_tokenizer.encode(" " + text, add_special_tokens=False)
+    detok = IncrementalDetokenizer(smollm_tokenizer, smollm_tokenizer.encode("Answer:"), skip_special_tokens=True)
+    longest = 0
+    for token in output:
+        detok.append(token)
+        longest = max(longest, len(detok.token_ids))
+    assert len(output) > 1000 and longest <= 8, longest
+    assert detok.text == smollm_tokenizer.decode(output, skip_special_tokens=True)
+
+
 def test_tokenizer_json_directory(tmp_path, smollm_tokenizer):
     smollm_tokenizer.backend.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({
