@@ -100,7 +100,11 @@ void bind_pool(py::module_& m) {
       .def("free", &BlockTables::free, py::arg("seq_id"))
       .def("num_tokens", &BlockTables::num_tokens, py::arg("seq_id"))
       .def("blocks", &BlockTables::blocks, py::arg("seq_id"))
-      .def("tokens", &BlockTables::tokens, py::arg("seq_id"))
+      .def("num_registered_blocks", &BlockTables::num_registered_blocks, py::arg("seq_id"),
+           "Leading blocks registered in the prefix cache (or taken from it).")
+      .def("unregistered_tokens", &BlockTables::unregistered_tokens, py::arg("seq_id"),
+           "The tokens after the registered blocks, kept until their blocks are registered (the caller "
+           "keeps the sequence's tokens); empty without prefix caching.")
       .def("slot", &BlockTables::slot, py::arg("seq_id"), py::arg("position"))
       .def("stats", &BlockTables::stats)
       .def("check_invariants", &BlockTables::check_invariants, release_gil());

@@ -9,6 +9,12 @@
 
 namespace pagedcore {
 
+namespace {
+// Unregistered tokens reserved per sequence: a partial block and a few full ones waiting for
+// register_deferred (its per-step budget drains a lockstep batch's backlog within a few steps).
+constexpr int kTailReserveBlocks = 4;
+}  // namespace
+
 BlockTables::BlockTables(int num_blocks, int block_size, bool enable_prefix_caching, int hash_bits)
     : pool_(num_blocks, block_size, hash_bits), enable_prefix_caching_(enable_prefix_caching) {}
 
@@ -27,17 +33,16 @@ void BlockTables::add_sequence(SeqId seq, std::string extra_key, int max_num_tok
   Sequence s;
   s.extra_key = std::move(extra_key);
   if (max_num_tokens > 0) {
-    s.tokens.reserve(max_num_tokens);
     s.blocks.reserve((max_num_tokens + pool_.block_size() - 1) / pool_.block_size());
+    if (enable_prefix_caching_) s.tail.reserve(std::min(max_num_tokens, kTailReserveBlocks * pool_.block_size()));
   }
   s.last_hash = kRootBlockHash;
   seqs_.emplace(seq, std::move(s));
 }
 
-BlockKey BlockTables::key_for(std::string_view extra_key, int block_index, uint64_t parent_hash,
-                              uint64_t parent_cache_id, std::span<const int32_t> tokens) const {
+BlockKey BlockTables::key_for(std::string_view extra_key, uint64_t parent_hash, uint64_t parent_cache_id,
+                              const int32_t* first) const {
   const int bs = pool_.block_size();
-  const int32_t* first = tokens.data() + static_cast<size_t>(block_index) * bs;
   BlockKey key;
   key.hash = hash_block_tokens(parent_hash, first, bs, extra_key) & pool_.hash_mask();
   key.parent_cache_id = parent_cache_id;
@@ -52,7 +57,8 @@ BlockTables::CachedPrefix BlockTables::find_cached_prefix(std::span<const int32_
   if (!enable_prefix_caching_ || prompt.empty()) return prefix;
   const int max_blocks = static_cast<int>((prompt.size() - 1) / pool_.block_size());
   for (int i = 0; i < max_blocks; ++i) {
-    const BlockKey key = key_for(extra_key, i, prefix.last_hash, prefix.last_cache_id, prompt);
+    const BlockKey key = key_for(extra_key, prefix.last_hash, prefix.last_cache_id,
+                                 prompt.data() + static_cast<size_t>(i) * pool_.block_size());
     const std::optional<BlockId> hit = pool_.find_cached(key);
     if (!hit) break;
     prefix.blocks.push_back(*hit);
@@ -74,7 +80,7 @@ void BlockTables::record_prefix_query(int num_query_tokens, int num_hit_tokens) 
 
 int BlockTables::match_prefix(SeqId seq, std::span<const int32_t> prompt, bool record_stats) {
   Sequence& s = get(seq);
-  if (!s.tokens.empty()) throw std::invalid_argument("match_prefix needs an empty sequence; sequence " + std::to_string(seq) + " already holds tokens");
+  if (s.num_tokens != 0) throw std::invalid_argument("match_prefix needs an empty sequence; sequence " + std::to_string(seq) + " already holds tokens");
   if (!enable_prefix_caching_ || prompt.empty()) return 0;
   // An empty sequence's chain state is the root (add_sequence), where the walk starts.
   CachedPrefix prefix = find_cached_prefix(prompt, s.extra_key);
@@ -82,7 +88,7 @@ int BlockTables::match_prefix(SeqId seq, std::span<const int32_t> prompt, bool r
   const size_t num_cached = prefix.blocks.size() * static_cast<size_t>(pool_.block_size());
   s.num_hashed_blocks = static_cast<int>(prefix.blocks.size());
   s.blocks = std::move(prefix.blocks);
-  s.tokens.assign(prompt.begin(), prompt.begin() + num_cached);
+  s.num_tokens = static_cast<int>(num_cached);  // whole registered blocks: the tail stays empty
   s.last_hash = prefix.last_hash;
   s.last_cache_id = prefix.last_cache_id;
   if (record_stats) record_prefix_query(static_cast<int>(prompt.size()), static_cast<int>(num_cached));
@@ -93,11 +99,11 @@ int BlockTables::num_blocks_needed(SeqId seq, int num_new_tokens) const {
   const Sequence& s = get(seq);
   if (num_new_tokens <= 0) return 0;
   const int bs = pool_.block_size();
-  const int64_t total = static_cast<int64_t>(s.tokens.size()) + num_new_tokens;
+  const int64_t total = static_cast<int64_t>(s.num_tokens) + num_new_tokens;
   const int64_t blocks_after = (total + bs - 1) / bs;
   int64_t needed = blocks_after - static_cast<int64_t>(s.blocks.size());
   // Writing into a partially filled block that another table shares needs a private copy.
-  if (s.tokens.size() % bs != 0 && pool_.ref_count(s.blocks.back()) > 1) ++needed;
+  if (s.num_tokens % bs != 0 && pool_.ref_count(s.blocks.back()) > 1) ++needed;
   return static_cast<int>(needed);
 }
 
@@ -120,36 +126,55 @@ bool BlockTables::reserve(SeqId seq, std::span<const int32_t> tokens, bool pendi
   }
   if (num_blocks_needed(seq, static_cast<int>(tokens.size())) > pool_.num_free_blocks()) return false;
   const int bs = pool_.block_size();
-  if (s.tokens.size() % bs != 0 && pool_.ref_count(s.blocks.back()) > 1) {
+  if (s.num_tokens % bs != 0 && pool_.ref_count(s.blocks.back()) > 1) {
     const BlockId shared = s.blocks.back();
     const BlockId copy = *pool_.allocate();
     copies.push_back({shared, copy});
     pool_.release(shared);
     s.blocks.back() = copy;
   }
-  s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+  s.num_tokens += static_cast<int>(tokens.size());
   s.has_pending = pending;
-  while (s.blocks.size() * bs < s.tokens.size()) s.blocks.push_back(*pool_.allocate());
+  while (s.blocks.size() * bs < static_cast<size_t>(s.num_tokens)) s.blocks.push_back(*pool_.allocate());
   // Registering now (before this step's KV is written) is safe: every layer writes the batch's
   // new K/V before any attention of that layer reads the cache.
   if (enable_prefix_caching_) {
-    if (when == Registration::kNow) register_full_blocks(s);
-    else defer_registration(seq, s);
+    if (when == Registration::kNow) {
+      register_appended(s, tokens);
+    } else {
+      s.tail.insert(s.tail.end(), tokens.begin(), tokens.end());
+      defer_registration(seq, s);
+    }
   }
   return true;
+}
+
+void BlockTables::register_appended(Sequence& s, std::span<const int32_t> tokens) {
+  // (kNow appends are never pending: reserve() refuses a sequence with a pending token, and
+  // append_pending defers.) Complete the tail's partial block, register the tail's full blocks.
+  const size_t bs = static_cast<size_t>(pool_.block_size());
+  const size_t top_up = s.tail.size() % bs == 0 ? 0 : std::min(bs - s.tail.size() % bs, tokens.size());
+  s.tail.insert(s.tail.end(), tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(top_up));
+  register_full_blocks(s);
+  tokens = tokens.subspan(top_up);
+  if (!s.tail.empty()) return;  // the top-up took every token (it did not fill its block)
+  // At a block boundary: the whole blocks of the rest are hashed where they are.
+  size_t used = 0;
+  for (; used + bs <= tokens.size(); used += bs) register_block(s, tokens.data() + used);
+  s.tail.assign(tokens.begin() + static_cast<std::ptrdiff_t>(used), tokens.end());
 }
 
 void BlockTables::resolve_pending(SeqId seq, int32_t token) {
   Sequence& s = get(seq);
   if (!s.has_pending) throw std::logic_error("resolve_pending: sequence " + std::to_string(seq) + " has no pending token");
-  s.tokens.back() = token;
+  if (enable_prefix_caching_) s.tail.back() = token;  // the pending token's block is never registered
   s.has_pending = false;
   // Its KV is written by a step already queued on the device, before any later step reads it.
   if (enable_prefix_caching_) defer_registration(seq, s);
 }
 
 int BlockTables::num_full_blocks(const Sequence& s) const {
-  return static_cast<int>((s.tokens.size() - (s.has_pending ? 1 : 0)) / pool_.block_size());
+  return (s.num_tokens - (s.has_pending ? 1 : 0)) / pool_.block_size();
 }
 
 void BlockTables::defer_registration(SeqId seq, Sequence& s) {
@@ -197,23 +222,31 @@ int BlockTables::num_deferred_blocks() const {
 }
 
 void BlockTables::register_full_blocks(Sequence& s, int max_blocks) {
-  const int num_full = std::min(num_full_blocks(s), s.num_hashed_blocks + std::max(max_blocks, 0));
-  for (int i = s.num_hashed_blocks; i < num_full; ++i) {
-    BlockKey key = key_for(s.extra_key, i, s.last_hash, s.last_cache_id, s.tokens);
-    const BlockId block = s.blocks[i];
-    const uint64_t hash = key.hash;
-    if (pool_.is_cached(block)) {
-      s.last_cache_id = pool_.cache_id(block);
-    } else if (std::optional<BlockId> twin = pool_.find_cached(key)) {
-      // Another sequence already cached identical KV: chain through that block so lookups that
-      // find it also find our children; ours stays uncached and is recycled when freed.
-      s.last_cache_id = pool_.cache_id(*twin);
-    } else {
-      s.last_cache_id = pool_.cache_block(block, key);
-    }
-    s.last_hash = hash;
-    s.num_hashed_blocks = i + 1;
+  const int first = s.num_hashed_blocks;
+  const size_t bs = static_cast<size_t>(pool_.block_size());
+  // (The tail bound matters inside register_appended, where the count already includes tokens
+  // not in the tail yet.)
+  const int num_full = std::min({num_full_blocks(s), first + static_cast<int>(s.tail.size() / bs),
+                                 first + std::max(max_blocks, 0)});
+  if (num_full <= first) return;
+  for (int i = first; i < num_full; ++i) register_block(s, s.tail.data() + (i - first) * bs);
+  s.tail.erase(s.tail.begin(), s.tail.begin() + static_cast<std::ptrdiff_t>((num_full - first) * bs));
+}
+
+void BlockTables::register_block(Sequence& s, const int32_t* first) {
+  const BlockKey key = key_for(s.extra_key, s.last_hash, s.last_cache_id, first);
+  const BlockId block = s.blocks[s.num_hashed_blocks];
+  if (pool_.is_cached(block)) {
+    s.last_cache_id = pool_.cache_id(block);
+  } else if (std::optional<BlockId> twin = pool_.find_cached(key)) {
+    // Another sequence already cached identical KV: chain through that block so lookups that
+    // find it also find our children; ours stays uncached and is recycled when freed.
+    s.last_cache_id = pool_.cache_id(*twin);
+  } else {
+    s.last_cache_id = pool_.cache_block(block, key);
   }
+  s.last_hash = key.hash;
+  ++s.num_hashed_blocks;
 }
 
 void BlockTables::fork(SeqId parent, SeqId child) {
@@ -221,7 +254,7 @@ void BlockTables::fork(SeqId parent, SeqId child) {
   const Sequence& original = get(parent);
   if (original.has_pending) throw std::logic_error("fork: sequence " + std::to_string(parent) + " has a pending token");
   Sequence copy = original;
-  copy.tokens.reserve(original.tokens.capacity());  // a copy holds only the size: keep the room
+  copy.tail.reserve(original.tail.capacity());  // a copy holds only the size: keep the room
   copy.blocks.reserve(original.blocks.capacity());
   copy.queue_ticket = 0;
   for (BlockId b : copy.blocks) pool_.retain(b);
@@ -241,9 +274,9 @@ void BlockTables::free(SeqId seq) {
 
 int32_t BlockTables::slot(SeqId seq, int position) const {
   const Sequence& s = get(seq);
-  if (position < 0 || position >= static_cast<int>(s.tokens.size())) {
+  if (position < 0 || position >= s.num_tokens) {
     throw std::out_of_range("position " + std::to_string(position) + " outside sequence of " +
-                            std::to_string(s.tokens.size()) + " tokens");
+                            std::to_string(s.num_tokens) + " tokens");
   }
   const int bs = pool_.block_size();
   return s.blocks[position / bs] * bs + position % bs;
@@ -271,14 +304,19 @@ void BlockTables::check_invariants() const {
     live_entries.emplace(deferred_[i].ticket, deferred_[i].seq);
   }
   for (const auto& [id, s] : seqs_) {
-    const size_t want = (s.tokens.size() + bs - 1) / bs;
+    const size_t want = (static_cast<size_t>(s.num_tokens) + bs - 1) / bs;
     if (s.blocks.size() != want) {
       throw std::logic_error("block table invariant: sequence " + std::to_string(id) + " holds " +
                              std::to_string(s.blocks.size()) + " blocks for " +
-                             std::to_string(s.tokens.size()) + " tokens");
+                             std::to_string(s.num_tokens) + " tokens");
     }
-    if (static_cast<size_t>(s.num_hashed_blocks) * bs > s.tokens.size()) {
+    if (s.num_hashed_blocks * bs > s.num_tokens) {
       throw std::logic_error("block table invariant: more hashed blocks than full blocks");
+    }
+    const size_t tail = enable_prefix_caching_ ? static_cast<size_t>(s.num_tokens - s.num_hashed_blocks * bs) : 0;
+    if (s.tail.size() != tail) {
+      throw std::logic_error("block table invariant: sequence " + std::to_string(id) + " keeps " +
+                             std::to_string(s.tail.size()) + " unregistered tokens, not " + std::to_string(tail));
     }
     if (enable_prefix_caching_ && s.num_hashed_blocks < num_full_blocks(s)) {
       auto e = live_entries.find(s.queue_ticket);

@@ -182,7 +182,44 @@ TEST_F(Tables, DisabledPrefixCachingNeverCachesOrHits) {
   EXPECT_EQ(off.stats().num_cached_free_blocks, 0);
   off.add_sequence(2);
   EXPECT_EQ(off.match_prefix(2, prompt), 0);
+  EXPECT_TRUE(off.unregistered_tokens(2).empty());  // nothing is ever hashed: no token is kept
   off.check_invariants();
+}
+
+TEST_F(Tables, OnlyTheTokensOfUnregisteredBlocksAreKept) {
+  // A prompt appended in pieces that straddle block boundaries registers the same blocks as one
+  // append of it (another sequence finds all of them), and the tables keep only the partial block.
+  const auto prompt = iota(19);  // 4 full blocks of 4 and 3 tokens
+  t.add_sequence(1);
+  size_t at = 0;
+  for (size_t piece : {3u, 6u, 1u, 5u, 4u}) {
+    ASSERT_TRUE(append(1, std::vector<int32_t>(prompt.begin() + at, prompt.begin() + at + piece)));
+    at += piece;
+    EXPECT_EQ(t.num_registered_blocks(1), static_cast<int>(at / 4));
+    EXPECT_EQ(t.unregistered_tokens(1), std::vector<int32_t>(prompt.begin() + at / 4 * 4, prompt.begin() + at));
+    t.check_invariants();
+  }
+  t.add_sequence(2);
+  EXPECT_EQ(t.cached_prefix_length(prompt), 16);
+  std::vector<int32_t> longer = prompt;
+  longer.push_back(7);  // the 4 full blocks, and the 5th block's first tokens left to compute
+  EXPECT_EQ(t.match_prefix(2, longer), 16);
+  EXPECT_TRUE(t.unregistered_tokens(2).empty());
+
+  // Deferred appends keep their tokens until register_deferred takes their blocks.
+  for (int32_t token : {900, 901, 902, 903, 904, 905}) {
+    ASSERT_TRUE(t.append(1, std::vector<int32_t>{token}, copies, Registration::kDeferred));
+  }
+  EXPECT_EQ(t.num_registered_blocks(1), 4);
+  EXPECT_EQ(t.unregistered_tokens(1), (std::vector<int32_t>{116, 117, 118, 900, 901, 902, 903, 904, 905}));
+  t.check_invariants();
+  EXPECT_EQ(t.register_deferred(8), 2);
+  EXPECT_EQ(t.unregistered_tokens(1), (std::vector<int32_t>{905}));
+  // A pending token's placeholder is kept, and resolved in place.
+  ASSERT_TRUE(t.append_pending(1, copies));
+  t.resolve_pending(1, 906);
+  EXPECT_EQ(t.unregistered_tokens(1), (std::vector<int32_t>{905, 906}));
+  t.check_invariants();
 }
 
 TEST_F(Tables, ForkSharesEveryBlockAndCopyOnWriteGivesTheWriterAPrivateBlock) {
@@ -200,13 +237,13 @@ TEST_F(Tables, ForkSharesEveryBlockAndCopyOnWriteGivesTheWriterAPrivateBlock) {
   EXPECT_EQ(t.blocks(2), (std::vector<BlockId>{0, 2}));
   EXPECT_EQ(t.pool().ref_count(1), 1);
   EXPECT_EQ(t.pool().ref_count(2), 1);
-  EXPECT_EQ(t.tokens(2).back(), 77);
+  EXPECT_EQ(t.unregistered_tokens(2), (std::vector<int32_t>{104, 105, 77}));  // block 0 is registered
 
   copies.clear();
   ASSERT_TRUE(append(1, {88}));  // block 1 is now private to sequence 1: written in place
   EXPECT_TRUE(copies.empty());
   EXPECT_EQ(t.blocks(1), (std::vector<BlockId>{0, 1}));
-  EXPECT_EQ(t.tokens(1).back(), 88);
+  EXPECT_EQ(t.unregistered_tokens(1), (std::vector<int32_t>{104, 105, 88}));
 
   // Appending the token that fills a shared partial block copies it too.
   t.fork(1, 3);

@@ -1,5 +1,9 @@
 // Per-sequence block tables over a BlockPool: slot reservation as tokens are appended, prefix
 // cache lookup and registration, fork with copy-on-write, and freeing.
+//
+// A sequence's tokens belong to the caller (the scheduler keeps each one once). The tables keep a
+// count, and, with prefix caching, only the tokens whose blocks are not registered in the cache yet
+// (a partial last block and full blocks waiting for register_deferred): what hashing them needs.
 #pragma once
 
 #include <cstdint>
@@ -43,7 +47,9 @@ class BlockTables {
   const BlockPool& pool() const { return pool_; }
 
   // Starts an empty sequence. extra_key (e.g. a cache salt) is folded into every block hash.
-  // max_num_tokens > 0 reserves room for that many tokens, so appends never reallocate in a step.
+  // max_num_tokens > 0 reserves room for the block table of that many tokens and for 4 blocks'
+  // unregistered tokens, so decode appends do not reallocate in a step (a deferred backlog past
+  // 4 blocks, as a recompute of generated tokens makes, grows the tail once).
   void add_sequence(SeqId seq, std::string extra_key = "", int max_num_tokens = 0);
   bool has_sequence(SeqId seq) const { return seqs_.count(seq) != 0; }
 
@@ -86,15 +92,20 @@ class BlockTables {
   int num_deferred_blocks() const;
   bool has_pending(SeqId seq) const { return get(seq).has_pending; }
 
-  // `child` shares every block of `parent` (ref count + 1 each) and its tokens.
+  // `child` shares every block of `parent` (ref count + 1 each), its token count and its
+  // unregistered tokens.
   void fork(SeqId parent, SeqId child);
 
   // Releases every block of the sequence, last block first, and forgets the sequence.
   void free(SeqId seq);
 
-  int num_tokens(SeqId seq) const { return static_cast<int>(get(seq).tokens.size()); }
+  int num_tokens(SeqId seq) const { return get(seq).num_tokens; }
   const std::vector<BlockId>& blocks(SeqId seq) const { return get(seq).blocks; }
-  const std::vector<int32_t>& tokens(SeqId seq) const { return get(seq).tokens; }
+  // Leading blocks registered in the prefix cache (or taken from it).
+  int num_registered_blocks(SeqId seq) const { return get(seq).num_hashed_blocks; }
+  // The tokens after those blocks, kept until their blocks are registered (a pending token's
+  // placeholder included); always empty without prefix caching.
+  const std::vector<int32_t>& unregistered_tokens(SeqId seq) const { return get(seq).tail; }
   // Physical slot (block * block_size + offset) of the token at `position`.
   int32_t slot(SeqId seq, int position) const;
 
@@ -109,14 +120,16 @@ class BlockTables {
   }
 
   // Pool invariants plus: every ref count equals the number of tables holding the block, every
-  // table holds exactly the blocks its token count needs, and (prefix caching) every full block
-  // not yet registered belongs to a queued sequence. Throws std::logic_error.
+  // table holds exactly the blocks its token count needs and the tokens of its unregistered blocks
+  // (none without prefix caching), and (prefix caching) every full block not yet registered
+  // belongs to a queued sequence. Throws std::logic_error.
   void check_invariants() const;
 
  private:
   struct Sequence {
-    std::vector<BlockId> blocks;   // [ceil(tokens / block_size)] logical -> physical
-    std::vector<int32_t> tokens;   // tokens with reserved slots
+    std::vector<BlockId> blocks;   // [ceil(num_tokens / block_size)] logical -> physical
+    int num_tokens = 0;            // tokens with reserved slots
+    std::vector<int32_t> tail;     // prefix caching: tokens [num_hashed_blocks * block_size, num_tokens)
     std::string extra_key;
     int num_hashed_blocks = 0;     // leading full blocks registered in (or taken from) the cache
     bool has_pending = false;      // the last token's id is not known yet (append_pending)
@@ -136,15 +149,22 @@ class BlockTables {
 
   const Sequence& get(SeqId seq) const;
   Sequence& get(SeqId seq);
-  BlockKey key_for(std::string_view extra_key, int block_index, uint64_t parent_hash, uint64_t parent_cache_id,
-                   std::span<const int32_t> tokens) const;
+  // The key of the block holding block_size tokens from `first`.
+  BlockKey key_for(std::string_view extra_key, uint64_t parent_hash, uint64_t parent_cache_id,
+                   const int32_t* first) const;
   // Stops at the first miss and before the block holding the prompt's last token (at least that
   // token is left to compute). Changes no state.
   CachedPrefix find_cached_prefix(std::span<const int32_t> prompt, std::string_view extra_key) const;
   // Full blocks before the pending token, if any.
   int num_full_blocks(const Sequence& s) const;
-  // Full blocks up to the pending token, if any, at most max_blocks of them, enter the prefix cache.
+  // Full blocks up to the pending token, if any, at most max_blocks of them, enter the prefix cache
+  // (their tokens leave the tail).
   void register_full_blocks(Sequence& s, int max_blocks = 1 << 30);
+  // Block num_hashed_blocks, holding block_size tokens from `first`, enters the prefix cache.
+  void register_block(Sequence& s, const int32_t* first);
+  // Registers every block that the tail and `tokens` (just reserved) fill, hashing whole blocks
+  // straight from `tokens`; only the remainder is kept.
+  void register_appended(Sequence& s, std::span<const int32_t> tokens);
   // Queues the sequence for register_deferred when it has unregistered full blocks.
   void defer_registration(SeqId seq, Sequence& s);
   bool reserve(SeqId seq, std::span<const int32_t> tokens, bool pending, std::vector<BlockCopy>& copies,
