@@ -87,7 +87,6 @@ class DecodeGraphs:
         return self.outputs[batch], inputs
 
 
-
 # Padded token counts of the piecewise graphs (capped at the engine's max_num_batched_tokens); a step
 # of more tokens runs eagerly. Padding costs matmul work (129 tokens run as 192); at these sizes a
 # step's launches outweigh it (bench/RESULTS.md, "Piecewise CUDA graphs for mixed steps").
